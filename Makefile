@@ -1,0 +1,29 @@
+# The two commands the README opens with, plus the system packages they need.
+#   make demo   main job on an embedded shard (no servers to start)
+#   make test   the whole test suite
+# Everything builds with --release so RocksDB's C++ is compiled for one profile only.
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+CARGO ?= cargo
+
+.PHONY: demo test bench deps lint
+
+demo: deps
+	$(CARGO) run --release -p paramdb-tools --bin paramdb -- demo
+
+test: deps
+	$(CARGO) test --release --workspace
+
+bench: deps
+	$(CARGO) bench -p paramdb-server --bench store
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+# libclang: bindgen for librocksdb-sys; protoc: the proto crate. Installed only when missing.
+deps:
+	@if ! ldconfig -p | grep -q 'libclang-[0-9.]*\.so ' || ! command -v protoc >/dev/null; then \
+		echo "installing libclang-dev and protobuf-compiler"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev protobuf-compiler >/dev/null; \
+	fi

@@ -1,0 +1,289 @@
+//! Store benchmarks, with raw RocksDB side by side in the same run (ratios are what to
+//! compare: these machines are noisy). Prints a Markdown report for BENCHMARKS.md.
+//!
+//! `cargo bench -p paramdb-server --bench store [-- --quick]`
+//!
+//! - push: 1,000-key batches of dim-100 AdaGrad gradients (applied on the server), uniform
+//!   keys over 1M, under each sync policy, 1 and 4 pushing threads. Peer: RocksDB WriteBatch of
+//!   the same 1,000 400-byte rows with its own WAL (synced per batch, or not), no read-modify-write.
+//! - pull: 1,000-key batches, rows in memory (dirty) and in RocksDB (after a checkpoint). Peer:
+//!   RocksDB batched multi-get of the same keys.
+//! - replay: open after a crash with ~1 GiB of log, against a plain sequential read of the same
+//!   segment files, cold (page cache dropped, needs root) and warm.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use paramdb_server::{ClientId, Store, StoreOptions, SyncPolicy, TableSpec, UpdateRule};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const DIM: usize = 100;
+const BATCH: usize = 1000;
+const KEYS: u64 = 1_000_000;
+
+fn batch_keys(rng: &mut StdRng) -> Vec<u64> {
+    let mut set = std::collections::HashSet::with_capacity(BATCH);
+    while set.len() < BATCH {
+        set.insert(rng.random_range(0..KEYS));
+    }
+    set.into_iter().collect()
+}
+
+fn grads(rng: &mut StdRng) -> Vec<f32> {
+    (0..BATCH * DIM)
+        .map(|_| rng.random_range(-0.1f32..0.1))
+        .collect()
+}
+
+fn spec() -> TableSpec {
+    TableSpec::new("emb", DIM as u32).with_rule(UpdateRule::Adagrad {
+        lr: 0.05,
+        eps: 1e-8,
+        initial_accumulator: 0.1,
+    })
+}
+
+/// Runs `f(thread, rng)` on `threads` threads for `secs`; returns operations per second.
+fn run_for(threads: usize, secs: f64, f: impl Fn(usize, &mut StdRng) + Sync) -> f64 {
+    let stop = AtomicBool::new(false);
+    let ops = AtomicU64::new(0);
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (stop, ops, f) = (&stop, &ops, &f);
+            s.spawn(move || {
+                let mut rng = StdRng::seed_from_u64(t as u64 + 1);
+                while !stop.load(Ordering::Relaxed) {
+                    f(t, &mut rng);
+                    ops.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        stop.store(true, Ordering::Relaxed);
+    });
+    ops.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
+}
+
+fn opts(sync: SyncPolicy) -> StoreOptions {
+    StoreOptions {
+        sync,
+        block_cache_bytes: 1 << 30,
+        ..StoreOptions::default()
+    }
+}
+
+fn raw_db(path: &Path) -> rocksdb::DB {
+    let mut o = rocksdb::Options::default();
+    o.create_if_missing(true);
+    o.set_compression_type(rocksdb::DBCompressionType::None);
+    let mut t = rocksdb::BlockBasedOptions::default();
+    t.set_block_cache(&rocksdb::Cache::new_lru_cache(1 << 30));
+    t.set_bloom_filter(10.0, false);
+    o.set_block_based_table_factory(&t);
+    rocksdb::DB::open(&o, path).expect("open raw rocksdb")
+}
+
+fn raw_put(db: &rocksdb::DB, sync: bool, keys: &[u64], values: &[f32]) {
+    let mut b = rocksdb::WriteBatch::default();
+    let mut buf = Vec::with_capacity(DIM * 4);
+    for (i, k) in keys.iter().enumerate() {
+        buf.clear();
+        for v in &values[i * DIM..(i + 1) * DIM] {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        b.put(k.to_be_bytes(), &buf);
+    }
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(sync);
+    db.write_opt(b, &wo).expect("raw write");
+}
+
+fn drop_caches() -> bool {
+    // SAFETY of results: only meaningful as root; elsewhere we report warm figures only.
+    std::process::Command::new("sync").status().ok();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+fn wal_bytes_and_read(dir: &Path) -> (u64, f64) {
+    let t = Instant::now();
+    let mut bytes = 0;
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("wal"))
+        .expect("wal dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    for f in files {
+        bytes += std::fs::read(&f).expect("read segment").len() as u64;
+    }
+    (bytes, t.elapsed().as_secs_f64())
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let secs = if quick { 1.0 } else { 4.0 };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    println!("## Store benchmark\n");
+    println!(
+        "machine: {} cores, {cpu}; dim {DIM}, {BATCH}-key batches, uniform keys over {KEYS}; {secs} s per point\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // --- push ---
+    println!("### Push (AdaGrad applied on the server)\n");
+    println!("| sync policy | threads | paramdb pushes/s | paramdb rows/s | raw RocksDB pushes/s (its WAL) | ratio |");
+    println!("|---|---|---|---|---|---|");
+    let policies = [
+        (SyncPolicy::Sync, Some(true)),
+        (SyncPolicy::Interval(Duration::from_millis(10)), Some(false)),
+        (SyncPolicy::None, None),
+    ];
+    let mut pull_store = None;
+    for (i, (policy, raw_sync)) in policies.into_iter().enumerate() {
+        for threads in [1, 4] {
+            let dir = tmp.path().join(format!("push-{i}-{threads}"));
+            let store = Store::open(&dir, opts(policy)).expect("open");
+            store.create_table(spec()).expect("table");
+            let ps = run_for(threads, secs, |t, rng| {
+                let keys = batch_keys(rng);
+                let g = grads(rng);
+                store
+                    .push("emb", ClientId::ANONYMOUS, 0, &keys, &g)
+                    .map(|_| ())
+                    .unwrap_or_else(|e| panic!("thread {t}: {e}"));
+            });
+            let raw_sync = raw_sync.unwrap_or(false);
+            let rdir = tmp.path().join(format!("raw-{i}-{threads}"));
+            let db = raw_db(&rdir);
+            let rs = run_for(threads, secs, |_, rng| {
+                let keys = batch_keys(rng);
+                let g = grads(rng);
+                raw_put(&db, raw_sync, &keys, &g);
+            });
+            println!(
+                "| {policy} | {threads} | {ps:.0} | {:.0} | {rs:.0} ({}) | {:.2} |",
+                ps * BATCH as f64,
+                if raw_sync { "sync" } else { "no sync" },
+                ps / rs
+            );
+            if matches!(policy, SyncPolicy::None) && threads == 4 {
+                pull_store = Some((store, db));
+            }
+        }
+    }
+
+    // --- pull ---
+    let (store, db) = pull_store.expect("store from the push runs");
+    println!("\n### Pull\n");
+    println!("| rows are | threads | paramdb rows/s | raw RocksDB multi-get rows/s | ratio |");
+    println!("|---|---|---|---|---|");
+    let raw_get = |rng: &mut StdRng| {
+        let keys = batch_keys(rng);
+        let kb: Vec<[u8; 8]> = keys.iter().map(|k| k.to_be_bytes()).collect();
+        let r = db.batched_multi_get_cf(&db.cf_handle("default").expect("cf"), kb.iter(), false);
+        let mut out = vec![0.0f32; BATCH * DIM];
+        for (i, v) in r.into_iter().enumerate() {
+            if let Ok(Some(v)) = v {
+                for (o, c) in out[i * DIM..(i + 1) * DIM]
+                    .iter_mut()
+                    .zip(v.chunks_exact(4))
+                {
+                    *o = f32::from_le_bytes(c.try_into().expect("4"));
+                }
+            }
+        }
+        std::hint::black_box(out);
+    };
+    for (label, checkpoint) in [
+        ("in memory (since last checkpoint)", false),
+        ("in RocksDB (after checkpoint)", true),
+    ] {
+        if checkpoint {
+            store.checkpoint().expect("checkpoint");
+            db.flush().expect("flush");
+        }
+        for threads in [1, 2] {
+            let ps = run_for(threads, secs, |_, rng| {
+                let keys = batch_keys(rng);
+                std::hint::black_box(store.pull("emb", &keys).expect("pull"));
+            });
+            let rs = run_for(threads, secs, |_, rng| raw_get(rng));
+            println!(
+                "| {label} | {threads} | {:.0} | {:.0} | {:.2} |",
+                ps * BATCH as f64,
+                rs * BATCH as f64,
+                ps / rs
+            );
+        }
+    }
+    drop(store);
+    drop(db);
+
+    // --- replay ---
+    let target: u64 = if quick { 256 << 20 } else { 1 << 30 };
+    let dir = tmp.path().join("replay");
+    {
+        let o = StoreOptions {
+            checkpoint_log_bytes: u64::MAX,
+            checkpoint_interval: None,
+            background: false,
+            ..opts(SyncPolicy::None)
+        };
+        let store = Store::open(&dir, o).expect("open");
+        store.create_table(spec()).expect("table");
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut written = 0;
+        while written < target {
+            let keys = batch_keys(&mut rng);
+            let g = grads(&mut rng);
+            store
+                .push("emb", ClientId::ANONYMOUS, 0, &keys, &g)
+                .expect("push");
+            written += (BATCH * (DIM * 4 + 8)) as u64;
+        }
+        // Dropped without close: the next open must replay the whole log.
+    }
+    println!("\n### Recovery replay\n");
+    println!("| cache | log MiB | sequential read MB/s | replay (open) MB/s | replay / read |");
+    println!("|---|---|---|---|---|");
+    let reopen_opts = StoreOptions {
+        background: false,
+        ..opts(SyncPolicy::None)
+    };
+    for cold in [true, false] {
+        if cold && !drop_caches() {
+            println!("| cold | (needs root to drop the page cache) | | | |");
+            continue;
+        }
+        let (bytes, read_s) = wal_bytes_and_read(&dir);
+        if cold {
+            drop_caches();
+        }
+        let t = Instant::now();
+        let store = Store::open(&dir, reopen_opts.clone()).expect("reopen");
+        let open_s = t.elapsed().as_secs_f64();
+        let replayed = store.recovery_report().bytes_read;
+        assert_eq!(replayed, bytes);
+        drop(store);
+        let mb = bytes as f64 / 1e6;
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.2} |",
+            if cold { "cold" } else { "warm" },
+            bytes as f64 / (1 << 20) as f64,
+            mb / read_s,
+            mb / open_s,
+            read_s / open_s
+        );
+    }
+}

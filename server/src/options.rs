@@ -1,0 +1,109 @@
+//! Store configuration: durability policy, checkpoint triggers, sizes and limits.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::wal::RecoveryMode;
+
+/// When an accepted push is acknowledged relative to the log reaching stable storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// fsync before acknowledging; concurrent pushes share one fsync (group commit).
+    Sync,
+    /// Acknowledge once written; a background thread fsyncs every interval. A crash loses at
+    /// most the pushes of the last interval (plus the one being synced).
+    Interval(Duration),
+    /// Acknowledge once written; fsync only when a segment is sealed or at checkpoints. A
+    /// process crash loses nothing (the data is in the page cache); a power cut may.
+    None,
+}
+
+impl FromStr for SyncPolicy {
+    type Err = String;
+
+    /// `sync`, `none`, `interval=<ms>` (also `interval=<n>ms`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "sync" => Ok(SyncPolicy::Sync),
+            "none" => Ok(SyncPolicy::None),
+            other => {
+                let ms = other
+                    .strip_prefix("interval=")
+                    .map(|v| v.trim_end_matches("ms"))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .filter(|&v| v > 0)
+                    .ok_or_else(|| {
+                        format!("unknown sync policy {other:?} (sync, none, interval=<ms>)")
+                    })?;
+                Ok(SyncPolicy::Interval(Duration::from_millis(ms)))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for SyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyncPolicy::Sync => write!(f, "sync"),
+            SyncPolicy::None => write!(f, "none"),
+            SyncPolicy::Interval(d) => write!(f, "interval={}", d.as_millis()),
+        }
+    }
+}
+
+/// Everything `Store::open` can be told.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub sync: SyncPolicy,
+    /// Checkpoint once this many log bytes were written since the last one.
+    pub checkpoint_log_bytes: u64,
+    /// Checkpoint when the last one is older than this and rows changed since.
+    pub checkpoint_interval: Option<Duration>,
+    /// A segment is sealed and a new one started past this size.
+    pub max_segment_bytes: u64,
+    /// RocksDB block cache.
+    pub block_cache_bytes: usize,
+    /// Largest push or pull (keys + values) in bytes.
+    pub max_request_bytes: u64,
+    /// What to do about corruption before the log's tail.
+    pub recovery: RecoveryMode,
+    /// Run the background thread (interval syncs, checkpoint triggers). Tests that drive
+    /// checkpoints by hand turn it off.
+    pub background: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            sync: SyncPolicy::Sync,
+            checkpoint_log_bytes: 256 << 20,
+            checkpoint_interval: Some(Duration::from_secs(60)),
+            max_segment_bytes: 64 << 20,
+            block_cache_bytes: 256 << 20,
+            max_request_bytes: 256 << 20,
+            recovery: RecoveryMode::Strict,
+            background: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_policy_parses() {
+        assert_eq!("sync".parse::<SyncPolicy>().unwrap(), SyncPolicy::Sync);
+        assert_eq!("none".parse::<SyncPolicy>().unwrap(), SyncPolicy::None);
+        assert_eq!(
+            "interval=10".parse::<SyncPolicy>().unwrap(),
+            SyncPolicy::Interval(Duration::from_millis(10))
+        );
+        assert_eq!(
+            "interval=5ms".parse::<SyncPolicy>().unwrap().to_string(),
+            "interval=5"
+        );
+        assert!("interval=0".parse::<SyncPolicy>().is_err());
+        assert!("always".parse::<SyncPolicy>().is_err());
+    }
+}

@@ -1,0 +1,358 @@
+//! Byte layout of the gradient log (drawn in `docs/wal-format.md`): a segment header, then
+//! 8-byte-aligned frames `len u32 | crc32(len ‖ payload) u32 | payload | zero padding`.
+//!
+//! Frames are aligned so that recovery can look for a later valid frame after a damaged one by
+//! stepping 8 bytes at a time: that is how a torn tail is told apart from corruption.
+
+/// Version of the segment and record layout; stored in every segment header.
+pub const WAL_FORMAT_VERSION: u32 = 1;
+pub const SEGMENT_MAGIC: [u8; 8] = *b"PDBGLOG\0";
+pub const SEGMENT_HEADER_LEN: usize = 40;
+pub const FRAME_HEADER_LEN: usize = 8;
+/// Fixed part of a record payload, before keys/values.
+pub const RECORD_FIXED_LEN: usize = 48;
+/// Largest payload a frame may carry; larger lengths are treated as damage.
+pub const MAX_PAYLOAD: usize = 1 << 30;
+
+pub const TYPE_PUSH_KEYS: u8 = 1;
+pub const TYPE_PUSH_RANGE: u8 = 2;
+
+/// Segment header: what each segment file starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub version: u32,
+    pub segment: u64,
+    pub first_lsn: u64,
+}
+
+impl SegmentHeader {
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
+        let mut b = [0u8; SEGMENT_HEADER_LEN];
+        b[..8].copy_from_slice(&SEGMENT_MAGIC);
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
+        // 12..16 flags, zero.
+        b[16..24].copy_from_slice(&self.segment.to_le_bytes());
+        b[24..32].copy_from_slice(&self.first_lsn.to_le_bytes());
+        let crc = crc32fast::hash(&b[..32]);
+        b[32..36].copy_from_slice(&crc.to_le_bytes());
+        // 36..40 reserved, zero.
+        b
+    }
+
+    /// Decodes a header; `Err` says what is wrong.
+    pub fn decode(b: &[u8]) -> Result<SegmentHeader, HeaderError> {
+        if b.len() < SEGMENT_HEADER_LEN {
+            return Err(HeaderError::Short);
+        }
+        let stored = u32::from_le_bytes(b[32..36].try_into().expect("4 bytes"));
+        let actual = crc32fast::hash(&b[..32]);
+        if stored != actual || b[..8] != SEGMENT_MAGIC {
+            return Err(HeaderError::Damaged {
+                expected: stored,
+                actual,
+            });
+        }
+        let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
+        if version > WAL_FORMAT_VERSION {
+            return Err(HeaderError::NewerVersion(version));
+        }
+        Ok(SegmentHeader {
+            version,
+            segment: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
+            first_lsn: u64::from_le_bytes(b[24..32].try_into().expect("8 bytes")),
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    Short,
+    Damaged { expected: u32, actual: u32 },
+    NewerVersion(u32),
+}
+
+/// Which rows a record touches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKeys<'a> {
+    /// An explicit key list, `n × u64` little-endian.
+    List(&'a [u8]),
+    /// The contiguous block `[start, start + n)`.
+    Range { start: u64 },
+}
+
+/// One logged push, borrowed from a segment buffer (or built for writing).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Record<'a> {
+    pub lsn: u64,
+    pub client: u64,
+    pub seq: u64,
+    pub table: u32,
+    pub dim: u32,
+    pub rows: u32,
+    pub keys: RecordKeys<'a>,
+    /// `rows × dim` f32, little-endian.
+    pub values: &'a [u8],
+}
+
+impl Record<'_> {
+    pub fn key(&self, i: usize) -> u64 {
+        match self.keys {
+            RecordKeys::List(b) => {
+                u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+            }
+            RecordKeys::Range { start } => start + i as u64,
+        }
+    }
+
+    /// Decodes the values of row `i` into `out` (length `dim`).
+    pub fn values_into(&self, i: usize, out: &mut [f32]) {
+        let d = self.dim as usize;
+        let b = &self.values[i * d * 4..(i + 1) * d * 4];
+        for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {
+            *o = f32::from_le_bytes(c.try_into().expect("4 bytes"));
+        }
+    }
+}
+
+/// Payload length of a record with these sizes.
+pub fn payload_len(rows: usize, dim: usize, range: bool) -> usize {
+    RECORD_FIXED_LEN + if range { 8 } else { rows * 8 } + rows * dim * 4
+}
+
+/// Padded size of a frame carrying `payload` bytes.
+pub fn frame_len(payload: usize) -> usize {
+    (FRAME_HEADER_LEN + payload + 7) & !7
+}
+
+/// Appends a complete frame for a push to `out`. `keys` is either the key list or, for a range
+/// push, `None` with `range_start`. Values are written as little-endian f32.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_push(
+    out: &mut Vec<u8>,
+    lsn: u64,
+    client: u64,
+    seq: u64,
+    table: u32,
+    dim: u32,
+    keys: Result<&[u64], u64>,
+    values: &[f32],
+) {
+    let rows = match keys {
+        Ok(k) => k.len(),
+        Err(_) => values.len() / dim as usize,
+    };
+    let len = payload_len(rows, dim as usize, keys.is_err());
+    let start = out.len();
+    out.reserve(frame_len(len));
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // crc, filled below
+    out.push(if keys.is_ok() {
+        TYPE_PUSH_KEYS
+    } else {
+        TYPE_PUSH_RANGE
+    });
+    out.extend_from_slice(&[0; 7]);
+    out.extend_from_slice(&lsn.to_le_bytes());
+    out.extend_from_slice(&client.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&table.to_le_bytes());
+    out.extend_from_slice(&dim.to_le_bytes());
+    out.extend_from_slice(&(rows as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    match keys {
+        Ok(k) => {
+            for key in k {
+                out.extend_from_slice(&key.to_le_bytes());
+            }
+        }
+        Err(s) => out.extend_from_slice(&s.to_le_bytes()),
+    }
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    debug_assert_eq!(out.len() - start, FRAME_HEADER_LEN + len);
+    let mut h = crc32fast::Hasher::new();
+    h.update(&out[start..start + 4]);
+    h.update(&out[start + FRAME_HEADER_LEN..]);
+    let crc = h.finalize();
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    out.resize(start + frame_len(len), 0);
+}
+
+/// Why bytes at some offset are not a valid frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// Fewer than a frame header's bytes remain.
+    ShortHeader,
+    /// Length and checksum are both zero: zero-filled space.
+    Zeroed,
+    /// The length is outside what a record can be.
+    BadLength(u32),
+    /// The frame runs past the end of the data.
+    PastEnd { len: u32 },
+    /// The checksum does not match.
+    Checksum { expected: u32, actual: u32 },
+    /// Checksum fine but the payload does not parse.
+    Malformed(&'static str),
+}
+
+/// Tries to read one frame at `off`; on success returns the record and the next frame offset.
+pub fn read_frame(buf: &[u8], off: usize) -> Result<(Record<'_>, usize), FrameError> {
+    let rest = &buf[off.min(buf.len())..];
+    if rest.len() < FRAME_HEADER_LEN {
+        return Err(FrameError::ShortHeader);
+    }
+    let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
+    let stored = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+    if len == 0 && stored == 0 {
+        return Err(FrameError::Zeroed);
+    }
+    if (len as usize) < RECORD_FIXED_LEN || len as usize > MAX_PAYLOAD {
+        return Err(FrameError::BadLength(len));
+    }
+    if FRAME_HEADER_LEN + len as usize > rest.len() {
+        return Err(FrameError::PastEnd { len });
+    }
+    let payload = &rest[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len as usize];
+    let mut h = crc32fast::Hasher::new();
+    h.update(&rest[..4]);
+    h.update(payload);
+    let actual = h.finalize();
+    if actual != stored {
+        return Err(FrameError::Checksum {
+            expected: stored,
+            actual,
+        });
+    }
+    let rec = parse_payload(payload)?;
+    Ok((rec, off + frame_len(len as usize)))
+}
+
+/// Re-reads a frame that `read_frame` already validated, without computing its checksum again.
+pub fn validated_frame(buf: &[u8], off: usize) -> Record<'_> {
+    let len = u32::from_le_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
+    let payload = &buf[off + FRAME_HEADER_LEN..off + FRAME_HEADER_LEN + len];
+    parse_payload(payload).expect("frame validated before")
+}
+
+fn parse_payload(p: &[u8]) -> Result<Record<'_>, FrameError> {
+    let u32_at = |o: usize| u32::from_le_bytes(p[o..o + 4].try_into().expect("4 bytes"));
+    let u64_at = |o: usize| u64::from_le_bytes(p[o..o + 8].try_into().expect("8 bytes"));
+    let ty = p[0];
+    let (lsn, client, seq) = (u64_at(8), u64_at(16), u64_at(24));
+    let (table, dim, rows) = (u32_at(32), u32_at(36), u32_at(40));
+    let range = match ty {
+        TYPE_PUSH_KEYS => false,
+        TYPE_PUSH_RANGE => true,
+        _ => return Err(FrameError::Malformed("unknown record type")),
+    };
+    let want = (rows as u64).checked_mul(dim as u64 * 4).and_then(|v| {
+        v.checked_add(RECORD_FIXED_LEN as u64 + if range { 8 } else { rows as u64 * 8 })
+    });
+    if want != Some(p.len() as u64) {
+        return Err(FrameError::Malformed(
+            "record length does not match its row count and dim",
+        ));
+    }
+    let body = &p[RECORD_FIXED_LEN..];
+    let (keys, values) = if range {
+        (
+            RecordKeys::Range {
+                start: u64::from_le_bytes(body[..8].try_into().expect("8 bytes")),
+            },
+            &body[8..],
+        )
+    } else {
+        let (k, v) = body.split_at(rows as usize * 8);
+        (RecordKeys::List(k), v)
+    };
+    Ok(Record {
+        lsn,
+        client,
+        seq,
+        table,
+        dim,
+        rows,
+        keys,
+        values,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let mut buf = Vec::new();
+        encode_push(
+            &mut buf,
+            7,
+            3,
+            11,
+            2,
+            2,
+            Ok(&[5, 1 << 40]),
+            &[1.0, 2.0, -3.5, f32::MIN_POSITIVE],
+        );
+        encode_push(&mut buf, 8, 0, 0, 2, 2, Err(100), &[0.5, 0.25]);
+        assert_eq!(buf.len() % 8, 0);
+        let (a, next) = read_frame(&buf, 0).unwrap();
+        assert_eq!(
+            (a.lsn, a.client, a.seq, a.table, a.dim, a.rows),
+            (7, 3, 11, 2, 2, 2)
+        );
+        assert_eq!((a.key(0), a.key(1)), (5, 1 << 40));
+        let mut v = [0.0; 2];
+        a.values_into(1, &mut v);
+        assert_eq!(v, [-3.5, f32::MIN_POSITIVE]);
+        let (b, end) = read_frame(&buf, next).unwrap();
+        assert_eq!(
+            (b.lsn, b.rows, b.key(0), b.keys),
+            (8, 1, 100, RecordKeys::Range { start: 100 })
+        );
+        assert_eq!(end, buf.len());
+        assert_eq!(read_frame(&buf, end), Err(FrameError::ShortHeader));
+    }
+
+    #[test]
+    fn damage_is_classified() {
+        let mut buf = Vec::new();
+        encode_push(&mut buf, 1, 1, 1, 1, 4, Ok(&[9]), &[1.0; 4]);
+        let mut flipped = buf.clone();
+        flipped[30] ^= 0x10;
+        assert!(matches!(
+            read_frame(&flipped, 0),
+            Err(FrameError::Checksum { .. })
+        ));
+        assert_eq!(
+            read_frame(&buf[..buf.len() - 9], 0).unwrap_err(),
+            FrameError::PastEnd { len: 72 }
+        );
+        assert_eq!(read_frame(&[0u8; 64], 0).unwrap_err(), FrameError::Zeroed);
+        let mut bad_len = buf.clone();
+        bad_len[3] = 0x7f;
+        assert!(matches!(
+            read_frame(&bad_len, 0),
+            Err(FrameError::BadLength(_))
+        ));
+    }
+
+    #[test]
+    fn header_round_trips() {
+        let h = SegmentHeader {
+            version: WAL_FORMAT_VERSION,
+            segment: 4,
+            first_lsn: 99,
+        };
+        let b = h.encode();
+        assert_eq!(SegmentHeader::decode(&b).unwrap(), h);
+        let mut d = b;
+        d[20] ^= 1;
+        assert!(matches!(
+            SegmentHeader::decode(&d),
+            Err(HeaderError::Damaged { .. })
+        ));
+        assert_eq!(SegmentHeader::decode(&b[..10]), Err(HeaderError::Short));
+    }
+}

@@ -1,0 +1,138 @@
+//! The file-system operations the gradient log needs, behind a trait so tests can inject torn
+//! writes, lost unsynced data and failed fsyncs (`wal::fault`). `StdFs` is the real thing.
+
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// An append-only log file. Methods take `&self` so a sync can run while another thread
+/// appends (group commit): an fsync covers every byte appended before it started.
+pub trait LogFile: Send + Sync + Debug {
+    fn append(&self, buf: &[u8]) -> io::Result<()>;
+    /// Makes every byte appended so far durable (`fdatasync`).
+    fn sync(&self) -> io::Result<()>;
+}
+
+/// Directory and whole-file operations of the log.
+pub trait LogFs: Send + Sync + Debug {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// File names (not paths) directly in `dir`; a missing directory lists as empty.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// The first `n` bytes of a file (fewer if it is shorter).
+    fn read_prefix(&self, path: &Path, n: usize) -> io::Result<Vec<u8>>;
+    /// Creates (or truncates) a file for appending.
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn LogFile>>;
+    /// Writes a whole new file and syncs it.
+    fn write_new(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Cuts a file to `len` bytes and syncs it.
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Makes creations, renames and removals in `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// The operating system's file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdFs;
+
+#[derive(Debug)]
+struct StdFile(File);
+
+impl LogFile for StdFile {
+    fn append(&self, buf: &[u8]) -> io::Result<()> {
+        (&self.0).write_all(buf)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+impl LogFs for StdFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut names = Vec::new();
+        for e in rd {
+            let e = e?;
+            if e.file_type()?.is_file() {
+                if let Some(n) = e.file_name().to_str() {
+                    names.push(n.to_string());
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let mut f = File::open(path)?;
+        let mut v = Vec::with_capacity(f.metadata().map(|m| m.len() as usize).unwrap_or(0));
+        f.read_to_end(&mut v)?;
+        Ok(v)
+    }
+
+    fn read_prefix(&self, path: &Path, n: usize) -> io::Result<Vec<u8>> {
+        let mut v = Vec::with_capacity(n);
+        File::open(path)?.take(n as u64).read_to_end(&mut v)?;
+        Ok(v)
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
+        let f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(path)?;
+        Ok(Arc::new(StdFile(f)))
+    }
+
+    fn write_new(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let mut f = File::create(path)?;
+        f.write_all(data)?;
+        f.sync_all()
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let f = OpenOptions::new().write(true).open(path)?;
+        f.set_len(len)?;
+        f.sync_all()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+/// `<dir>/<segment number, 20 digits>.log`: names sort in segment order.
+pub fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:020}.log"))
+}
+
+/// The segment number of a file name, if it is a segment's.
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let n = name.strip_suffix(".log")?;
+    if n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()) {
+        n.parse().ok()
+    } else {
+        None
+    }
+}

@@ -1,0 +1,319 @@
+//! Recovery on open: list the segments, validate every byte needed after the checkpoint, replay
+//! the records in LSN order, and only then change anything on disk (cut a torn tail, drop
+//! segments a finished checkpoint made stale, quarantine in salvage mode).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::format::{self, FrameError, HeaderError, Record, SegmentHeader, WAL_FORMAT_VERSION};
+use super::fs::{parse_segment_name, segment_path, LogFs};
+use super::reader::{self, Damage, Scan};
+use super::writer::SegmentInfo;
+use crate::error::{Result, StoreError};
+
+/// What to do with corruption before the tail.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// Refuse to open, change nothing.
+    #[default]
+    Strict,
+    /// Keep the records before the damage, move the damaged segment to `wal/quarantine/`, go
+    /// on with the next segment, and report the LSNs lost.
+    Salvage,
+}
+
+/// A run of LSNs that salvage could not recover.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LostRange {
+    pub first_lsn: u64,
+    /// Last lost LSN, when a later segment tells it.
+    pub last_lsn: Option<u64>,
+    pub moved_to: PathBuf,
+    pub damage: String,
+}
+
+/// What recovery found and did.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    pub segments_read: usize,
+    pub bytes_read: u64,
+    pub records_replayed: u64,
+    /// Records at or below the checkpoint (already in RocksDB).
+    pub records_skipped: u64,
+    /// A cut torn tail: (segment, offset, bytes cut, where the bytes were kept).
+    pub torn_tail: Option<(PathBuf, u64, u64, PathBuf)>,
+    pub stale_segments_removed: usize,
+    pub lost: Vec<LostRange>,
+    /// Segments that stay live, oldest first.
+    pub live_segments: Vec<SegmentInfo>,
+    pub next_lsn: u64,
+    pub next_segment: u64,
+}
+
+enum Action {
+    Remove(PathBuf),
+    Quarantine(PathBuf, PathBuf),
+    CutTail {
+        path: PathBuf,
+        offset: u64,
+        tail: Vec<u8>,
+        keep_at: PathBuf,
+        remove: bool,
+    },
+}
+
+/// Replays the log in `dir` after `checkpoint_lsn`, calling `apply` for every record with a
+/// larger LSN, in order. On a strict-mode error nothing on disk has been changed.
+pub fn recover(
+    fs: &Arc<dyn LogFs>,
+    dir: &Path,
+    checkpoint_lsn: u64,
+    mode: RecoveryMode,
+    apply: &mut dyn FnMut(&Record<'_>) -> Result<()>,
+) -> Result<RecoveryReport> {
+    let io = |what: &str, p: &Path, e| StoreError::io(format!("{what} {}", p.display()), e);
+    let mut numbers: Vec<u64> = fs
+        .list(dir)
+        .map_err(|e| io("listing", dir, e))?
+        .iter()
+        .filter_map(|n| parse_segment_name(n))
+        .collect();
+    numbers.sort_unstable();
+    let mut report = RecoveryReport {
+        next_lsn: checkpoint_lsn + 1,
+        next_segment: numbers.last().map_or(1, |n| n + 1),
+        ..Default::default()
+    };
+    let mut actions = Vec::new();
+
+    // Headers first: a segment is stale when the next one starts at or below checkpoint + 1,
+    // i.e. a checkpoint covered it and the crash came before it was deleted.
+    let mut first_lsns = Vec::with_capacity(numbers.len());
+    for &n in &numbers {
+        let p = segment_path(dir, n);
+        let head = fs
+            .read_prefix(&p, format::SEGMENT_HEADER_LEN)
+            .map_err(|e| io("reading", &p, e))?;
+        first_lsns.push(SegmentHeader::decode(&head).ok().map(|h| h.first_lsn));
+    }
+    let mut start = 0;
+    while start + 1 < numbers.len()
+        && first_lsns[start + 1].is_some_and(|f| f <= checkpoint_lsn + 1)
+    {
+        actions.push(Action::Remove(segment_path(dir, numbers[start])));
+        report.stale_segments_removed += 1;
+        start += 1;
+    }
+
+    let mut expected = None::<u64>;
+    for i in start..numbers.len() {
+        let n = numbers[i];
+        let path = segment_path(dir, n);
+        let is_last = i + 1 == numbers.len();
+        let buf = fs.read(&path).map_err(|e| io("reading", &path, e))?;
+        report.segments_read += 1;
+        report.bytes_read += buf.len() as u64;
+
+        let scan = reader::scan(&buf, is_last);
+        let (frames, damage, header) = match scan {
+            Scan::TornHeader => {
+                actions.push(Action::CutTail {
+                    path: path.clone(),
+                    offset: 0,
+                    tail: buf.clone(),
+                    keep_at: torn_path(dir, n, 0),
+                    remove: true,
+                });
+                report.torn_tail = Some((path, 0, buf.len() as u64, torn_path(dir, n, 0)));
+                continue;
+            }
+            Scan::Ok(s) => {
+                if s.torn {
+                    let keep_at = torn_path(dir, n, s.valid_end);
+                    report.torn_tail = Some((
+                        path.clone(),
+                        s.valid_end as u64,
+                        (buf.len() - s.valid_end) as u64,
+                        keep_at.clone(),
+                    ));
+                    actions.push(Action::CutTail {
+                        path: path.clone(),
+                        offset: s.valid_end as u64,
+                        tail: buf[s.valid_end..].to_vec(),
+                        keep_at,
+                        remove: false,
+                    });
+                }
+                (s.frames, None, Some(s.header))
+            }
+            Scan::Damaged { frames, damage } => {
+                let header = SegmentHeader::decode(&buf).ok();
+                (frames, Some(damage), header)
+            }
+        };
+
+        // Sequence continuity with the checkpoint and the previous segment.
+        if let Some(h) = header {
+            let want = expected.unwrap_or(h.first_lsn);
+            let gap_ok = mode == RecoveryMode::Salvage && !report.lost.is_empty();
+            if expected.is_none() && h.first_lsn > checkpoint_lsn + 1 {
+                return Err(StoreError::LogGap {
+                    segment: path,
+                    expected: checkpoint_lsn + 1,
+                    found: h.first_lsn,
+                });
+            }
+            if h.first_lsn != want && !(gap_ok && h.first_lsn > want) {
+                if let Some(last) = report.lost.last_mut() {
+                    last.last_lsn.get_or_insert(h.first_lsn - 1);
+                }
+                return Err(StoreError::LogGap {
+                    segment: path,
+                    expected: want,
+                    found: h.first_lsn,
+                });
+            }
+            if let Some(last) = report.lost.last_mut() {
+                last.last_lsn.get_or_insert(h.first_lsn.saturating_sub(1));
+            }
+            expected = Some(h.first_lsn);
+        }
+
+        for rec in reader::records(&buf, &frames) {
+            if rec.lsn > checkpoint_lsn {
+                apply(&rec)?;
+                report.records_replayed += 1;
+            } else {
+                report.records_skipped += 1;
+            }
+            expected = Some(rec.lsn + 1);
+        }
+
+        if let Some(damage) = damage {
+            let err = damage_error(&path, &buf, &damage);
+            match mode {
+                RecoveryMode::Strict => return Err(err),
+                RecoveryMode::Salvage => {
+                    let moved_to = dir.join("quarantine").join(format!("{n:020}.log"));
+                    tracing::error!(segment = %path.display(), error = %err, "salvage: quarantining damaged log segment");
+                    report.lost.push(LostRange {
+                        first_lsn: expected.unwrap_or(checkpoint_lsn + 1),
+                        last_lsn: None,
+                        moved_to: moved_to.clone(),
+                        damage: err.to_string(),
+                    });
+                    actions.push(Action::Quarantine(path, moved_to));
+                    continue;
+                }
+            }
+        }
+        if let Some(h) = header {
+            report.live_segments.push(SegmentInfo {
+                segment: n,
+                first_lsn: h.first_lsn,
+            });
+        }
+    }
+    report.next_lsn = expected.map_or(checkpoint_lsn + 1, |e| e.max(checkpoint_lsn + 1));
+
+    // Everything validated: now change the disk.
+    let mut touched = false;
+    for a in actions {
+        touched = true;
+        match a {
+            Action::Remove(p) => fs.remove(&p).map_err(|e| io("removing", &p, e))?,
+            Action::Quarantine(from, to) => {
+                let qdir = dir.join("quarantine");
+                fs.create_dir_all(&qdir)
+                    .map_err(|e| io("creating", &qdir, e))?;
+                fs.rename(&from, &to)
+                    .map_err(|e| io("quarantining", &from, e))?;
+            }
+            Action::CutTail {
+                path,
+                offset,
+                tail,
+                keep_at,
+                remove,
+            } => {
+                let tdir = dir.join("torn");
+                fs.create_dir_all(&tdir)
+                    .map_err(|e| io("creating", &tdir, e))?;
+                fs.write_new(&keep_at, &tail)
+                    .map_err(|e| io("keeping torn tail in", &keep_at, e))?;
+                if remove {
+                    fs.remove(&path).map_err(|e| io("removing", &path, e))?;
+                } else {
+                    fs.truncate(&path, offset)
+                        .map_err(|e| io("truncating", &path, e))?;
+                }
+                tracing::warn!(segment = %path.display(), offset, bytes = tail.len(), kept_at = %keep_at.display(), "cut torn tail of the log");
+            }
+        }
+    }
+    if touched {
+        fs.sync_dir(dir).map_err(|e| io("syncing", dir, e))?;
+    }
+    Ok(report)
+}
+
+fn torn_path(dir: &Path, segment: u64, offset: usize) -> PathBuf {
+    dir.join("torn").join(format!("{segment:020}-{offset}.bin"))
+}
+
+fn damage_error(path: &Path, buf: &[u8], damage: &Damage) -> StoreError {
+    let segment = path.to_path_buf();
+    match *damage {
+        Damage::Header(HeaderError::NewerVersion(v)) => StoreError::UnsupportedFormat {
+            what: format!("log segment {}", path.display()),
+            found: v,
+            supported: WAL_FORMAT_VERSION,
+        },
+        Damage::Header(HeaderError::Damaged { expected, actual }) => StoreError::ChecksumMismatch {
+            segment,
+            offset: 0,
+            expected,
+            actual,
+        },
+        Damage::Header(HeaderError::Short) => StoreError::CorruptLog {
+            segment,
+            offset: 0,
+            reason: format!("segment is {} bytes, shorter than its header", buf.len()),
+        },
+        Damage::Frame { offset, error } => {
+            let reason = match error {
+                FrameError::Checksum { expected, actual } => {
+                    return StoreError::ChecksumMismatch {
+                        segment,
+                        offset: offset as u64,
+                        expected,
+                        actual,
+                    }
+                }
+                FrameError::BadLength(l) => {
+                    format!("frame length {l} is impossible, and valid records follow")
+                }
+                FrameError::PastEnd { len } => {
+                    format!("frame of {len} bytes runs past the end of the segment")
+                }
+                FrameError::Zeroed => "zeroed bytes followed by valid records".to_string(),
+                FrameError::ShortHeader => "segment ends inside a frame header".to_string(),
+                FrameError::Malformed(m) => m.to_string(),
+            };
+            StoreError::CorruptLog {
+                segment,
+                offset: offset as u64,
+                reason,
+            }
+        }
+        Damage::Sequence {
+            offset,
+            expected,
+            found,
+        } => StoreError::CorruptLog {
+            segment,
+            offset: offset as u64,
+            reason: format!("record carries LSN {found}, expected {expected}"),
+        },
+    }
+}

@@ -1,0 +1,59 @@
+//! Child process for the SIGKILL crash test: opens a store under `sync`, then pushes the
+//! deterministic workload from several client threads, printing `ACK <client> <seq>` after
+//! each acknowledgement, until it is killed.
+//!
+//! Usage: `crash_pusher DIR START_SEQ_1 START_SEQ_2 …` (one client thread per start seq;
+//! client ids are 1, 2, …).
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::Context;
+use paramdb_server::{ClientId, Store, StoreOptions, SyncPolicy, TableSpec};
+use paramdb_tests::workload::{push_content, DIM};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let dir = args
+        .first()
+        .context("usage: crash_pusher DIR START_SEQ...")?;
+    let starts: Vec<u64> = args[1..]
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()
+        .context("start sequence numbers")?;
+    let opts = StoreOptions {
+        sync: SyncPolicy::Sync,
+        // Small triggers so kills also land inside checkpoints and segment rotations.
+        checkpoint_log_bytes: 96 << 10,
+        max_segment_bytes: 32 << 10,
+        ..StoreOptions::default()
+    };
+    let store = Arc::new(Store::open(dir, opts).context("opening the store")?);
+    if store.describe_table("crash").is_err() {
+        store.create_table(TableSpec::new("crash", DIM as u32))?;
+    }
+    println!("OPEN");
+    let threads: Vec<_> = starts
+        .into_iter()
+        .enumerate()
+        .map(|(i, start)| {
+            let store = store.clone();
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let client = i as u64 + 1;
+                for seq in start.. {
+                    let (keys, values) = push_content(client, seq);
+                    store.push("crash", ClientId(client), seq, &keys, &values)?;
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "ACK {client} {seq}")?;
+                    out.flush()?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("pusher thread panicked")?;
+    }
+    Ok(())
+}
