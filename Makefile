@@ -3,16 +3,22 @@
 #   make test   the whole test suite
 # Everything builds with --release so RocksDB's C++ is compiled for one profile only.
 
+SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CARGO ?= cargo
+TEST_LOG := $(or $(CARGO_TARGET_DIR),target)/test-output.log
 
 .PHONY: demo test bench deps lint
 
 demo: deps
 	$(CARGO) run --release -p paramdb-tools --bin paramdb -- demo
 
+# cargo prints one summary per test binary (the last ones are empty doc-test runs), so the
+# run ends with the total over all of them.
 test: deps
-	$(CARGO) test --release --workspace
+	mkdir -p $(dir $(TEST_LOG))
+	set -o pipefail; $(CARGO) test --release --workspace 2>&1 | tee $(TEST_LOG)
+	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f; exit (p == 0 || f > 0)}' $(TEST_LOG)
 
 bench: deps
 	$(CARGO) bench -p paramdb-server --bench store

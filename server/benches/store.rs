@@ -31,6 +31,17 @@ fn batch_keys(rng: &mut StdRng) -> Vec<u64> {
     set.into_iter().collect()
 }
 
+/// 1,000 distinct keys drawn from Zipf(1.0) over the key space: a few rows are in almost every
+/// batch, as with word embeddings.
+fn zipf_keys(rng: &mut StdRng, zipf: &rand_distr::Zipf<f64>) -> Vec<u64> {
+    use rand::distr::Distribution;
+    let mut set = std::collections::HashSet::with_capacity(BATCH);
+    while set.len() < BATCH {
+        set.insert(zipf.sample(rng) as u64 - 1);
+    }
+    set.into_iter().collect()
+}
+
 fn grads(rng: &mut StdRng) -> Vec<f32> {
     (0..BATCH * DIM)
         .map(|_| rng.random_range(-0.1f32..0.1))
@@ -83,7 +94,10 @@ fn raw_db(path: &Path) -> rocksdb::DB {
     t.set_block_cache(&rocksdb::Cache::new_lru_cache(1 << 30));
     t.set_bloom_filter(10.0, false);
     o.set_block_based_table_factory(&t);
-    rocksdb::DB::open(&o, path).expect("open raw rocksdb")
+    o.create_missing_column_families(true);
+    // One column family for the rows (as paramdb has per table), with the same options.
+    let cf = rocksdb::ColumnFamilyDescriptor::new("rows", o.clone());
+    rocksdb::DB::open_cf_descriptors(&o, path, [cf]).expect("open raw rocksdb")
 }
 
 fn raw_put(db: &rocksdb::DB, sync: bool, keys: &[u64], values: &[f32]) {
@@ -94,7 +108,7 @@ fn raw_put(db: &rocksdb::DB, sync: bool, keys: &[u64], values: &[f32]) {
         for v in &values[i * DIM..(i + 1) * DIM] {
             buf.extend_from_slice(&v.to_le_bytes());
         }
-        b.put(k.to_be_bytes(), &buf);
+        b.put_cf(&db.cf_handle("rows").expect("cf"), k.to_be_bytes(), &buf);
     }
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(sync);
@@ -124,6 +138,14 @@ fn wal_bytes_and_read(dir: &Path) -> (u64, f64) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // `--only replay` (or push, pull) runs one section, e.g. under a profiler.
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let run = |section: &str| only.as_deref().is_none_or(|o| o == section);
     let secs = if quick { 1.0 } else { 4.0 };
     let tmp = tempfile::tempdir().expect("tempdir");
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -141,149 +163,177 @@ fn main() {
     );
 
     // --- push ---
-    println!("### Push (AdaGrad applied on the server)\n");
-    println!("| sync policy | threads | paramdb pushes/s | paramdb rows/s | raw RocksDB pushes/s (its WAL) | ratio |");
-    println!("|---|---|---|---|---|---|");
-    let policies = [
-        (SyncPolicy::Sync, Some(true)),
-        (SyncPolicy::Interval(Duration::from_millis(10)), Some(false)),
-        (SyncPolicy::None, None),
-    ];
-    let mut pull_store = None;
-    for (i, (policy, raw_sync)) in policies.into_iter().enumerate() {
-        for threads in [1, 4] {
-            let dir = tmp.path().join(format!("push-{i}-{threads}"));
-            let store = Store::open(&dir, opts(policy)).expect("open");
-            store.create_table(spec()).expect("table");
-            let ps = run_for(threads, secs, |t, rng| {
-                let keys = batch_keys(rng);
-                let g = grads(rng);
-                store
-                    .push("emb", ClientId::ANONYMOUS, 0, &keys, &g)
-                    .map(|_| ())
-                    .unwrap_or_else(|e| panic!("thread {t}: {e}"));
-            });
-            let raw_sync = raw_sync.unwrap_or(false);
-            let rdir = tmp.path().join(format!("raw-{i}-{threads}"));
-            let db = raw_db(&rdir);
-            let rs = run_for(threads, secs, |_, rng| {
-                let keys = batch_keys(rng);
-                let g = grads(rng);
-                raw_put(&db, raw_sync, &keys, &g);
-            });
-            println!(
-                "| {policy} | {threads} | {ps:.0} | {:.0} | {rs:.0} ({}) | {:.2} |",
-                ps * BATCH as f64,
-                if raw_sync { "sync" } else { "no sync" },
-                ps / rs
-            );
-            if matches!(policy, SyncPolicy::None) && threads == 4 {
-                pull_store = Some((store, db));
-            }
-        }
-    }
-
-    // --- pull ---
-    let (store, db) = pull_store.expect("store from the push runs");
-    println!("\n### Pull\n");
-    println!("| rows are | threads | paramdb rows/s | raw RocksDB multi-get rows/s | ratio |");
-    println!("|---|---|---|---|---|");
-    let raw_get = |rng: &mut StdRng| {
-        let keys = batch_keys(rng);
-        let kb: Vec<[u8; 8]> = keys.iter().map(|k| k.to_be_bytes()).collect();
-        let r = db.batched_multi_get_cf(&db.cf_handle("default").expect("cf"), kb.iter(), false);
-        let mut out = vec![0.0f32; BATCH * DIM];
-        for (i, v) in r.into_iter().enumerate() {
-            if let Ok(Some(v)) = v {
-                for (o, c) in out[i * DIM..(i + 1) * DIM]
-                    .iter_mut()
-                    .zip(v.chunks_exact(4))
-                {
-                    *o = f32::from_le_bytes(c.try_into().expect("4"));
+    if run("push") || run("pull") {
+        println!("### Push (AdaGrad applied on the server)\n");
+        println!("| sync policy | threads | paramdb pushes/s | paramdb rows/s | raw RocksDB pushes/s (its WAL) | ratio |");
+        println!("|---|---|---|---|---|---|");
+        let policies = [
+            (SyncPolicy::Sync, Some(true)),
+            (SyncPolicy::Interval(Duration::from_millis(10)), Some(false)),
+            (SyncPolicy::None, None),
+        ];
+        let mut pull_store = None;
+        for (i, (policy, raw_sync)) in policies.into_iter().enumerate() {
+            for threads in [1, 4] {
+                let dir = tmp.path().join(format!("push-{i}-{threads}"));
+                let store = Store::open(&dir, opts(policy)).expect("open");
+                store.create_table(spec()).expect("table");
+                let ps = run_for(threads, secs, |t, rng| {
+                    let keys = batch_keys(rng);
+                    let g = grads(rng);
+                    store
+                        .push("emb", ClientId::ANONYMOUS, 0, &keys, &g)
+                        .map(|_| ())
+                        .unwrap_or_else(|e| panic!("thread {t}: {e}"));
+                });
+                let raw_sync = raw_sync.unwrap_or(false);
+                let rdir = tmp.path().join(format!("raw-{i}-{threads}"));
+                let db = raw_db(&rdir);
+                let rs = run_for(threads, secs, |_, rng| {
+                    let keys = batch_keys(rng);
+                    let g = grads(rng);
+                    raw_put(&db, raw_sync, &keys, &g);
+                });
+                println!(
+                    "| {policy} | {threads} | {ps:.0} | {:.0} | {rs:.0} ({}) | {:.2} |",
+                    ps * BATCH as f64,
+                    if raw_sync { "sync" } else { "no sync" },
+                    ps / rs
+                );
+                if matches!(policy, SyncPolicy::None) && threads == 4 {
+                    pull_store = Some((store, db));
                 }
             }
         }
-        std::hint::black_box(out);
-    };
-    for (label, checkpoint) in [
-        ("in memory (since last checkpoint)", false),
-        ("in RocksDB (after checkpoint)", true),
-    ] {
-        if checkpoint {
-            store.checkpoint().expect("checkpoint");
-            db.flush().expect("flush");
+
+        // --- pull ---
+        let (store, db) = pull_store.expect("store from the push runs");
+        println!("\n### Pull\n");
+        println!("| rows are | threads | paramdb rows/s | raw RocksDB multi-get rows/s | ratio |");
+        println!("|---|---|---|---|---|");
+        let raw_get = |rng: &mut StdRng| {
+            let keys = batch_keys(rng);
+            let kb: Vec<[u8; 8]> = keys.iter().map(|k| k.to_be_bytes()).collect();
+            let r = db.batched_multi_get_cf(&db.cf_handle("rows").expect("cf"), kb.iter(), false);
+            let mut out = vec![0.0f32; BATCH * DIM];
+            for (i, v) in r.into_iter().enumerate() {
+                if let Ok(Some(v)) = v {
+                    for (o, c) in out[i * DIM..(i + 1) * DIM]
+                        .iter_mut()
+                        .zip(v.chunks_exact(4))
+                    {
+                        *o = f32::from_le_bytes(c.try_into().expect("4"));
+                    }
+                }
+            }
+            std::hint::black_box(out);
+        };
+        for (label, checkpoint) in [
+            ("in memory (since last checkpoint)", false),
+            ("in RocksDB (after checkpoint)", true),
+        ] {
+            if checkpoint {
+                store.checkpoint().expect("checkpoint");
+                db.flush().expect("flush");
+            }
+            for threads in [1, 2] {
+                let ps = run_for(threads, secs, |_, rng| {
+                    let keys = batch_keys(rng);
+                    std::hint::black_box(store.pull("emb", &keys).expect("pull"));
+                });
+                let rs = run_for(threads, secs, |_, rng| raw_get(rng));
+                println!(
+                    "| {label} | {threads} | {:.0} | {:.0} | {:.2} |",
+                    ps * BATCH as f64,
+                    rs * BATCH as f64,
+                    ps / rs
+                );
+            }
         }
-        for threads in [1, 2] {
-            let ps = run_for(threads, secs, |_, rng| {
-                let keys = batch_keys(rng);
-                std::hint::black_box(store.pull("emb", &keys).expect("pull"));
-            });
-            let rs = run_for(threads, secs, |_, rng| raw_get(rng));
-            println!(
-                "| {label} | {threads} | {:.0} | {:.0} | {:.2} |",
-                ps * BATCH as f64,
-                rs * BATCH as f64,
-                ps / rs
-            );
-        }
+        drop(store);
+        drop(db);
     }
-    drop(store);
-    drop(db);
 
     // --- replay ---
+    if !run("replay") {
+        return;
+    }
     let target: u64 = if quick { 256 << 20 } else { 1 << 30 };
-    let dir = tmp.path().join("replay");
-    {
-        let o = StoreOptions {
-            checkpoint_log_bytes: u64::MAX,
-            checkpoint_interval: None,
+    println!("\n### Recovery replay\n");
+    println!("Open after a crash with the whole log to replay (no checkpoint), against a plain sequential read of the same segment files. Log of AdaGrad pushes, 1,000 keys × dim 100 per record.\n");
+    println!("| keys | cache | log MiB | distinct rows | sequential read MB/s | replay (open) MB/s | replay / read |");
+    println!("|---|---|---|---|---|---|---|");
+    let zipf = rand_distr::Zipf::new(KEYS as f64, 1.0).expect("zipf");
+    for (label, skewed) in [("uniform", false), ("Zipf(1.0)", true)] {
+        let dir = tmp.path().join(format!("replay-{skewed}"));
+        {
+            let o = StoreOptions {
+                checkpoint_log_bytes: u64::MAX,
+                checkpoint_interval: None,
+                background: false,
+                ..opts(SyncPolicy::None)
+            };
+            let store = Store::open(&dir, o).expect("open");
+            store.create_table(spec()).expect("table");
+            let mut rng = StdRng::seed_from_u64(9);
+            let mut written = 0;
+            while written < target {
+                let keys = if skewed {
+                    zipf_keys(&mut rng, &zipf)
+                } else {
+                    batch_keys(&mut rng)
+                };
+                let g = grads(&mut rng);
+                store
+                    .push("emb", ClientId::ANONYMOUS, 0, &keys, &g)
+                    .expect("push");
+                written += (BATCH * (DIM * 4 + 8)) as u64;
+            }
+            // Dropped without close: the next open must replay the whole log.
+        }
+        let reopen_opts = StoreOptions {
             background: false,
             ..opts(SyncPolicy::None)
         };
-        let store = Store::open(&dir, o).expect("open");
-        store.create_table(spec()).expect("table");
-        let mut rng = StdRng::seed_from_u64(9);
-        let mut written = 0;
-        while written < target {
-            let keys = batch_keys(&mut rng);
-            let g = grads(&mut rng);
-            store
-                .push("emb", ClientId::ANONYMOUS, 0, &keys, &g)
-                .expect("push");
-            written += (BATCH * (DIM * 4 + 8)) as u64;
+        for cold in [true, false] {
+            if cold && !drop_caches() {
+                println!("| {label} | cold | (needs root to drop the page cache) | | | | |");
+                continue;
+            }
+            // Three alternating rounds; medians, since single runs here vary by 2x.
+            let (mut reads, mut opens, mut bytes, mut rows) = (Vec::new(), Vec::new(), 0, 0);
+            for _ in 0..3 {
+                if cold {
+                    drop_caches();
+                }
+                let (b, read_s) = wal_bytes_and_read(&dir);
+                if cold {
+                    drop_caches();
+                }
+                let t = Instant::now();
+                let store = Store::open(&dir, reopen_opts.clone()).expect("reopen");
+                opens.push(t.elapsed().as_secs_f64());
+                reads.push(read_s);
+                assert_eq!(store.recovery_report().bytes_read, b);
+                bytes = b;
+                rows = store.stats().dirty_rows;
+                // Dropping a store that never checkpointed leaves the log to replay again.
+                drop(store);
+            }
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(|a, b| a.total_cmp(b));
+                v[v.len() / 2]
+            };
+            let (read_s, open_s) = (median(&mut reads), median(&mut opens));
+            let mb = bytes as f64 / 1e6;
+            println!(
+                "| {label} | {} | {:.0} | {rows} | {:.0} | {:.0} | {:.2} |",
+                if cold { "cold" } else { "warm" },
+                bytes as f64 / (1 << 20) as f64,
+                mb / read_s,
+                mb / open_s,
+                read_s / open_s
+            );
         }
-        // Dropped without close: the next open must replay the whole log.
-    }
-    println!("\n### Recovery replay\n");
-    println!("| cache | log MiB | sequential read MB/s | replay (open) MB/s | replay / read |");
-    println!("|---|---|---|---|---|");
-    let reopen_opts = StoreOptions {
-        background: false,
-        ..opts(SyncPolicy::None)
-    };
-    for cold in [true, false] {
-        if cold && !drop_caches() {
-            println!("| cold | (needs root to drop the page cache) | | | |");
-            continue;
-        }
-        let (bytes, read_s) = wal_bytes_and_read(&dir);
-        if cold {
-            drop_caches();
-        }
-        let t = Instant::now();
-        let store = Store::open(&dir, reopen_opts.clone()).expect("reopen");
-        let open_s = t.elapsed().as_secs_f64();
-        let replayed = store.recovery_report().bytes_read;
-        assert_eq!(replayed, bytes);
-        drop(store);
-        let mb = bytes as f64 / 1e6;
-        println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.2} |",
-            if cold { "cold" } else { "warm" },
-            bytes as f64 / (1 << 20) as f64,
-            mb / read_s,
-            mb / open_s,
-            read_s / open_s
-        );
     }
 }

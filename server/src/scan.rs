@@ -1,20 +1,23 @@
 //! Streaming the stored rows of a key range in key order, a batch at a time, merging the
-//! in-memory layers (dirty, frozen) with RocksDB. Memory is bounded by the batch size, not the
-//! range.
+//! in-memory layers (dirty, frozen) with RocksDB.
+//!
+//! The in-memory layers are hash maps, so a scan takes, once at its start, the sorted list of
+//! in-memory keys inside its range. Memory is bounded by that list (at most the rows changed
+//! since the last checkpoint) plus one batch; never by the size of the table. Each row comes
+//! back at least as new as the scan's start; rows first written after the start may be missed.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::error::{Result, StoreError};
 use crate::row;
-use crate::store::{Shared, Table};
+use crate::store::{lookup, Shared, Table};
 use crate::types::{Key, KeyRange};
 
 /// Rows fetched per batch from each source.
 const BATCH: usize = 1024;
 
-/// Iterator over `(key, weights)` of the stored rows in a range. Each row is at least as new
-/// as the moment its batch was read; the scan is not a snapshot of the whole range.
+/// Iterator over `(key, weights)` of the stored rows in a range.
 #[derive(Debug)]
 pub struct RangeScan {
     shared: Arc<Shared>,
@@ -22,17 +25,34 @@ pub struct RangeScan {
     cursor: Key,
     end: Key,
     done: bool,
+    /// In-memory keys of the range at the scan's start, sorted; `mem_pos` is the next one.
+    mem_keys: Vec<Key>,
+    mem_pos: usize,
     batch: VecDeque<(Key, Vec<f32>)>,
 }
 
 impl RangeScan {
     pub(crate) fn new(shared: Arc<Shared>, table: Arc<Table>, range: KeyRange) -> Self {
+        let mut mem_keys: Vec<Key> = {
+            let st = shared.lock_state();
+            let (dirty, frozen) = st.layers(table.id);
+            dirty
+                .into_iter()
+                .chain(frozen)
+                .flat_map(|m| m.keys().copied())
+                .filter(|k| range.contains(*k))
+                .collect()
+        };
+        mem_keys.sort_unstable();
+        mem_keys.dedup();
         RangeScan {
             shared,
             table,
             cursor: range.start,
             end: range.end,
             done: range.is_empty(),
+            mem_keys,
+            mem_pos: 0,
             batch: VecDeque::new(),
         }
     }
@@ -42,25 +62,22 @@ impl RangeScan {
         let dim = t.spec.dim as usize;
         // Memory first: a key absent from memory now has its latest value in RocksDB, and the
         // RocksDB read that follows can only see something newer.
-        let (mem, mem_full) = {
+        let take = (self.mem_keys.len() - self.mem_pos).min(BATCH);
+        let candidates = &self.mem_keys[self.mem_pos..self.mem_pos + take];
+        let mem_full = self.mem_pos + take < self.mem_keys.len();
+        let mem_last = candidates.last().copied();
+        let mut mem: Vec<(Key, Vec<f32>)> = Vec::with_capacity(take);
+        {
             let st = self.shared.lock_state();
-            let mut mem: Vec<(Key, Vec<f32>)> = Vec::new();
-            let layers = [
-                st.dirty.get(&t.id),
-                st.frozen.as_ref().and_then(|f| f.get(&t.id)),
-            ];
-            for layer in layers.into_iter().flatten() {
-                for (&k, r) in layer.range(self.cursor..self.end).take(BATCH) {
+            let (dirty, frozen) = st.layers(t.id);
+            for &k in candidates {
+                // Gone from memory means checkpointed: RocksDB has it now.
+                if let Some(r) = lookup(dirty, frozen, k) {
                     mem.push((k, r.weights(dim).to_vec()));
                 }
             }
-            // Dirty first, so after a stable sort and dedup the newest layer wins.
-            mem.sort_by_key(|e| e.0);
-            mem.dedup_by_key(|e| e.0);
-            let full = mem.len() >= BATCH;
-            mem.truncate(BATCH);
-            (mem, full)
-        };
+        }
+        self.mem_pos += take;
         let disk = self
             .shared
             .rocks
@@ -69,18 +86,19 @@ impl RangeScan {
         // Only keys up to the smaller of the two batch ends are complete in both sources.
         let mut limit = Key::MAX;
         if mem_full {
-            limit = limit.min(mem.last().map_or(Key::MAX, |e| e.0));
+            limit = limit.min(mem_last.unwrap_or(Key::MAX));
         }
         if disk_full {
             limit = limit.min(disk.last().map_or(Key::MAX, |e| e.0));
         }
-        let mut mi = mem.into_iter().peekable();
-        let mut di = disk.into_iter().peekable();
+        // Candidates past the limit are read again in the next batch.
+        let beyond = candidates.iter().rev().take_while(|&&k| k > limit).count();
+        self.mem_pos -= beyond;
+        let mut mi = mem.into_iter().filter(|e| e.0 <= limit).peekable();
+        let mut di = disk.into_iter().filter(|e| e.0 <= limit).peekable();
         let mut last = None;
         loop {
-            let next_m = mi.peek().map(|e| e.0).filter(|&k| k <= limit);
-            let next_d = di.peek().map(|e| e.0).filter(|&k| k <= limit);
-            let (k, w) = match (next_m, next_d) {
+            let (k, w) = match (mi.peek().map(|e| e.0), di.peek().map(|e| e.0)) {
                 (None, None) => break,
                 (Some(m), Some(d)) if m == d => {
                     di.next();
@@ -106,6 +124,9 @@ impl RangeScan {
         }
         match last {
             Some(k) if k < Key::MAX && k + 1 < self.end => self.cursor = k + 1,
+            // An empty batch with more in-memory candidates left: they were all checkpointed
+            // meanwhile and RocksDB's next window will have them.
+            None if mem_full || disk_full => {}
             _ => self.done = true,
         }
         Ok(())

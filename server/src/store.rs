@@ -7,7 +7,8 @@
 //! it. Reads look in dirty, then frozen, then RocksDB, then the initializer. Everything in
 //! dirty and frozen is also in the log, so a crash loses nothing that was acknowledged.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
@@ -15,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use rocksdb::WriteBatch;
+use rustc_hash::FxHashMap;
 
 use crate::dedup::{SeqWindow, Verdict};
 use crate::error::{Result, StoreError};
@@ -63,8 +65,12 @@ struct Catalog {
     next_id: u32,
 }
 
-/// Rows by table id, then key (ordered, for range scans).
-pub(crate) type Rows = HashMap<u32, BTreeMap<Key, Row>>;
+/// Rows by table id, then key. A hash map: a B-tree costs several cache misses per lookup at a
+/// million rows, and lookups are the hot path of pushes, pulls and replay. Range scans sort
+/// the keys they need once (see `scan`).
+pub(crate) type Rows = HashMap<u32, TableRows>;
+/// One table's rows in a layer.
+pub(crate) type TableRows = FxHashMap<Key, Row>;
 
 #[derive(Debug)]
 pub(crate) struct State {
@@ -82,12 +88,24 @@ pub(crate) struct State {
 
 impl State {
     /// The in-memory row for `key`, if it is in the dirty or frozen layer.
-    pub(crate) fn mem_row(&self, table: u32, key: Key) -> Option<&Row> {
-        self.dirty
-            .get(&table)
-            .and_then(|t| t.get(&key))
-            .or_else(|| self.frozen.as_ref()?.get(&table)?.get(&key))
+    /// The dirty and frozen rows of a table (looked up once, then per key with `lookup`).
+    pub(crate) fn layers(&self, table: u32) -> (Option<&TableRows>, Option<&TableRows>) {
+        (
+            self.dirty.get(&table),
+            self.frozen.as_ref().and_then(|f| f.get(&table)),
+        )
     }
+}
+
+/// A row in the dirty layer, else in the frozen one.
+pub(crate) fn lookup<'a>(
+    dirty: Option<&'a TableRows>,
+    frozen: Option<&'a TableRows>,
+    key: Key,
+) -> Option<&'a Row> {
+    dirty
+        .and_then(|d| d.get(&key))
+        .or_else(|| frozen.and_then(|f| f.get(&key)))
 }
 
 #[derive(Debug, Default)]
@@ -257,11 +275,25 @@ impl Store {
         let wal_dir = dir.join("wal");
         fs.create_dir_all(&wal_dir)
             .map_err(|e| StoreError::io(format!("creating {}", wal_dir.display()), e))?;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
+        let mut parts: Vec<Rows> = (0..threads).map(|_| Rows::new()).collect();
+        let report =
+            recovery::recover(&fs, &wal_dir, checkpoint_lsn, opts.recovery, &mut |recs| {
+                replay_records(&rocks, &catalog, &mut parts, &mut dedup, recs)
+            })?;
         let mut dirty: Rows = HashMap::new();
-        let mut scratch = Vec::new();
-        let report = recovery::recover(&fs, &wal_dir, checkpoint_lsn, opts.recovery, &mut |rec| {
-            replay_record(&rocks, &catalog, &mut dirty, &mut dedup, &mut scratch, rec)
-        })?;
+        for part in parts {
+            for (table, rows) in part {
+                let d = dirty.entry(table).or_default();
+                if d.is_empty() {
+                    *d = rows;
+                } else {
+                    d.extend(rows);
+                }
+            }
+        }
         let log = LogWriter::start(
             fs.clone(),
             &wal_dir,
@@ -462,7 +494,7 @@ impl Store {
         let (dirty_rows, log_segments, log_bytes, last_lsn, checkpoint_lsn) = {
             let st = s.lock_state();
             (
-                st.dirty.values().map(BTreeMap::len).sum(),
+                st.dirty.values().map(|t| t.len()).sum(),
                 st.log.segments().count(),
                 st.log.bytes_appended() - st.log_bytes_at_checkpoint,
                 st.log.last_lsn(),
@@ -728,10 +760,11 @@ impl Shared {
                     drop(st);
                     return self.ack_duplicate(ack);
                 }
+                let (dirty, frozen) = st.layers(t.id);
                 let missing: Vec<Key> = key_list
                     .iter()
                     .copied()
-                    .filter(|&k| st.mem_row(t.id, k).is_none())
+                    .filter(|&k| lookup(dirty, frozen, k).is_none())
                     .collect();
                 (st.generation, missing)
             };
@@ -768,14 +801,14 @@ impl Shared {
                     return Err(StoreError::io("writing the gradient log", e));
                 }
             };
+            let frozen = st.frozen.as_ref().and_then(|f| f.get(&t.id));
+            let dirty = st.dirty.entry(t.id).or_default();
             for (i, &k) in key_list.iter().enumerate() {
-                let row = match st.dirty.entry(t.id).or_default().entry(k) {
-                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        let base = st
-                            .frozen
-                            .as_ref()
-                            .and_then(|f| f.get(&t.id)?.get(&k).cloned())
+                let row = match dirty.entry(k) {
+                    Entry::Occupied(o) => o.into_mut(),
+                    Entry::Vacant(v) => {
+                        let base = frozen
+                            .and_then(|f| f.get(&k).cloned())
                             .or_else(|| fetched.remove(&k));
                         let base = match base {
                             Some(r) => r,
@@ -886,8 +919,9 @@ impl Shared {
         let mut missing = Vec::new();
         {
             let st = self.lock_state();
+            let (dirty, frozen) = st.layers(t.id);
             for (i, &k) in keys.iter().enumerate() {
-                match st.mem_row(t.id, k) {
+                match lookup(dirty, frozen, k) {
                     Some(r) => out[i * dim..(i + 1) * dim].copy_from_slice(r.weights(dim)),
                     None => missing.push(i),
                 }
@@ -1176,56 +1210,119 @@ fn load_catalog(rocks: &Rocks) -> Result<Catalog> {
     Ok(cat)
 }
 
-/// Applies one logged push during recovery, exactly as the live path applied it.
-fn replay_record(
+/// Applies a segment's logged pushes during recovery, exactly as the live path applied them.
+/// Rows are independent, so the work is split across threads by key: each thread owns the
+/// rows of its partition (`parts[p]`) and applies their updates in log order, which gives the
+/// same bits as a sequential replay.
+fn replay_records(
     rocks: &Rocks,
     catalog: &Catalog,
-    dirty: &mut Rows,
+    parts: &mut [Rows],
     dedup: &mut HashMap<u64, SeqWindow>,
-    scratch: &mut Vec<f32>,
-    rec: &Record<'_>,
+    recs: &[Record<'_>],
 ) -> Result<()> {
-    if rec.client != 0 {
-        let w = dedup.entry(rec.client).or_default();
-        if w.check(rec.seq) != Verdict::New {
-            // The writer never logs a duplicate; seeing one means the log disagrees with
-            // the checkpointed windows, and applying it would double-count.
-            return Err(StoreError::CorruptMeta {
-                reason: format!(
-                    "log record LSN {} repeats client {} sequence {}",
-                    rec.lsn, rec.client, rec.seq
-                ),
-            });
+    for rec in recs {
+        if rec.client != 0 {
+            let w = dedup.entry(rec.client).or_default();
+            if w.check(rec.seq) != Verdict::New {
+                // The writer never logs a duplicate; seeing one means the log disagrees with
+                // the checkpointed windows, and applying it would double-count.
+                return Err(StoreError::CorruptMeta {
+                    reason: format!(
+                        "log record LSN {} repeats client {} sequence {}",
+                        rec.lsn, rec.client, rec.seq
+                    ),
+                });
+            }
+            w.mark(rec.seq);
         }
-        w.mark(rec.seq);
+        if let Some(t) = catalog.by_id.get(&rec.table) {
+            if rec.dim != t.spec.dim {
+                return Err(StoreError::CorruptMeta {
+                    reason: format!(
+                        "log record LSN {} has dim {} for table {:?} of dim {}",
+                        rec.lsn, rec.dim, t.spec.name, t.spec.dim
+                    ),
+                });
+            }
+        }
     }
-    let Some(t) = catalog.by_id.get(&rec.table) else {
-        return Ok(()); // table dropped after this push
-    };
-    if rec.dim != t.spec.dim {
-        return Err(StoreError::CorruptMeta {
-            reason: format!(
-                "log record LSN {} has dim {} for table {:?} of dim {}",
-                rec.lsn, rec.dim, t.spec.name, t.spec.dim
-            ),
-        });
+    let n = parts.len();
+    if n == 1 {
+        return replay_partition(rocks, catalog, &mut parts[0], recs, 0, 1);
     }
-    let dim = t.dim();
-    scratch.resize(dim, 0.0);
-    let rows = dirty.entry(t.id).or_default();
-    // One batched RocksDB read for the rows this record touches for the first time.
-    let missing: Vec<Key> = (0..rec.rows as usize)
-        .map(|i| rec.key(i))
-        .filter(|k| !rows.contains_key(k))
-        .collect();
-    let stored = rocks.get_rows(&t.cf, &missing)?;
-    for (k, v) in missing.into_iter().zip(stored) {
-        rows.insert(k, stored_or_initial(t, k, v)?);
-    }
-    for i in 0..rec.rows as usize {
-        rec.values_into(i, scratch);
-        let row = rows.get_mut(&rec.key(i)).expect("inserted above");
-        row.apply(&t.spec.rule, scratch);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .iter_mut()
+            .enumerate()
+            .map(|(p, rows)| {
+                std::thread::Builder::new()
+                    .name(format!("paramdb-replay-{p}"))
+                    .spawn_scoped(s, move || {
+                        replay_partition(rocks, catalog, rows, recs, p, n)
+                    })
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| StoreError::io("starting replay threads", e))?;
+        handles.into_iter().try_for_each(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(StoreError::CorruptMeta {
+                    reason: "a replay thread panicked".into(),
+                })
+            })
+        })
+    })
+}
+
+/// Which of `n` replay partitions owns `key`.
+fn partition(key: Key, n: usize) -> usize {
+    ((key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % n as u64) as usize
+}
+
+fn replay_partition(
+    rocks: &Rocks,
+    catalog: &Catalog,
+    rows: &mut Rows,
+    recs: &[Record<'_>],
+    p: usize,
+    n: usize,
+) -> Result<()> {
+    let mut scratch = Vec::new();
+    let mut missing: Vec<(usize, Key)> = Vec::new();
+    for rec in recs {
+        let Some(t) = catalog.by_id.get(&rec.table) else {
+            continue; // table dropped after this push
+        };
+        scratch.resize(t.dim(), 0.0);
+        let rows = rows.entry(t.id).or_default();
+        // Rows already in memory are updated in place (one lookup); the others are read from
+        // RocksDB in one batch and updated after. Keys within a record are distinct, so each
+        // row still sees its updates in log order.
+        missing.clear();
+        for i in 0..rec.rows as usize {
+            let k = rec.key(i);
+            if partition(k, n) != p {
+                continue;
+            }
+            match rows.get_mut(&k) {
+                Some(row) => {
+                    rec.values_into(i, &mut scratch);
+                    row.apply(&t.spec.rule, &scratch);
+                }
+                None => missing.push((i, k)),
+            }
+        }
+        if missing.is_empty() {
+            continue;
+        }
+        let keys: Vec<Key> = missing.iter().map(|m| m.1).collect();
+        let stored = rocks.get_rows(&t.cf, &keys)?;
+        for (&(i, k), v) in missing.iter().zip(stored) {
+            let mut row = stored_or_initial(t, k, v)?;
+            rec.values_into(i, &mut scratch);
+            row.apply(&t.spec.rule, &scratch);
+            rows.insert(k, row);
+        }
     }
     Ok(())
 }

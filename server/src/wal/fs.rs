@@ -21,6 +21,11 @@ pub trait LogFs: Send + Sync + Debug {
     /// File names (not paths) directly in `dir`; a missing directory lists as empty.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Reads a whole file into `buf` (replacing its contents), reusing its allocation.
+    fn read_into(&self, path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
+        *buf = self.read(path)?;
+        Ok(())
+    }
     /// The first `n` bytes of a file (fewer if it is shorter).
     fn read_prefix(&self, path: &Path, n: usize) -> io::Result<Vec<u8>>;
     /// Creates (or truncates) a file for appending.
@@ -80,6 +85,12 @@ impl LogFs for StdFs {
         let mut v = Vec::with_capacity(f.metadata().map(|m| m.len() as usize).unwrap_or(0));
         f.read_to_end(&mut v)?;
         Ok(v)
+    }
+
+    fn read_into(&self, path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
+        buf.clear();
+        File::open(path)?.read_to_end(buf)?;
+        Ok(())
     }
 
     fn read_prefix(&self, path: &Path, n: usize) -> io::Result<Vec<u8>> {
