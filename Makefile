@@ -7,17 +7,20 @@ SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CARGO ?= cargo
 TEST_LOG := $(or $(CARGO_TARGET_DIR),target)/test-output.log
+# Python for the tests that drive the service from a client generated from proto/.
+VENV := .venv
+PYTHON := $(abspath $(VENV))/bin/python
 
-.PHONY: demo test bench deps lint
+.PHONY: demo test bench deps pydeps lint
 
 demo: deps
 	$(CARGO) run --release -p paramdb-tools --bin paramdb -- demo
 
 # cargo prints one summary per test binary (the last ones are empty doc-test runs), so the
 # run ends with the total over all of them.
-test: deps
+test: deps pydeps
 	mkdir -p $(dir $(TEST_LOG))
-	set -o pipefail; $(CARGO) test --release --workspace 2>&1 | tee $(TEST_LOG)
+	set -o pipefail; PARAMDB_PYTHON=$(PYTHON) $(CARGO) test --release --workspace 2>&1 | tee $(TEST_LOG)
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f; exit (p == 0 || f > 0)}' $(TEST_LOG)
 
 bench: deps
@@ -33,3 +36,9 @@ deps:
 		echo "installing libclang-dev and protobuf-compiler"; \
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev protobuf-compiler >/dev/null; \
 	fi
+
+# A virtual environment with the gRPC Python packages the tests use (from PyPI).
+pydeps:
+	@[ -x $(PYTHON) ] || python3 -m venv $(VENV)
+	@$(PYTHON) -c "import grpc_tools, grpc_health, grpc_reflection" 2>/dev/null || \
+		$(PYTHON) -m pip install -q grpcio grpcio-tools grpcio-health-checking grpcio-reflection

@@ -1,2 +1,23 @@
-//! paramdb's client: one API over two transports (gRPC and in-process embedded shards), with a
-//! pure key → shard routing module. Lands with issue #3; intentionally empty until then.
+//! paramdb's client: one async API (`Client`) over two transports, gRPC to shard servers and
+//! in-process embedded shards, plus a blocking wrapper (`BlockingClient`) for trainer threads.
+//!
+//! - `routing`: pure key → shard and range → per-shard sub-range splitting (no I/O).
+//! - `transport`: one shard behind either transport.
+//! - `client`: splitting, parallel fan-out, ordered range streams, retries with the same
+//!   sequence number (so a retried push is applied once).
+//! - `blocking`: the same API for synchronous callers.
+//! - `staleness`: worker clocks for bounded-staleness and bulk-synchronous training.
+
+pub mod blocking;
+pub mod client;
+pub mod error;
+pub mod routing;
+pub mod staleness;
+pub mod transport;
+
+pub use blocking::BlockingClient;
+pub use client::{Client, ClientOptions, RowStream};
+pub use error::ClientError;
+pub use paramdb_proto::cluster::ClusterMap;
+pub use paramdb_server::{Initializer, KeyRange, TableSpec, UpdateRule};
+pub use staleness::Clock;

@@ -25,3 +25,4 @@ pub use store::{CheckpointInfo, Store, StoreStats, TableInfo, STORE_FORMAT_VERSI
 pub use table::{Initializer, TableSpec, UpdateRule};
 pub use types::{ClientId, Key, KeyRange, PushAck};
 pub use wal::{RecoveryMode, RecoveryReport};
+pub mod rpc;

@@ -13,25 +13,22 @@ pub const MAX_DIM: u32 = 1 << 20;
 pub const MAX_NAME_LEN: usize = 128;
 
 /// How a row that was never written is initialised (a function of table seed and key).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub enum Initializer {
+    #[default]
     Zeros,
     /// Uniform on `[low, high)`.
-    Uniform {
-        low: f32,
-        high: f32,
-    },
+    Uniform { low: f32, high: f32 },
     /// Gaussian with mean 0 and standard deviation `std`.
-    Normal {
-        std: f32,
-    },
+    Normal { std: f32 },
 }
 
 /// How a pushed vector changes a row. The rule runs on the server, so optimizer state never
 /// leaves the shard.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub enum UpdateRule {
     /// `w += g`: the pushed vector is a delta (Hogwild-style trainers).
+    #[default]
     Add,
     /// `w -= lr * g`.
     Sgd { lr: f32 },

@@ -2,6 +2,7 @@
 //! store's promise end to end (push, SIGKILL, recover, verify exactly-once, pull).
 
 mod demo;
+mod serve;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -24,6 +25,8 @@ enum Command {
     /// Create a table in an embedded shard, push from a child process, SIGKILL it several
     /// times, recover, and check every acknowledged push was applied exactly once.
     Demo(demo::DemoArgs),
+    /// Serve one shard of a cluster over gRPC (health checking and reflection included).
+    Serve(serve::ServeArgs),
     /// The child process of `demo` (pushes until killed).
     #[command(hide = true)]
     DemoPusher {
@@ -46,6 +49,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::DemoPusher {
             data_dir,
             start_seq,

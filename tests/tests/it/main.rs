@@ -1,11 +1,15 @@
 //! paramdb integration tests, one binary (link once). Modules are named by scenario.
 
 mod bad_input;
+mod cluster;
 mod common;
+mod embedded_client;
 mod exactly_once;
 mod fault_crash;
+mod grpc;
 mod log_recovery;
 mod model;
 mod poison;
 mod process_crash;
+mod python;
 mod tables;

@@ -1,0 +1,164 @@
+//! The client for synchronous callers (trainer threads): the async client driven by its own
+//! small runtime. Methods may be called from many threads at once.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use paramdb_proto::cluster::ClusterMap;
+use paramdb_proto::v1::StatsResponse;
+use paramdb_server::{KeyRange, Store, TableSpec};
+
+use crate::client::{Client, ClientOptions, PushResult, RowStream};
+use crate::error::ClientError;
+use crate::transport::RowBlock;
+
+#[derive(Debug, Clone)]
+pub struct BlockingClient {
+    rt: Arc<tokio::runtime::Runtime>,
+    client: Client,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("paramdb-client")
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::Invalid(format!("starting the client runtime: {e}")))
+}
+
+impl BlockingClient {
+    pub fn connect(map: ClusterMap, opts: ClientOptions) -> Result<Self, ClientError> {
+        let rt = runtime()?;
+        let client = {
+            let _g = rt.enter();
+            Client::connect(map, opts)?
+        };
+        Ok(BlockingClient {
+            rt: Arc::new(rt),
+            client,
+        })
+    }
+
+    pub fn embedded(
+        map: ClusterMap,
+        stores: Vec<Arc<Store>>,
+        opts: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        Ok(BlockingClient {
+            rt: Arc::new(runtime()?),
+            client: Client::embedded(map, stores, opts)?,
+        })
+    }
+
+    pub fn open_embedded(
+        dir: &std::path::Path,
+        shards: usize,
+        store: paramdb_server::StoreOptions,
+        opts: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        Ok(BlockingClient {
+            rt: Arc::new(runtime()?),
+            client: Client::open_embedded(dir, shards, store, opts)?,
+        })
+    }
+
+    /// The async client underneath.
+    pub fn inner(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn client_id(&self) -> u64 {
+        self.client.client_id()
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.client.next_seq()
+    }
+
+    pub fn create_table(&self, spec: TableSpec) -> Result<(), ClientError> {
+        self.rt.block_on(self.client.create_table(spec))
+    }
+
+    pub fn drop_table(&self, name: &str) -> Result<(), ClientError> {
+        self.rt.block_on(self.client.drop_table(name))
+    }
+
+    pub fn list_tables(&self) -> Result<Vec<TableSpec>, ClientError> {
+        self.rt.block_on(self.client.list_tables())
+    }
+
+    pub fn describe_table(&self, name: &str) -> Result<TableSpec, ClientError> {
+        self.rt.block_on(self.client.describe_table(name))
+    }
+
+    pub fn pull(&self, table: &str, keys: &[u64]) -> Result<Vec<f32>, ClientError> {
+        self.rt.block_on(self.client.pull(table, keys))
+    }
+
+    pub fn push(
+        &self,
+        table: &str,
+        keys: &[u64],
+        values: &[f32],
+    ) -> Result<PushResult, ClientError> {
+        self.rt.block_on(self.client.push(table, keys, values))
+    }
+
+    pub fn push_with_seq(
+        &self,
+        table: &str,
+        seq: u64,
+        keys: &[u64],
+        values: &[f32],
+    ) -> Result<PushResult, ClientError> {
+        self.rt
+            .block_on(self.client.push_with_seq(table, seq, keys, values))
+    }
+
+    pub fn push_range(
+        &self,
+        table: &str,
+        start: u64,
+        values: &[f32],
+    ) -> Result<PushResult, ClientError> {
+        self.rt
+            .block_on(self.client.push_range(table, start, values))
+    }
+
+    /// The stored rows of `range` in key order, block by block.
+    pub fn pull_range(&self, table: &str, range: KeyRange) -> BlockingRows {
+        BlockingRows {
+            rt: self.rt.clone(),
+            stream: self.client.pull_range(table, range),
+        }
+    }
+
+    pub fn checkpoint(&self) -> Result<Vec<u64>, ClientError> {
+        self.rt.block_on(self.client.checkpoint())
+    }
+
+    pub fn stats(&self) -> Result<Vec<StatsResponse>, ClientError> {
+        self.rt.block_on(self.client.stats())
+    }
+}
+
+/// Iterator over the blocks of a range pull.
+pub struct BlockingRows {
+    rt: Arc<tokio::runtime::Runtime>,
+    stream: RowStream,
+}
+
+impl std::fmt::Debug for BlockingRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlockingRows")
+    }
+}
+
+impl Iterator for BlockingRows {
+    type Item = Result<RowBlock, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.rt.block_on(self.stream.next())
+    }
+}

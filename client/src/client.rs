@@ -1,0 +1,521 @@
+//! The client: splits a request by shard, sends the parts in parallel, reassembles the
+//! answer, and retries what may have failed in transit. Every push carries this client's id
+//! and one sequence number for all its parts, and a retry reuses it, so each shard applies a
+//! push exactly once however often it is resent.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::stream::{self, Stream, StreamExt};
+use paramdb_proto::cluster::ClusterMap;
+use paramdb_proto::v1::StatsResponse;
+use paramdb_server::{KeyRange, Store, StoreOptions, TableSpec};
+use rand::Rng;
+
+use crate::error::ClientError;
+use crate::routing;
+use crate::transport::{RowBlock, Shard, ShardAck};
+
+/// Timeouts, retries and identity.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Per attempt.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Retries of one call after a retryable failure (transport errors, a restarting shard).
+    pub max_retries: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Exactly-once identity; random when `None`.
+    pub client_id: Option<u64>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            max_retries: 30,
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_secs(1),
+            client_id: None,
+        }
+    }
+}
+
+/// What a push returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PushResult {
+    pub seq: u64,
+    /// Every shard involved had already applied this sequence number.
+    pub duplicate: bool,
+}
+
+pub type RowStream = Pin<Box<dyn Stream<Item = Result<RowBlock, ClientError>> + Send>>;
+
+struct Inner {
+    map: ClusterMap,
+    shards: Vec<Shard>,
+    client_id: u64,
+    seq: AtomicU64,
+    opts: ClientOptions,
+    dims: RwLock<HashMap<String, u32>>,
+}
+
+/// The paramdb client. Cheap to clone; clones share identity and sequence.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("shards", &self.inner.shards.len())
+            .field("client_id", &self.inner.client_id)
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client of the shard servers listed in `map` (connections are made on first use).
+    pub fn connect(map: ClusterMap, opts: ClientOptions) -> Result<Client, ClientError> {
+        map.validate()
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let shards = map
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Shard::grpc(i, &s.address, opts.connect_timeout))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::build(map, shards, opts))
+    }
+
+    /// A client of stores in this process, one per shard of `map` (addresses are ignored).
+    pub fn embedded(
+        map: ClusterMap,
+        stores: Vec<Arc<Store>>,
+        opts: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        map.validate()
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        if stores.len() != map.shards.len() {
+            return Err(ClientError::Invalid(format!(
+                "{} stores for {} shards",
+                stores.len(),
+                map.shards.len()
+            )));
+        }
+        let shards = stores
+            .into_iter()
+            .zip(&map.shards)
+            .enumerate()
+            .map(|(i, (s, e))| Shard::embedded(i, s, KeyRange::new(e.range[0], e.range[1])))
+            .collect();
+        Ok(Self::build(map, shards, opts))
+    }
+
+    /// Opens (or creates) `shards` embedded stores under `dir/shard-<i>`, splitting the key
+    /// space evenly: the no-network default.
+    pub fn open_embedded(
+        dir: &Path,
+        shards: usize,
+        store: StoreOptions,
+        opts: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let names: Vec<String> = (0..shards).map(|i| format!("embedded-{i}")).collect();
+        let map = ClusterMap::even(&names);
+        let stores = (0..shards)
+            .map(|i| {
+                Store::open(dir.join(format!("shard-{i}")), store.clone())
+                    .map(Arc::new)
+                    .map_err(|e| ClientError::Status {
+                        shard: i,
+                        code: paramdb_server::rpc::status::code_of(&e),
+                        message: e.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::embedded(map, stores, opts)
+    }
+
+    fn build(map: ClusterMap, shards: Vec<Shard>, opts: ClientOptions) -> Client {
+        // Never 0: 0 is the anonymous client, which gets no deduplication.
+        let client_id = opts
+            .client_id
+            .unwrap_or_else(|| rand::rng().random::<u64>() | 1);
+        Client {
+            inner: Arc::new(Inner {
+                map,
+                shards,
+                client_id,
+                seq: AtomicU64::new(1),
+                opts,
+                dims: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn cluster(&self) -> &ClusterMap {
+        &self.inner.map
+    }
+
+    pub fn client_id(&self) -> u64 {
+        self.inner.client_id
+    }
+
+    /// Reserves the next sequence number (for callers that retry a push across their own
+    /// restarts and must reuse it).
+    pub fn next_seq(&self) -> u64 {
+        self.inner.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Runs `f` against shard `shard`, retrying retryable failures with backoff.
+    async fn retry<T, F, Fut>(&self, shard: usize, mut f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Shard) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let o = &self.inner.opts;
+        let mut delay = o.backoff_initial;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let r = match tokio::time::timeout(o.timeout, f(self.inner.shards[shard].clone())).await
+            {
+                Ok(r) => r,
+                Err(_) => Err(ClientError::Status {
+                    shard,
+                    code: tonic::Code::DeadlineExceeded,
+                    message: format!("no answer within {:?}", o.timeout),
+                }),
+            };
+            match r {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() && attempt <= o.max_retries => {
+                    tracing::debug!(shard, attempt, error = %e, "retrying");
+                    let jitter = rand::rng().random_range(0.5..1.5);
+                    tokio::time::sleep(delay.mul_f64(jitter)).await;
+                    delay = (delay * 2).min(o.backoff_max);
+                }
+                Err(e) if attempt > 1 && e.is_retryable() => {
+                    return Err(ClientError::RetriesExhausted {
+                        shard,
+                        attempts: attempt,
+                        last: Box::new(e),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs `f` on every shard in parallel.
+    async fn all<T, F, Fut>(&self, f: F) -> Vec<Result<T, ClientError>>
+    where
+        F: Fn(Shard) -> Fut + Clone,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        futures::future::join_all((0..self.inner.shards.len()).map(|i| {
+            let f = f.clone();
+            async move { self.retry(i, f).await }
+        }))
+        .await
+    }
+
+    /// Creates the table on every shard. Re-running after a partial failure completes it.
+    pub async fn create_table(&self, spec: TableSpec) -> Result<(), ClientError> {
+        let results = self
+            .all(|s| {
+                let spec = spec.clone();
+                async move { s.create_table(&spec).await }
+            })
+            .await;
+        let exists = |e: &ClientError| e.code() == Some(tonic::Code::AlreadyExists);
+        if results.iter().all(|r| r.as_ref().is_err_and(exists)) {
+            return results.into_iter().next().unwrap_or(Ok(()));
+        }
+        for r in results {
+            match r {
+                Err(e) if !exists(&e) => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the table on every shard.
+    pub async fn drop_table(&self, name: &str) -> Result<(), ClientError> {
+        let results = self
+            .all(|s| {
+                let name = name.to_string();
+                async move { s.drop_table(&name).await }
+            })
+            .await;
+        self.inner
+            .dims
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        let missing = |e: &ClientError| e.code() == Some(tonic::Code::NotFound);
+        if results.iter().all(|r| r.as_ref().is_err_and(missing)) {
+            return results.into_iter().next().unwrap_or(Ok(()));
+        }
+        for r in results {
+            match r {
+                Err(e) if !missing(&e) => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn list_tables(&self) -> Result<Vec<TableSpec>, ClientError> {
+        self.retry(0, |s| async move { s.list_tables().await })
+            .await
+    }
+
+    pub async fn describe_table(&self, name: &str) -> Result<TableSpec, ClientError> {
+        let n = name.to_string();
+        let spec = self
+            .retry(0, |s| {
+                let n = n.clone();
+                async move { s.describe_table(&n).await }
+            })
+            .await?;
+        self.inner
+            .dims
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), spec.dim);
+        Ok(spec)
+    }
+
+    async fn dim(&self, table: &str) -> Result<u32, ClientError> {
+        if let Some(d) = self
+            .inner
+            .dims
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(table)
+        {
+            return Ok(*d);
+        }
+        Ok(self.describe_table(table).await?.dim)
+    }
+
+    /// Weights of `keys`, `keys.len() × dim` floats row after row.
+    pub async fn pull(&self, table: &str, keys: &[u64]) -> Result<Vec<f32>, ClientError> {
+        if keys.is_empty() {
+            return Err(ClientError::Invalid("pull of no keys".into()));
+        }
+        let dim = self.dim(table).await? as usize;
+        let parts = routing::split_keys(&self.inner.map, keys)?;
+        let fetched = futures::future::try_join_all(parts.iter().map(|(shard, idx)| {
+            let sub: Vec<u64> = idx.iter().map(|&i| keys[i]).collect();
+            self.retry(*shard, move |s| {
+                let (sub, table) = (sub.clone(), table.to_string());
+                async move { s.pull(&table, sub).await }
+            })
+        }))
+        .await?;
+        let mut out = vec![0.0f32; keys.len() * dim];
+        for ((shard, idx), vals) in parts.iter().zip(fetched) {
+            if vals.len() != idx.len() * dim {
+                return Err(ClientError::Status {
+                    shard: *shard,
+                    code: tonic::Code::Internal,
+                    message: format!("{} values for {} keys of dim {dim}", vals.len(), idx.len()),
+                });
+            }
+            for (j, &i) in idx.iter().enumerate() {
+                out[i * dim..(i + 1) * dim].copy_from_slice(&vals[j * dim..(j + 1) * dim]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pushes `values` (`keys.len() × dim`) with a fresh sequence number.
+    pub async fn push(
+        &self,
+        table: &str,
+        keys: &[u64],
+        values: &[f32],
+    ) -> Result<PushResult, ClientError> {
+        let seq = self.next_seq();
+        self.push_with_seq(table, seq, keys, values).await
+    }
+
+    /// Pushes with a given sequence number: resending the same push with the same `seq` is
+    /// applied once.
+    pub async fn push_with_seq(
+        &self,
+        table: &str,
+        seq: u64,
+        keys: &[u64],
+        values: &[f32],
+    ) -> Result<PushResult, ClientError> {
+        if keys.is_empty() || values.len() % keys.len() != 0 {
+            return Err(ClientError::Invalid(format!(
+                "{} values for {} keys",
+                values.len(),
+                keys.len()
+            )));
+        }
+        let dim = values.len() / keys.len();
+        let parts = routing::split_keys(&self.inner.map, keys)?;
+        let client = self.inner.client_id;
+        let acks: Vec<ShardAck> =
+            futures::future::try_join_all(parts.iter().map(|(shard, idx)| {
+                let sub_k: Vec<u64> = idx.iter().map(|&i| keys[i]).collect();
+                let mut sub_v = Vec::with_capacity(idx.len() * dim);
+                for &i in idx {
+                    sub_v.extend_from_slice(&values[i * dim..(i + 1) * dim]);
+                }
+                self.retry(*shard, move |s| {
+                    let (k, v, table) = (sub_k.clone(), sub_v.clone(), table.to_string());
+                    async move { s.push(&table, client, seq, k, v).await }
+                })
+            }))
+            .await?;
+        Ok(PushResult {
+            seq,
+            duplicate: acks.iter().all(|a| a.duplicate),
+        })
+    }
+
+    /// Pushes the contiguous block of rows `[start, start + rows)` as one flat array.
+    pub async fn push_range(
+        &self,
+        table: &str,
+        start: u64,
+        values: &[f32],
+    ) -> Result<PushResult, ClientError> {
+        let dim = self.dim(table).await? as usize;
+        if values.is_empty() || values.len() % dim != 0 {
+            return Err(ClientError::Invalid(format!(
+                "{} values do not make whole rows of dim {dim}",
+                values.len()
+            )));
+        }
+        let rows = (values.len() / dim) as u64;
+        let parts = routing::split_block(&self.inner.map, start, rows)?;
+        let seq = self.next_seq();
+        let client = self.inner.client_id;
+        let acks: Vec<ShardAck> =
+            futures::future::try_join_all(parts.into_iter().map(|(shard, first, off, n)| {
+                let v = values[off as usize * dim..(off + n) as usize * dim].to_vec();
+                self.retry(shard, move |s| {
+                    let (v, table) = (v.clone(), table.to_string());
+                    async move { s.push_range(&table, client, seq, first, v).await }
+                })
+            }))
+            .await?;
+        Ok(PushResult {
+            seq,
+            duplicate: acks.iter().all(|a| a.duplicate),
+        })
+    }
+
+    /// The stored rows of `range`, in key order: each shard's part streamed in turn. A part
+    /// interrupted by a retryable failure resumes after its last delivered key.
+    pub fn pull_range(&self, table: &str, range: KeyRange) -> RowStream {
+        let parts = routing::split_range(&self.inner.map, range);
+        let client = self.clone();
+        let table = table.to_string();
+        stream::iter(parts)
+            .flat_map(move |(shard, part)| client.shard_range(shard, table.clone(), part))
+            .boxed()
+    }
+
+    fn shard_range(&self, shard: usize, table: String, part: KeyRange) -> RowStream {
+        struct St {
+            client: Client,
+            shard: usize,
+            table: String,
+            cursor: u64,
+            end: u64,
+            inner: Option<futures::stream::BoxStream<'static, Result<RowBlock, ClientError>>>,
+            failures: u32,
+            done: bool,
+        }
+        let st = St {
+            client: self.clone(),
+            shard,
+            table,
+            cursor: part.start,
+            end: part.end,
+            inner: None,
+            failures: 0,
+            done: false,
+        };
+        stream::unfold(st, |mut st| async move {
+            loop {
+                if st.done || st.cursor >= st.end {
+                    return None;
+                }
+                if st.inner.is_none() {
+                    let range = KeyRange::new(st.cursor, st.end);
+                    let t = st.table.clone();
+                    match st
+                        .client
+                        .retry(st.shard, move |s| {
+                            let t = t.clone();
+                            async move { s.pull_range(&t, range).await }
+                        })
+                        .await
+                    {
+                        Ok(s) => st.inner = Some(s),
+                        Err(e) => {
+                            st.done = true;
+                            return Some((Err(e), st));
+                        }
+                    }
+                }
+                match st.inner.as_mut().expect("opened above").next().await {
+                    None => return None,
+                    Some(Ok(block)) => {
+                        if let Some(&last) = block.keys.last() {
+                            st.cursor = last.saturating_add(1);
+                            if last == u64::MAX {
+                                st.done = true;
+                            }
+                        }
+                        return Some((Ok(block), st));
+                    }
+                    Some(Err(e))
+                        if e.is_retryable() && st.failures < st.client.inner.opts.max_retries =>
+                    {
+                        st.failures += 1;
+                        st.inner = None; // reopen from the cursor
+                    }
+                    Some(Err(e)) => {
+                        st.done = true;
+                        return Some((Err(e), st));
+                    }
+                }
+            }
+        })
+        .boxed()
+    }
+
+    /// Checkpoints every shard; returns each shard's checkpoint LSN.
+    pub async fn checkpoint(&self) -> Result<Vec<u64>, ClientError> {
+        self.all(|s| async move { s.checkpoint().await })
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    pub async fn stats(&self) -> Result<Vec<StatsResponse>, ClientError> {
+        self.all(|s| async move { s.stats().await })
+            .await
+            .into_iter()
+            .collect()
+    }
+}

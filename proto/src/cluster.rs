@@ -1,0 +1,168 @@
+//! The cluster file: the shards, the contiguous key range each owns, and its address.
+//!
+//! ```toml
+//! [[shard]]
+//! range = [0, 6148914691236517205]      # [start, end)
+//! address = "10.0.0.1:7070"
+//!
+//! [[shard]]
+//! range = [6148914691236517205, 18446744073709551615]
+//! address = "10.0.0.2:7070"
+//! ```
+//!
+//! Shards are numbered in file order. Ranges must be non-empty, sorted, and must not overlap;
+//! gaps are allowed (keys in a gap belong to no shard and are refused).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// One shard of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardEntry {
+    /// `[start, end)`.
+    pub range: [u64; 2],
+    pub address: String,
+}
+
+/// The whole cluster file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterMap {
+    #[serde(rename = "shard")]
+    pub shards: Vec<ShardEntry>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    #[error("reading cluster file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cluster file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("cluster map: {0}")]
+    Invalid(String),
+}
+
+impl ClusterMap {
+    pub fn load(path: &Path) -> Result<ClusterMap, ClusterError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ClusterError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ClusterError::Parse { message, .. } => ClusterError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<ClusterMap, ClusterError> {
+        let map: ClusterMap = toml::from_str(text).map_err(|e| ClusterError::Parse {
+            path: "<text>".into(),
+            message: e.to_string(),
+        })?;
+        map.validate()?;
+        Ok(map)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// `n` shards splitting the whole key space evenly, at the given addresses.
+    pub fn even(addresses: &[String]) -> ClusterMap {
+        let n = addresses.len().max(1) as u128;
+        let span = u64::MAX as u128 + 1;
+        let shards = addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let start = (span * i as u128 / n) as u64;
+                let end = if i as u128 + 1 == n {
+                    u64::MAX
+                } else {
+                    (span * (i as u128 + 1) / n) as u64
+                };
+                ShardEntry {
+                    range: [start, end],
+                    address: a.clone(),
+                }
+            })
+            .collect();
+        ClusterMap { shards }
+    }
+
+    pub fn validate(&self) -> Result<(), ClusterError> {
+        if self.shards.is_empty() {
+            return Err(ClusterError::Invalid("no shards".into()));
+        }
+        for (i, s) in self.shards.iter().enumerate() {
+            if s.range[0] >= s.range[1] {
+                return Err(ClusterError::Invalid(format!(
+                    "shard {i} has an empty range [{}, {})",
+                    s.range[0], s.range[1]
+                )));
+            }
+            if i > 0 && self.shards[i - 1].range[1] > s.range[0] {
+                return Err(ClusterError::Invalid(format!(
+                    "shard {i} range [{}, {}) overlaps or precedes shard {}",
+                    s.range[0],
+                    s.range[1],
+                    i - 1
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The shard owning `key`, if any.
+    pub fn shard_of(&self, key: u64) -> Option<usize> {
+        let i = self.shards.partition_point(|s| s.range[1] <= key);
+        (i < self.shards.len() && self.shards[i].range[0] <= key).then_some(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_validates_and_routes() {
+        let m = ClusterMap::parse(
+            "[[shard]]\nrange = [0, 100]\naddress = \"a:1\"\n[[shard]]\nrange = [200, 300]\naddress = \"b:2\"\n",
+        )
+        .unwrap();
+        assert_eq!(m.shard_of(0), Some(0));
+        assert_eq!(m.shard_of(99), Some(0));
+        assert_eq!(m.shard_of(150), None);
+        assert_eq!(m.shard_of(299), Some(1));
+        assert_eq!(m.shard_of(300), None);
+        assert_eq!(ClusterMap::parse(&m.to_toml()).unwrap(), m);
+        assert!(ClusterMap::parse("[[shard]]\nrange = [5, 5]\naddress = \"a\"\n").is_err());
+        assert!(
+            ClusterMap::parse("[[shard]]\nrange = [0, 9]\naddress = \"a\"\nport = 1\n").is_err()
+        );
+        assert!(ClusterMap::parse(
+            "[[shard]]\nrange = [0, 10]\naddress = \"a\"\n[[shard]]\nrange = [5, 20]\naddress = \"b\"\n"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn even_split_covers_the_key_space() {
+        let m = ClusterMap::even(&["a".into(), "b".into(), "c".into()]);
+        m.validate().unwrap();
+        assert_eq!(m.shards[0].range[0], 0);
+        assert_eq!(m.shards[2].range[1], u64::MAX);
+        assert_eq!(m.shards[0].range[1], m.shards[1].range[0]);
+        assert_eq!(m.shard_of(u64::MAX / 2), Some(1));
+    }
+}

@@ -1,0 +1,155 @@
+//! Running a shard server: the caller owns the listener and the shutdown signal (so tests can
+//! bind `127.0.0.1:0` and stop it at will). Health reports NOT_SERVING while the store replays
+//! its log and SERVING after; shutdown stops accepting, lets in-flight calls finish, then
+//! checkpoints and closes the store.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use paramdb_proto::v1::paramdb_server::ParamdbServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use super::service::{Limits, ShardService};
+use crate::error::StoreError;
+use crate::options::StoreOptions;
+use crate::store::Store;
+use crate::types::KeyRange;
+
+/// What one shard server needs to run.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub shard: u32,
+    /// The key range this shard owns (from the cluster file).
+    pub range: KeyRange,
+    pub store: StoreOptions,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    #[error("opening shard {shard} at {dir}: {source}")]
+    Open {
+        shard: u32,
+        dir: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("closing the store: {0}")]
+    Close(#[source] StoreError),
+    #[error("grpc transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("building the reflection service: {0}")]
+    Reflection(String),
+}
+
+/// Serves one shard on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_not_serving::<ParamdbServer<ShardService>>()
+        .await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    // Both reflection versions: grpcurl speaks v1, many clients (grpcio-reflection) v1alpha.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(paramdb_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_alpha = reflection_builder()
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+
+    let cell: Arc<OnceLock<Arc<Store>>> = Arc::new(OnceLock::new());
+    let service = ShardService::new(
+        cell.clone(),
+        config.shard,
+        config.range,
+        config.limits.clone(),
+    );
+    // The service answers RESOURCE_EXHAUSTED above the limit; tonic's own cap is a backstop.
+    let hard_cap = config.limits.max_message_bytes.saturating_mul(4);
+    let paramdb = ParamdbServer::new(service)
+        .max_decoding_message_size(hard_cap)
+        .max_encoding_message_size(hard_cap);
+
+    let (open_failed_tx, open_failed_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(paramdb)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            tokio::select! {
+                _ = shutdown => tracing::info!("shutting down: no new requests, finishing in-flight ones"),
+                _ = open_failed_rx => {}
+            }
+        });
+    let server = tokio::spawn(server);
+
+    let (dir, opts, shard) = (config.data_dir.clone(), config.store.clone(), config.shard);
+    let opened = tokio::task::spawn_blocking(move || Store::open(&dir, opts)).await;
+    let open_result = match opened {
+        Ok(Ok(store)) => {
+            let r = store.recovery_report();
+            tracing::info!(
+                shard,
+                replayed = r.records_replayed,
+                "shard recovered; serving"
+            );
+            let _ = cell.set(Arc::new(store));
+            health_reporter
+                .set_serving::<ParamdbServer<ShardService>>()
+                .await;
+            health_reporter
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
+            Ok(())
+        }
+        Ok(Err(source)) => Err(ServeError::Open {
+            shard,
+            dir: config.data_dir.display().to_string(),
+            source,
+        }),
+        Err(e) => Err(ServeError::Open {
+            shard,
+            dir: config.data_dir.display().to_string(),
+            source: StoreError::Io {
+                context: "store open task".into(),
+                source: std::io::Error::other(e.to_string()),
+            },
+        }),
+    };
+    if open_result.is_err() {
+        let _ = open_failed_tx.send(());
+    }
+    let served = server
+        .await
+        .map_err(|e| ServeError::Reflection(format!("server task: {e}")))?;
+    open_result?;
+    served?;
+
+    // In-flight calls are done; range streams may still hold the store for a moment.
+    let store = Arc::try_unwrap(cell).ok().and_then(|c| c.into_inner());
+    match store.map(Arc::try_unwrap) {
+        Some(Ok(store)) => store.close().map_err(ServeError::Close)?,
+        Some(Err(shared)) => {
+            shared.checkpoint().map_err(ServeError::Close)?;
+        }
+        None => {}
+    }
+    tracing::info!(shard, "checkpointed and closed");
+    Ok(())
+}

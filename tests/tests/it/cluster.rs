@@ -1,0 +1,108 @@
+//! Shard server processes for the gRPC tests: `paramdb serve` on 127.0.0.1 with OS-chosen
+//! ports, a cluster map with the ports they got, and cleanup on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use paramdb_client::{BlockingClient, ClientOptions, ClusterMap};
+
+/// The `paramdb` binary, built beside this test binary by `cargo test --workspace`.
+pub fn paramdb_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("paramdb"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so the binary is built",
+        bin.display()
+    );
+    bin
+}
+
+pub struct Cluster {
+    _dir: tempfile::TempDir,
+    pub procs: Vec<Child>,
+    /// Ranges from the servers' cluster file, addresses as bound.
+    pub map: ClusterMap,
+}
+
+impl Cluster {
+    /// Starts `n` shards splitting the key space evenly; `extra` flags go to every server.
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        Self::start_with(ClusterMap::even(&vec!["127.0.0.1:0".to_string(); n]), extra)
+    }
+
+    pub fn start_with(server_map: ClusterMap, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cluster_file = dir.path().join("cluster.toml");
+        std::fs::write(&cluster_file, server_map.to_toml()).expect("write cluster file");
+        let mut map = server_map.clone();
+        let mut procs = Vec::new();
+        for i in 0..server_map.shards.len() {
+            let mut child = Command::new(paramdb_bin())
+                .arg("serve")
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("shard-{i}")))
+                .args([
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--shard",
+                    &i.to_string(),
+                    "--cluster",
+                ])
+                .arg(&cluster_file)
+                .args(extra)
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn paramdb serve");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("read listening line");
+            let addr = line
+                .trim()
+                .rsplit(' ')
+                .next()
+                .filter(|a| a.contains(':'))
+                .unwrap_or_else(|| panic!("unexpected first line from shard {i}: {line:?}"));
+            map.shards[i].address = addr.to_string();
+            procs.push(child);
+        }
+        Cluster {
+            _dir: dir,
+            procs,
+            map,
+        }
+    }
+
+    pub fn client(&self) -> BlockingClient {
+        BlockingClient::connect(self.map.clone(), ClientOptions::default()).expect("client")
+    }
+
+    /// SIGTERM every server and wait: they must exit 0.
+    pub fn stop(mut self) {
+        for p in &self.procs {
+            let _ = Command::new("kill")
+                .args(["-TERM", &p.id().to_string()])
+                .status();
+        }
+        for p in self.procs.iter_mut() {
+            let status = p.wait().expect("wait");
+            assert!(status.success(), "shard exited with {status} after SIGTERM");
+        }
+        self.procs.clear();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in self.procs.iter_mut() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
