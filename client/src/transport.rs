@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::stream::{BoxStream, StreamExt};
 use paramdb_proto::packed;
 use paramdb_proto::v1::{self, paramdb_client::ParamdbClient};
+use paramdb_server::rpc::service::stats_to_wire;
 use paramdb_server::rpc::status::code_of;
 use paramdb_server::{ClientId, KeyRange, Store, StoreError, TableSpec};
 use tonic::transport::{Channel, Endpoint};
@@ -400,29 +401,7 @@ impl Shard {
                 .await
                 .map_err(|s| self.status(s))?
                 .into_inner()),
-            Shard::Embedded(e) => {
-                let s = e.store.stats();
-                Ok(v1::StatsResponse {
-                    shard: e.index as u32,
-                    range_start: e.range.start,
-                    range_end: e.range.end,
-                    tables: s.tables as u64,
-                    pushes: s.pushes,
-                    duplicate_pushes: s.duplicate_pushes,
-                    rows_pushed: s.rows_pushed,
-                    pulls: s.pulls,
-                    rows_pulled: s.rows_pulled,
-                    dirty_rows: s.dirty_rows as u64,
-                    log_segments: s.log_segments as u64,
-                    log_bytes_since_checkpoint: s.log_bytes_since_checkpoint,
-                    last_lsn: s.last_lsn,
-                    durable_lsn: s.durable_lsn,
-                    checkpoint_lsn: s.checkpoint_lsn,
-                    checkpoints: s.checkpoints,
-                    fsyncs: s.fsyncs,
-                    poisoned: s.poisoned.unwrap_or_default(),
-                })
-            }
+            Shard::Embedded(e) => Ok(stats_to_wire(e.index as u32, e.range, e.store.stats())),
         }
     }
 }

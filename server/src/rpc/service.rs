@@ -11,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::status::to_status;
-use crate::store::{Store, TableInfo};
+use crate::store::{Store, StoreStats, TableInfo};
 use crate::table::{Initializer, TableSpec, UpdateRule};
 use crate::types::{ClientId, Key, KeyRange};
 
@@ -154,6 +154,30 @@ fn spec_from_wire(s: v1::TableSpec) -> Result<TableSpec, Status> {
         rule,
         seed: s.seed,
     })
+}
+
+/// A shard's stats as the wire carries them (the embedded transport reports the same).
+pub fn stats_to_wire(shard: u32, range: KeyRange, s: StoreStats) -> v1::StatsResponse {
+    v1::StatsResponse {
+        shard,
+        range_start: range.start,
+        range_end: range.end,
+        tables: s.tables as u64,
+        pushes: s.pushes,
+        duplicate_pushes: s.duplicate_pushes,
+        rows_pushed: s.rows_pushed,
+        pulls: s.pulls,
+        rows_pulled: s.rows_pulled,
+        dirty_rows: s.dirty_rows as u64,
+        log_segments: s.log_segments as u64,
+        log_bytes_since_checkpoint: s.log_bytes_since_checkpoint,
+        last_lsn: s.last_lsn,
+        durable_lsn: s.durable_lsn,
+        checkpoint_lsn: s.checkpoint_lsn,
+        checkpoints: s.checkpoints,
+        fsyncs: s.fsyncs,
+        poisoned: s.poisoned.unwrap_or_default(),
+    }
 }
 
 pub fn info_to_wire(t: TableInfo) -> v1::TableInfo {
@@ -387,26 +411,10 @@ impl Paramdb for ShardService {
         _req: Request<v1::StatsRequest>,
     ) -> Result<Response<v1::StatsResponse>, Status> {
         let store = self.store()?;
-        let s = store.stats();
-        Ok(Response::new(v1::StatsResponse {
-            shard: self.shard,
-            range_start: self.range.start,
-            range_end: self.range.end,
-            tables: s.tables as u64,
-            pushes: s.pushes,
-            duplicate_pushes: s.duplicate_pushes,
-            rows_pushed: s.rows_pushed,
-            pulls: s.pulls,
-            rows_pulled: s.rows_pulled,
-            dirty_rows: s.dirty_rows as u64,
-            log_segments: s.log_segments as u64,
-            log_bytes_since_checkpoint: s.log_bytes_since_checkpoint,
-            last_lsn: s.last_lsn,
-            durable_lsn: s.durable_lsn,
-            checkpoint_lsn: s.checkpoint_lsn,
-            checkpoints: s.checkpoints,
-            fsyncs: s.fsyncs,
-            poisoned: s.poisoned.unwrap_or_default(),
-        }))
+        Ok(Response::new(stats_to_wire(
+            self.shard,
+            self.range,
+            store.stats(),
+        )))
     }
 }
