@@ -31,6 +31,24 @@ pub struct ShardAck {
     pub duplicate: bool,
 }
 
+impl From<v1::PushResponse> for ShardAck {
+    fn from(r: v1::PushResponse) -> Self {
+        ShardAck {
+            lsn: r.lsn,
+            duplicate: r.duplicate,
+        }
+    }
+}
+
+impl From<paramdb_server::PushAck> for ShardAck {
+    fn from(a: paramdb_server::PushAck) -> Self {
+        ShardAck {
+            lsn: a.lsn,
+            duplicate: a.duplicate,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct GrpcShard {
     index: usize,
@@ -221,27 +239,15 @@ impl Shard {
                     keys,
                     values: packed::f32s_to_bytes(&values).into(),
                 };
-                let r = g
-                    .client
-                    .clone()
-                    .push(req)
-                    .await
-                    .map_err(|s| self.status(s))?
-                    .into_inner();
-                Ok(ShardAck {
-                    lsn: r.lsn,
-                    duplicate: r.duplicate,
-                })
+                let r = g.client.clone().push(req).await;
+                Ok(r.map_err(|s| self.status(s))?.into_inner().into())
             }
             Shard::Embedded(e) => {
                 e.check_keys(&keys)?;
                 let table = table.to_string();
                 e.run(move |s| s.push(&table, ClientId(client), seq, &keys, &values))
                     .await
-                    .map(|a| ShardAck {
-                        lsn: a.lsn,
-                        duplicate: a.duplicate,
-                    })
+                    .map(ShardAck::from)
             }
         }
     }
@@ -263,27 +269,15 @@ impl Shard {
                     start,
                     values: packed::f32s_to_bytes(&values).into(),
                 };
-                let r = g
-                    .client
-                    .clone()
-                    .push_range(req)
-                    .await
-                    .map_err(|s| self.status(s))?
-                    .into_inner();
-                Ok(ShardAck {
-                    lsn: r.lsn,
-                    duplicate: r.duplicate,
-                })
+                let r = g.client.clone().push_range(req).await;
+                Ok(r.map_err(|s| self.status(s))?.into_inner().into())
             }
             Shard::Embedded(e) => {
                 e.check_keys(&[start])?;
                 let table = table.to_string();
                 e.run(move |s| s.push_range(&table, ClientId(client), seq, start, &values))
                     .await
-                    .map(|a| ShardAck {
-                        lsn: a.lsn,
-                        duplicate: a.duplicate,
-                    })
+                    .map(ShardAck::from)
             }
         }
     }
