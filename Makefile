@@ -24,7 +24,9 @@ test: deps pydeps
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f; exit (p == 0 || f > 0)}' $(TEST_LOG)
 
 bench: deps
+	@command -v redis-server >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 	$(CARGO) bench -p paramdb-server --bench store
+	$(CARGO) bench -p paramdb-tests --bench loopback
 
 lint: deps
 	$(CARGO) fmt --all -- --check

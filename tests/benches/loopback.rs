@@ -1,0 +1,235 @@
+//! paramdb over gRPC on loopback beside Redis (`redis-server` from Debian, started here) in the
+//! same run: 1,000-key batches of dim-100 rows (400-byte values), uniform and Zipf(1.0) keys over
+//! 1M, 4 client threads each with one batch in flight. paramdb pushes apply AdaGrad on the
+//! server under `interval=10` sync; Redis MSETs store the bytes. Prints Markdown.
+//!
+//! `cargo bench -p paramdb-tests --bench loopback [-- --quick]`
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use paramdb_client::{BlockingClient, ClientOptions, ClusterMap, TableSpec, UpdateRule};
+use paramdb_server::rpc::{Limits, ServeConfig};
+use paramdb_server::{KeyRange, StoreOptions, SyncPolicy};
+use rand::distr::Distribution;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const DIM: usize = 100;
+const BATCH: usize = 1000;
+const KEYS: u64 = 1_000_000;
+const THREADS: usize = 4;
+
+fn keys(rng: &mut StdRng, zipf: Option<&rand_distr::Zipf<f64>>) -> Vec<u64> {
+    let mut set = std::collections::HashSet::with_capacity(BATCH);
+    while set.len() < BATCH {
+        set.insert(match zipf {
+            Some(z) => z.sample(rng) as u64 - 1,
+            None => rng.random_range(0..KEYS),
+        });
+    }
+    set.into_iter().collect()
+}
+
+fn grads(rng: &mut StdRng) -> Vec<f32> {
+    (0..BATCH * DIM)
+        .map(|_| rng.random_range(-0.1f32..0.1))
+        .collect()
+}
+
+/// Batches per second over `secs`, `THREADS` threads each running `f` in a loop on its own
+/// state from `init` (a connection, say).
+fn run_for<S>(
+    secs: f64,
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, &mut StdRng) + Sync,
+) -> f64 {
+    let stop = AtomicBool::new(false);
+    let ops = AtomicU64::new(0);
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (stop, ops, f, init) = (&stop, &ops, &f, &init);
+            s.spawn(move || {
+                let mut rng = StdRng::seed_from_u64(t as u64 + 1);
+                let mut state = init();
+                while !stop.load(Ordering::Relaxed) {
+                    f(&mut state, &mut rng);
+                    ops.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        stop.store(true, Ordering::Relaxed);
+    });
+    ops.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+struct Redis(Child);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis() -> (Redis, redis::Client) {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server (apt-get install redis-server)");
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("redis url");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.get_connection().is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Redis(child), client)
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let secs = if quick { 1.0 } else { 4.0 };
+    let tmp = tempfile::tempdir().expect("tempdir");
+
+    // paramdb: one shard server in this process, reached over loopback gRPC.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let config = ServeConfig {
+        data_dir: tmp.path().join("shard"),
+        shard: 0,
+        range: KeyRange::new(0, u64::MAX),
+        store: StoreOptions {
+            sync: SyncPolicy::Interval(Duration::from_millis(10)),
+            block_cache_bytes: 1 << 30,
+            ..StoreOptions::default()
+        },
+        limits: Limits::default(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(paramdb_server::rpc::serve(listener, config, async {
+        let _ = stop_rx.await;
+    }));
+    let map = ClusterMap::even(&[addr]);
+    let client = BlockingClient::connect(map, ClientOptions::default()).expect("client");
+    let (_redis, redis_client) = start_redis();
+    let zipf = rand_distr::Zipf::new(KEYS as f64, 1.0).expect("zipf");
+
+    println!("## paramdb over gRPC vs Redis, loopback\n");
+    println!(
+        "{} cores; dim {DIM} (400-byte rows), {BATCH}-key batches, {THREADS} client threads, {secs} s per point\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("| keys | op | paramdb rows/s | Redis rows/s | paramdb / Redis |");
+    println!("|---|---|---|---|---|");
+    for (label, dist) in [("uniform", None), ("Zipf(1.0)", Some(&zipf))] {
+        let table = if dist.is_some() { "zipf" } else { "uniform" };
+        client
+            .create_table(
+                TableSpec::new(table, DIM as u32).with_rule(UpdateRule::Adagrad {
+                    lr: 0.05,
+                    eps: 1e-8,
+                    initial_accumulator: 0.1,
+                }),
+            )
+            .expect("create table");
+        let prefix = table.as_bytes();
+        let rkey = |k: u64| [prefix, &k.to_be_bytes()].concat();
+
+        let p_push = run_for(
+            secs,
+            || (),
+            |_, rng| {
+                let k = keys(rng, dist);
+                client.push(table, &k, &grads(rng)).expect("push");
+            },
+        );
+        let redis_con = || redis_client.get_connection().expect("redis connection");
+        let r_push = run_for(secs, redis_con, |con, rng| {
+            let k = keys(rng, dist);
+            let g = grads(rng);
+            let mut cmd = redis::cmd("MSET");
+            for (i, key) in k.iter().enumerate() {
+                cmd.arg(rkey(*key))
+                    .arg(paramdb_proto::packed::f32s_to_bytes(
+                        &g[i * DIM..(i + 1) * DIM],
+                    ));
+            }
+            redis::pipe()
+                .add_command(cmd)
+                .query::<()>(con)
+                .expect("MSET");
+        });
+        println!(
+            "| {label} | push (AdaGrad on server) vs MSET | {:.0} | {:.0} | {:.2} |",
+            p_push * BATCH as f64,
+            r_push * BATCH as f64,
+            p_push / r_push
+        );
+        let p_pull = run_for(
+            secs,
+            || (),
+            |_, rng| {
+                let k = keys(rng, dist);
+                std::hint::black_box(client.pull(table, &k).expect("pull"));
+            },
+        );
+        let r_pull = run_for(secs, redis_con, |con, rng| {
+            let k = keys(rng, dist);
+            let mut cmd = redis::cmd("MGET");
+            for key in &k {
+                cmd.arg(rkey(*key));
+            }
+            let (vals,): (Vec<Option<Vec<u8>>>,) =
+                redis::pipe().add_command(cmd).query(con).expect("MGET");
+            let mut out = vec![0.0f32; BATCH * DIM];
+            for (i, v) in vals.into_iter().enumerate() {
+                if let Some(v) = v {
+                    for (o, c) in out[i * DIM..(i + 1) * DIM]
+                        .iter_mut()
+                        .zip(v.chunks_exact(4))
+                    {
+                        *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    }
+                }
+            }
+            std::hint::black_box(out);
+        });
+        println!(
+            "| {label} | pull vs MGET | {:.0} | {:.0} | {:.2} |",
+            p_pull * BATCH as f64,
+            r_pull * BATCH as f64,
+            p_pull / r_pull
+        );
+    }
+    drop(client);
+    let _ = stop_tx.send(());
+    let _ = rt.block_on(server);
+}
