@@ -48,6 +48,20 @@ impl Default for ClientOptions {
     }
 }
 
+/// The outcome of a catalog change made on every shard. `done` is the code a shard answers
+/// when it already had the change (an earlier, partly failed attempt): fine on some shards,
+/// an error when every shard says it.
+fn settle(results: Vec<Result<(), ClientError>>, done: tonic::Code) -> Result<(), ClientError> {
+    let is_done = |e: &ClientError| e.code() == Some(done);
+    if results.iter().all(|r| r.as_ref().is_err_and(is_done)) {
+        return results.into_iter().next().unwrap_or(Ok(()));
+    }
+    results
+        .into_iter()
+        .filter(|r| !r.as_ref().is_err_and(is_done))
+        .collect()
+}
+
 /// What a push returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PushResult {
@@ -236,17 +250,7 @@ impl Client {
                 async move { s.create_table(&spec).await }
             })
             .await;
-        let exists = |e: &ClientError| e.code() == Some(tonic::Code::AlreadyExists);
-        if results.iter().all(|r| r.as_ref().is_err_and(exists)) {
-            return results.into_iter().next().unwrap_or(Ok(()));
-        }
-        for r in results {
-            match r {
-                Err(e) if !exists(&e) => return Err(e),
-                _ => {}
-            }
-        }
-        Ok(())
+        settle(results, tonic::Code::AlreadyExists)
     }
 
     /// Drops the table on every shard.
@@ -262,17 +266,7 @@ impl Client {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
-        let missing = |e: &ClientError| e.code() == Some(tonic::Code::NotFound);
-        if results.iter().all(|r| r.as_ref().is_err_and(missing)) {
-            return results.into_iter().next().unwrap_or(Ok(()));
-        }
-        for r in results {
-            match r {
-                Err(e) if !missing(&e) => return Err(e),
-                _ => {}
-            }
-        }
-        Ok(())
+        settle(results, tonic::Code::NotFound)
     }
 
     pub async fn list_tables(&self) -> Result<Vec<TableSpec>, ClientError> {
