@@ -318,8 +318,7 @@ impl Client {
             })
         }))
         .await?;
-        let mut out = vec![0.0f32; keys.len() * dim];
-        for ((shard, idx), vals) in parts.iter().zip(fetched) {
+        for ((shard, idx), vals) in parts.iter().zip(&fetched) {
             if vals.len() != idx.len() * dim {
                 return Err(ClientError::Status {
                     shard: *shard,
@@ -327,6 +326,13 @@ impl Client {
                     message: format!("{} values for {} keys of dim {dim}", vals.len(), idx.len()),
                 });
             }
+        }
+        if parts.len() == 1 {
+            // One shard answered for every key, in the caller's order.
+            return Ok(fetched.into_iter().next().unwrap_or_default());
+        }
+        let mut out = vec![0.0f32; keys.len() * dim];
+        for ((_, idx), vals) in parts.iter().zip(fetched) {
             for (j, &i) in idx.iter().enumerate() {
                 out[i * dim..(i + 1) * dim].copy_from_slice(&vals[j * dim..(j + 1) * dim]);
             }
@@ -371,6 +377,8 @@ impl Client {
                 for &i in idx {
                     sub_v.extend_from_slice(&values[i * dim..(i + 1) * dim]);
                 }
+                // Shared by every attempt; the gRPC transport sends it without another copy.
+                let sub_v: Arc<[f32]> = sub_v.into();
                 self.retry(*shard, move |s| {
                     let (k, v, table) = (sub_k.clone(), sub_v.clone(), table.to_string());
                     async move { s.push(&table, client, seq, k, v).await }
@@ -403,7 +411,7 @@ impl Client {
         let client = self.inner.client_id;
         let acks: Vec<ShardAck> =
             futures::future::try_join_all(parts.into_iter().map(|(shard, first, off, n)| {
-                let v = values[off as usize * dim..(off + n) as usize * dim].to_vec();
+                let v: Arc<[f32]> = values[off as usize * dim..(off + n) as usize * dim].into();
                 self.retry(shard, move |s| {
                     let (v, table) = (v.clone(), table.to_string());
                     async move { s.push_range(&table, client, seq, first, v).await }

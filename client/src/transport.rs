@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
+use paramdb_proto::http2::{CONNECTION_WINDOW, STREAM_WINDOW};
 use paramdb_proto::packed;
 use paramdb_proto::v1::{self, paramdb_client::ParamdbClient};
 use paramdb_server::rpc::service::stats_to_wire;
@@ -92,7 +93,9 @@ impl Shard {
                 message: e.to_string(),
             })?
             .connect_timeout(connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .initial_stream_window_size(STREAM_WINDOW);
         let client = ParamdbClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
@@ -228,7 +231,7 @@ impl Shard {
         client: u64,
         seq: u64,
         keys: Vec<u64>,
-        values: Vec<f32>,
+        values: Arc<[f32]>,
     ) -> Result<ShardAck, ClientError> {
         match self {
             Shard::Grpc(g) => {
@@ -237,7 +240,7 @@ impl Shard {
                     client_id: client,
                     seq,
                     keys,
-                    values: packed::f32s_to_bytes(&values).into(),
+                    values: packed::f32s_into_bytes(values),
                 };
                 let r = g.client.clone().push(req).await;
                 Ok(r.map_err(|s| self.status(s))?.into_inner().into())
@@ -258,7 +261,7 @@ impl Shard {
         client: u64,
         seq: u64,
         start: u64,
-        values: Vec<f32>,
+        values: Arc<[f32]>,
     ) -> Result<ShardAck, ClientError> {
         match self {
             Shard::Grpc(g) => {
@@ -267,7 +270,7 @@ impl Shard {
                     client_id: client,
                     seq,
                     start,
-                    values: packed::f32s_to_bytes(&values).into(),
+                    values: packed::f32s_into_bytes(values),
                 };
                 let r = g.client.clone().push_range(req).await;
                 Ok(r.map_err(|s| self.status(s))?.into_inner().into())

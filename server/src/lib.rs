@@ -9,6 +9,7 @@
 pub mod dedup;
 pub mod error;
 pub mod init;
+mod le;
 pub mod options;
 mod rocks;
 pub mod row;

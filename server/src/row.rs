@@ -92,9 +92,12 @@ impl Row {
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&dim.to_le_bytes());
         out.extend_from_slice(&self.updates.to_le_bytes());
-        for v in self.data.iter() {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
+        crate::le::extend_f32s(out, &self.data);
+    }
+
+    /// Bytes of the stored form.
+    pub fn encoded_len(&self) -> usize {
+        ROW_HEADER_LEN + self.data.len() * 4
     }
 
     /// Decodes a stored row of a table with this `rule` and `dim`.
@@ -102,10 +105,8 @@ impl Row {
         let want = ROW_HEADER_LEN + dim as usize * (1 + rule.state_slots()) * 4;
         check_header(b, rule, dim, want)?;
         let updates = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
-        let data = b[ROW_HEADER_LEN..]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
+        let mut data = vec![0.0f32; (b.len() - ROW_HEADER_LEN) / 4].into_boxed_slice();
+        crate::le::read_f32s_into(&b[ROW_HEADER_LEN..], &mut data);
         Ok(Row { updates, data })
     }
 }
@@ -146,10 +147,7 @@ pub fn decode_weights_into(
 ) -> Result<(), String> {
     let want = ROW_HEADER_LEN + dim as usize * (1 + rule.state_slots()) * 4;
     check_header(b, rule, dim, want)?;
-    let w = &b[ROW_HEADER_LEN..ROW_HEADER_LEN + dim as usize * 4];
-    for (o, c) in out.iter_mut().zip(w.chunks_exact(4)) {
-        *o = f32::from_le_bytes(c.try_into().expect("4 bytes"));
-    }
+    crate::le::read_f32s_into(&b[ROW_HEADER_LEN..ROW_HEADER_LEN + dim as usize * 4], out);
     Ok(())
 }
 

@@ -1,9 +1,11 @@
 //! paramdb over gRPC on loopback beside Redis (`redis-server` from Debian, started here) in the
 //! same run: 1,000-key batches of dim-100 rows (400-byte values), uniform and Zipf(1.0) keys over
 //! 1M, 4 client threads each with one batch in flight. paramdb pushes apply AdaGrad on the
-//! server under `interval=10` sync; Redis MSETs store the bytes. Prints Markdown.
+//! server under `interval=10` sync; Redis MSETs store the bytes. Pulls follow a checkpoint, so
+//! they read the pushed rows from RocksDB (and its block cache), not from the log's dirty rows.
+//! Prints Markdown.
 //!
-//! `cargo bench -p paramdb-tests --bench loopback [-- --quick]`
+//! `cargo bench -p paramdb-tests --bench loopback [-- --quick] [--only push|pull]`
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -111,6 +113,12 @@ fn start_redis() -> (Redis, redis::Client) {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let secs = if quick { 1.0 } else { 4.0 };
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let wanted = |op: &str| only.as_deref().is_none_or(|o| o == op);
     let tmp = tempfile::tempdir().expect("tempdir");
 
     // paramdb: one shard server in this process, reached over loopback gRPC.
@@ -163,36 +171,44 @@ fn main() {
         let prefix = table.as_bytes();
         let rkey = |k: u64| [prefix, &k.to_be_bytes()].concat();
 
-        let p_push = run_for(
-            secs,
-            || (),
-            |_, rng| {
-                let k = keys(rng, dist);
-                client.push(table, &k, &grads(rng)).expect("push");
-            },
-        );
         let redis_con = || redis_client.get_connection().expect("redis connection");
-        let r_push = run_for(secs, redis_con, |con, rng| {
-            let k = keys(rng, dist);
-            let g = grads(rng);
-            let mut cmd = redis::cmd("MSET");
-            for (i, key) in k.iter().enumerate() {
-                cmd.arg(rkey(*key))
-                    .arg(paramdb_proto::packed::f32s_to_bytes(
-                        &g[i * DIM..(i + 1) * DIM],
-                    ));
-            }
-            redis::pipe()
-                .add_command(cmd)
-                .query::<()>(con)
-                .expect("MSET");
-        });
-        println!(
-            "| {label} | push (AdaGrad on server) vs MSET | {:.0} | {:.0} | {:.2} |",
-            p_push * BATCH as f64,
-            r_push * BATCH as f64,
-            p_push / r_push
-        );
+        if wanted("push") {
+            let p_push = run_for(
+                secs,
+                || (),
+                |_, rng| {
+                    let k = keys(rng, dist);
+                    client.push(table, &k, &grads(rng)).expect("push");
+                },
+            );
+            let r_push = run_for(secs, redis_con, |con, rng| {
+                let k = keys(rng, dist);
+                let g = grads(rng);
+                let mut cmd = redis::cmd("MSET");
+                for (i, key) in k.iter().enumerate() {
+                    cmd.arg(rkey(*key))
+                        .arg(paramdb_proto::packed::f32s_to_bytes(
+                            &g[i * DIM..(i + 1) * DIM],
+                        ));
+                }
+                redis::pipe()
+                    .add_command(cmd)
+                    .query::<()>(con)
+                    .expect("MSET");
+            });
+            println!(
+                "| {label} | push (AdaGrad on server) vs MSET | {:.0} | {:.0} | {:.2} |",
+                p_push * BATCH as f64,
+                r_push * BATCH as f64,
+                p_push / r_push
+            );
+        }
+        if !wanted("pull") {
+            continue;
+        }
+        // Pulls are measured on a settled shard: the pushes' checkpoint is not left running
+        // in the background of the pull phase.
+        client.checkpoint().expect("checkpoint");
         let p_pull = run_for(
             secs,
             || (),

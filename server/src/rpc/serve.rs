@@ -7,9 +7,10 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+use paramdb_proto::http2::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 use paramdb_proto::v1::paramdb_server::ParamdbServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use super::service::{Limits, ShardService};
 use crate::error::StoreError;
@@ -86,12 +87,19 @@ pub async fn serve(
         .max_encoding_message_size(hard_cap);
 
     let (open_failed_tx, open_failed_rx) = tokio::sync::oneshot::channel::<()>();
+    // Without TCP_NODELAY a reply's trailing frames wait for the client's delayed ACK (~40 ms).
+    // Windows sized for batches of hundreds of KB, so several in flight do not stall on
+    // WINDOW_UPDATE round trips.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .max_frame_size(Some(MAX_FRAME))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(paramdb)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             tokio::select! {
                 _ = shutdown => tracing::info!("shutting down: no new requests, finishing in-flight ones"),
                 _ = open_failed_rx => {}

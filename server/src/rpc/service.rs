@@ -257,7 +257,7 @@ impl Paramdb for ShardService {
         .await?;
         Ok(Response::new(v1::PullResponse {
             dim,
-            values: packed::f32s_to_bytes(&vals).into(),
+            values: packed::f32s_into_bytes(vals),
         }))
     }
 
@@ -328,10 +328,9 @@ impl Paramdb for ShardService {
                 if keys.len() == block {
                     let msg = v1::RowBlock {
                         dim,
-                        keys: std::mem::take(&mut keys),
-                        values: packed::f32s_to_bytes(&vals).into(),
+                        keys: std::mem::replace(&mut keys, Vec::with_capacity(block)),
+                        values: packed::f32s_into_bytes(std::mem::take(&mut vals)),
                     };
-                    vals.clear();
                     if tx.blocking_send(Ok(msg)).is_err() {
                         return; // the client went away
                     }
@@ -341,7 +340,7 @@ impl Paramdb for ShardService {
                 let _ = tx.blocking_send(Ok(v1::RowBlock {
                     dim,
                     keys,
-                    values: packed::f32s_to_bytes(&vals).into(),
+                    values: packed::f32s_into_bytes(vals),
                 }));
             }
         });

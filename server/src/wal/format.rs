@@ -108,9 +108,7 @@ impl Record<'_> {
     pub fn values_into(&self, i: usize, out: &mut [f32]) {
         let d = self.dim as usize;
         let b = &self.values[i * d * 4..(i + 1) * d * 4];
-        for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {
-            *o = f32::from_le_bytes(c.try_into().expect("4 bytes"));
-        }
+        crate::le::read_f32s_into(b, out);
     }
 }
 
@@ -167,9 +165,7 @@ pub fn encode_push(
         }
         Err(s) => out.extend_from_slice(&s.to_le_bytes()),
     }
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
+    crate::le::extend_f32s(out, values);
     debug_assert_eq!(out.len() - start, FRAME_HEADER_LEN + len);
     let mut h = crc32fast::Hasher::new();
     h.update(&out[start..start + 4]);
