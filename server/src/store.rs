@@ -1054,8 +1054,8 @@ impl Shared {
             // Reserved up front: growing a batch of hundreds of MB by doubling copies it and
             // faults in fresh pages each time.
             let estimate: usize = frozen
-                .iter()
-                .map(|(_, trows)| {
+                .values()
+                .map(|trows| {
                     trows
                         .values()
                         .next()
