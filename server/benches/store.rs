@@ -8,6 +8,9 @@
 //!   the same 1,000 400-byte rows with its own WAL (synced per batch, or not), no read-modify-write.
 //! - pull: 1,000-key batches, rows in memory (dirty) and in RocksDB (after a checkpoint). Peer:
 //!   RocksDB batched multi-get of the same keys.
+//! - cache: 1M stored rows; pulls served by the hot-row cache beside a plain memcpy (gather) of
+//!   the same bytes; pulls with the cache off beside raw RocksDB multi-get of the same keys and
+//!   value sizes; Zipf(1.0) pulls with a cache of 10% of the table (hit rate, rows/s).
 //! - replay: open after a crash with ~1 GiB of log, against a plain sequential read of the same
 //!   segment files, cold (page cache dropped, needs root) and warm.
 
@@ -78,9 +81,12 @@ fn run_for(threads: usize, secs: f64, f: impl Fn(usize, &mut StdRng) + Sync) -> 
     ops.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
 }
 
+/// The store without its hot-row cache (the cache section turns it on itself), so "in RocksDB"
+/// means read from RocksDB.
 fn opts(sync: SyncPolicy) -> StoreOptions {
     StoreOptions {
         sync,
+        cache_bytes: 0,
         block_cache_bytes: 1 << 30,
         ..StoreOptions::default()
     }
@@ -254,6 +260,10 @@ fn main() {
         drop(db);
     }
 
+    if run("cache") {
+        cache_section(tmp.path(), secs);
+    }
+
     // --- replay ---
     if !run("replay") {
         return;
@@ -336,4 +346,166 @@ fn main() {
             );
         }
     }
+}
+
+/// Bytes of one stored AdaGrad row of dim `DIM` (header + weights + accumulator).
+const STORED_ROW: usize = 16 + 2 * DIM * 4;
+/// Bytes of one cache slot of such a row.
+const CACHE_SLOT: u64 = (24 + 2 * DIM * 4) as u64;
+
+fn cache_section(tmp: &Path, secs: f64) {
+    println!("\n### Hot-row cache\n");
+    println!("A table of {KEYS} AdaGrad rows of dim {DIM}, all stored (pushed once, checkpointed). 1 thread, {BATCH}-key batches.\n");
+    println!("| pull path | keys | paramdb rows/s | peer | peer rows/s | paramdb / peer | cache hit rate |");
+    println!("|---|---|---|---|---|---|---|");
+    let dir = tmp.join("cache");
+    let populate = |cache_bytes: u64| {
+        let o = StoreOptions {
+            cache_bytes,
+            background: false,
+            ..opts(SyncPolicy::None)
+        };
+        let store = Store::open(&dir, o).expect("open");
+        store.create_table(spec()).expect("table");
+        let mut rng = StdRng::seed_from_u64(3);
+        for start in (0..KEYS).step_by(BATCH) {
+            let g = grads(&mut rng);
+            store
+                .push_range("emb", ClientId::ANONYMOUS, 0, start, &g)
+                .expect("push");
+        }
+        store.close().expect("close");
+    };
+    populate(0);
+    let open = |cache_bytes: u64| {
+        let o = StoreOptions {
+            cache_bytes,
+            background: false,
+            ..opts(SyncPolicy::None)
+        };
+        Store::open(&dir, o).expect("open")
+    };
+    let zipf = rand_distr::Zipf::new(KEYS as f64, 1.0).expect("zipf");
+    let pull_rate = |store: &Store, skewed: bool| {
+        run_for(1, secs, |_, rng| {
+            let keys = if skewed {
+                zipf_keys(rng, &zipf)
+            } else {
+                batch_keys(rng)
+            };
+            std::hint::black_box(store.pull("emb", &keys).expect("pull"));
+        })
+    };
+
+    // Cached: every row fits; two passes over all keys fill the cache.
+    {
+        let store = open(KEYS * CACHE_SLOT + (64 << 20));
+        let all: Vec<u64> = (0..KEYS).collect();
+        for chunk in all.chunks(BATCH) {
+            store.pull("emb", chunk).expect("warm");
+        }
+        let before = store.stats().cache;
+        let ps = pull_rate(&store, false);
+        let after = store.stats().cache;
+        let hit = (after.hits - before.hits) as f64
+            / ((after.hits + after.misses) - (before.hits + before.misses)).max(1) as f64;
+        // Peer: gather the same rows' weights out of one flat array.
+        let flat: Vec<f32> = (0..KEYS as usize * DIM).map(|i| i as f32).collect();
+        let ms = run_for(1, secs, |_, rng| {
+            let keys = batch_keys(rng);
+            let mut out = vec![0.0f32; BATCH * DIM];
+            for (i, &k) in keys.iter().enumerate() {
+                let k = k as usize;
+                out[i * DIM..(i + 1) * DIM].copy_from_slice(&flat[k * DIM..(k + 1) * DIM]);
+            }
+            std::hint::black_box(out);
+        });
+        println!(
+            "| cached (all rows fit) | uniform | {:.0} | memcpy gather of the same rows | {:.0} | {:.2} | {:.3} |",
+            ps * BATCH as f64,
+            ms * BATCH as f64,
+            ps / ms,
+            hit
+        );
+        store.close().expect("close");
+    }
+
+    // Uncached: cache off, against raw RocksDB holding values of the same size.
+    {
+        let store = open(0);
+        let rdir = tmp.join("cache-raw");
+        let db = raw_db(&rdir);
+        let cf = db.cf_handle("rows").expect("cf");
+        let value = vec![7u8; STORED_ROW];
+        for start in (0..KEYS).step_by(BATCH) {
+            let mut b = rocksdb::WriteBatch::default();
+            for k in start..start + BATCH as u64 {
+                b.put_cf(&cf, k.to_be_bytes(), &value);
+            }
+            db.write(b).expect("raw write");
+        }
+        db.flush_cf(&cf).expect("flush");
+        let ps = pull_rate(&store, false);
+        let rs = run_for(1, secs, |_, rng| {
+            let keys = batch_keys(rng);
+            let mut sorted = keys.clone();
+            sorted.sort_unstable();
+            let kb: Vec<[u8; 8]> = sorted.iter().map(|k| k.to_be_bytes()).collect();
+            let r = db.batched_multi_get_cf(&cf, kb.iter(), true);
+            let mut out = vec![0.0f32; BATCH * DIM];
+            for (i, v) in r.into_iter().enumerate() {
+                if let Ok(Some(v)) = v {
+                    let w: &[u8] = &v;
+                    for (o, c) in out[i * DIM..(i + 1) * DIM]
+                        .iter_mut()
+                        .zip(w[16..].chunks_exact(4))
+                    {
+                        *o = f32::from_le_bytes(c.try_into().expect("4"));
+                    }
+                }
+            }
+            std::hint::black_box(out);
+        });
+        println!(
+            "| RocksDB (cache off) | uniform | {:.0} | raw RocksDB multi-get, {STORED_ROW}-byte values | {:.0} | {:.2} | - |",
+            ps * BATCH as f64,
+            rs * BATCH as f64,
+            ps / rs
+        );
+        store.close().expect("close");
+    }
+
+    // Skewed keys, cache of 10% of the table, cold at the start of the run.
+    {
+        let budget = KEYS * CACHE_SLOT / 10;
+        let store = open(budget);
+        let ps = pull_rate(&store, true);
+        let s = store.stats().cache;
+        let off = open_rate_off(&dir, &zipf, secs, store);
+        println!(
+            "| cache of 10% of the table ({} MiB) | Zipf(1.0) | {:.0} | the same with the cache off | {:.0} | {:.2} | {:.3} |",
+            budget >> 20,
+            ps * BATCH as f64,
+            off * BATCH as f64,
+            ps / off,
+            s.hit_rate()
+        );
+    }
+}
+
+/// Zipf pull rate of the store at `dir` with the cache off (closes `store` first).
+fn open_rate_off(dir: &Path, zipf: &rand_distr::Zipf<f64>, secs: f64, store: Store) -> f64 {
+    store.close().expect("close");
+    let o = StoreOptions {
+        cache_bytes: 0,
+        background: false,
+        ..opts(SyncPolicy::None)
+    };
+    let store = Store::open(dir, o).expect("open");
+    let r = run_for(1, secs, |_, rng| {
+        let keys = zipf_keys(rng, zipf);
+        std::hint::black_box(store.pull("emb", &keys).expect("pull"));
+    });
+    store.close().expect("close");
+    r
 }

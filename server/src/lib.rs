@@ -6,6 +6,7 @@
 //! (RocksDB), `row` (row format and update rules), `table` (table definitions), `dedup`
 //! (exactly-once windows), `scan` (range streaming), `init` (deterministic initializers).
 
+pub mod cache;
 pub mod dedup;
 pub mod error;
 pub mod init;

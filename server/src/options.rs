@@ -63,6 +63,8 @@ pub struct StoreOptions {
     pub max_segment_bytes: u64,
     /// RocksDB block cache.
     pub block_cache_bytes: usize,
+    /// Budget of the memory-mapped hot-row cache, split between tables; 0 turns it off.
+    pub cache_bytes: u64,
     /// Largest push or pull (keys + values) in bytes.
     pub max_request_bytes: u64,
     /// What to do about corruption before the log's tail.
@@ -80,6 +82,7 @@ impl Default for StoreOptions {
             checkpoint_interval: Some(Duration::from_secs(60)),
             max_segment_bytes: 64 << 20,
             block_cache_bytes: 256 << 20,
+            cache_bytes: 1 << 30,
             max_request_bytes: 256 << 20,
             recovery: RecoveryMode::Strict,
             background: true,

@@ -49,7 +49,7 @@ impl Rocks {
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
         table.set_bloom_filter(10.0, false);
-        table.set_cache_index_and_filter_blocks(true);
+        table.set_cache_index_and_filter_blocks(false);
         let mut cf_opts = Options::default();
         cf_opts.set_block_based_table_factory(&table);
         // f32 rows are close to incompressible; compression would cost CPU for nothing.

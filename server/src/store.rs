@@ -6,6 +6,10 @@
 //! that layer, writes it to RocksDB in one atomic batch with the checkpoint LSN, then drops
 //! it. Reads look in dirty, then frozen, then RocksDB, then the initializer. Everything in
 //! dirty and frozen is also in the log, so a crash loses nothing that was acknowledged.
+//!
+//! In front of RocksDB sits the hot-row cache (`cache`): clean copies of the most used rows in
+//! a memory-mapped file. Reads that miss dirty and frozen look there before RocksDB; a
+//! checkpoint refreshes the cached copies of the rows it writes.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -18,11 +22,12 @@ use std::time::Instant;
 use rocksdb::WriteBatch;
 use rustc_hash::FxHashMap;
 
+use crate::cache::{CacheStats, RowCache};
 use crate::dedup::{SeqWindow, Verdict};
 use crate::error::{Result, StoreError};
 use crate::options::{StoreOptions, SyncPolicy};
 use crate::rocks::{key_bytes, Rocks};
-use crate::row::{self, Row};
+use crate::row::Row;
 use crate::table::{self, TableSpec};
 use crate::types::{ClientId, Key, KeyRange, PushAck};
 use crate::wal::recovery::{self, RecoveryReport};
@@ -78,6 +83,8 @@ pub(crate) struct State {
     pub(crate) dirty: Rows,
     /// Rows of the checkpoint in progress, until RocksDB has them.
     pub(crate) frozen: Option<Arc<Rows>>,
+    /// Clean copies of hot rows (see `cache`).
+    pub(crate) cache: RowCache,
     /// Bumped when a checkpoint completes: rows read from RocksDB before that may be stale.
     generation: u64,
     dedup: HashMap<u64, SeqWindow>,
@@ -161,6 +168,7 @@ pub struct StoreStats {
     pub checkpoints: u64,
     pub fsyncs: u64,
     pub poisoned: Option<String>,
+    pub cache: CacheStats,
 }
 
 /// What a checkpoint did.
@@ -271,6 +279,18 @@ impl Store {
             }
         }
 
+        let cache_tables: Vec<(u32, TableSpec)> = catalog
+            .by_id
+            .values()
+            .map(|t| (t.id, t.spec.clone()))
+            .collect();
+        let cache = RowCache::open(
+            &dir.join("cache"),
+            opts.cache_bytes,
+            &cache_tables,
+            checkpoint_lsn,
+        )?;
+
         // Replay the log after the checkpoint into the dirty layer.
         let wal_dir = dir.join("wal");
         fs.create_dir_all(&wal_dir)
@@ -322,6 +342,7 @@ impl Store {
                 log,
                 dirty,
                 frozen: None,
+                cache,
                 generation: 0,
                 dedup,
                 checkpoint_lsn,
@@ -491,7 +512,7 @@ impl Store {
     pub fn stats(&self) -> StoreStats {
         let s = &self.shared;
         let c = &s.counters;
-        let (dirty_rows, log_segments, log_bytes, last_lsn, checkpoint_lsn) = {
+        let (dirty_rows, log_segments, log_bytes, last_lsn, checkpoint_lsn, cache) = {
             let st = s.lock_state();
             (
                 st.dirty.values().map(|t| t.len()).sum(),
@@ -499,6 +520,7 @@ impl Store {
                 st.log.bytes_appended() - st.log_bytes_at_checkpoint,
                 st.log.last_lsn(),
                 st.checkpoint_lsn,
+                st.cache.stats(),
             )
         };
         StoreStats {
@@ -522,6 +544,7 @@ impl Store {
             checkpoints: c.checkpoints.load(Ordering::Relaxed),
             fsyncs: c.fsyncs.load(Ordering::Relaxed),
             poisoned: s.poison_reason(),
+            cache,
         }
     }
 
@@ -531,7 +554,13 @@ impl Store {
         if self.shared.poisoned.load(Ordering::SeqCst) {
             return Err(self.shared.poisoned_error());
         }
-        self.shared.checkpoint().map(|_| ())
+        self.shared.close()
+    }
+
+    /// Clean shutdown through a shared handle (other holders may still read): the final
+    /// checkpoint, and the cache files marked reusable by the next open.
+    pub fn close_shared(&self) -> Result<()> {
+        self.shared.close()
     }
 
     /// Ends the store as a killed process would: no checkpoint and no final log sync.
@@ -562,6 +591,15 @@ impl Drop for Store {
 }
 
 impl Shared {
+    /// Clean shutdown of a store whose handle is shared: a final checkpoint, then the cache
+    /// files are marked reusable for that checkpoint.
+    pub(crate) fn close(&self) -> Result<()> {
+        self.checkpoint()?;
+        let mut st = self.lock_state();
+        let lsn = st.checkpoint_lsn;
+        st.cache.close(lsn)
+    }
+
     pub(crate) fn lock_state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves rows half-updated in memory; the log is the
         // truth, so carrying on serving reads is no worse than the panic itself. Writes are
@@ -754,21 +792,31 @@ impl Shared {
 
         let lsn = loop {
             // Phase 1: which rows must come from RocksDB? Read them without holding the lock.
-            let (generation, missing) = {
-                let st = self.lock_state();
-                if let Some(ack) = self.duplicate(&st, client, seq)? {
-                    drop(st);
+            let (generation, missing, mut fetched) = {
+                let mut guard = self.lock_state();
+                if let Some(ack) = self.duplicate(&guard, client, seq)? {
+                    drop(guard);
                     return self.ack_duplicate(ack);
                 }
-                let (dirty, frozen) = st.layers(t.id);
-                let missing: Vec<Key> = key_list
-                    .iter()
-                    .copied()
-                    .filter(|&k| lookup(dirty, frozen, k).is_none())
-                    .collect();
-                (st.generation, missing)
+                let st = &mut *guard;
+                let dirty = st.dirty.get(&t.id);
+                let frozen = st.frozen.as_ref().and_then(|f| f.get(&t.id));
+                let mut missing = Vec::new();
+                let mut cached = HashMap::new();
+                for &k in key_list {
+                    if lookup(dirty, frozen, k).is_some() {
+                        continue;
+                    }
+                    match st.cache.get_row(t.id, k) {
+                        Some(r) => {
+                            cached.insert(k, r);
+                        }
+                        None => missing.push(k),
+                    }
+                }
+                (st.generation, missing, cached)
             };
-            let mut fetched = self.load_rows(&t, &missing)?;
+            fetched.extend(self.load_rows(&t, &missing)?);
 
             // Phase 2: log and apply, in LSN order, under the lock.
             let mut guard = self.lock_state();
@@ -914,33 +962,39 @@ impl Shared {
                 values: out.len(),
             });
         }
-        // Rows in memory are copied under the lock; a key not in memory now has its latest
-        // value in RocksDB, and reading it after the lock can only see something newer.
+        // Rows in memory (changed or cached) are copied under the lock; a key not in memory
+        // now has its latest value in RocksDB, and reading it after the lock can only see
+        // something newer.
         let mut missing = Vec::new();
-        {
-            let st = self.lock_state();
-            let (dirty, frozen) = st.layers(t.id);
+        let generation = {
+            let mut guard = self.lock_state();
+            let st = &mut *guard;
+            let dirty = st.dirty.get(&t.id);
+            let frozen = st.frozen.as_ref().and_then(|f| f.get(&t.id));
             for (i, &k) in keys.iter().enumerate() {
+                let o = &mut out[i * dim..(i + 1) * dim];
                 match lookup(dirty, frozen, k) {
-                    Some(r) => out[i * dim..(i + 1) * dim].copy_from_slice(r.weights(dim)),
+                    Some(r) => o.copy_from_slice(r.weights(dim)),
+                    None if st.cache.read_weights(t.id, k, o) => {}
                     None => missing.push(i),
                 }
             }
-        }
+            st.generation
+        };
         if !missing.is_empty() {
             let mk: Vec<Key> = missing.iter().map(|&i| keys[i]).collect();
             let stored = self.rocks.get_rows(&t.cf, &mk)?;
+            let mut loaded = Vec::with_capacity(mk.len());
             for ((&i, &k), v) in missing.iter().zip(&mk).zip(stored) {
-                let o = &mut out[i * dim..(i + 1) * dim];
-                match v {
-                    Some(b) => row::decode_weights_into(&b, &t.spec.rule, t.spec.dim, o).map_err(
-                        |reason| StoreError::CorruptRow {
-                            table: t.spec.name.clone(),
-                            key: k,
-                            reason,
-                        },
-                    )?,
-                    None => crate::init::fill(&t.spec.init, t.spec.seed, k, o),
+                let row = stored_or_initial(t, k, v)?;
+                out[i * dim..(i + 1) * dim].copy_from_slice(row.weights(dim));
+                loaded.push((k, row));
+            }
+            // Offered to the cache only if no checkpoint rewrote rows since they were read.
+            let mut st = self.lock_state();
+            if st.generation == generation {
+                for (k, row) in &loaded {
+                    st.cache.offer(t.id, *k, row);
                 }
             }
         }
@@ -989,6 +1043,10 @@ impl Shared {
             spec: spec.clone(),
             cf,
         });
+        // A cache that cannot take the table only costs speed: the table works without it.
+        if let Err(e) = self.lock_state().cache.add_table(id, &spec) {
+            tracing::warn!(error = %e, table = %spec.name, "table created without a cache");
+        }
         let mut cat = self.catalog.write().unwrap_or_else(|e| e.into_inner());
         cat.by_name.insert(spec.name.clone(), t.clone());
         cat.by_id.insert(id, t);
@@ -1016,6 +1074,9 @@ impl Shared {
             cat.by_name.remove(name);
             cat.by_id.remove(&t.id);
             st.dirty.remove(&t.id);
+            if let Err(e) = st.cache.remove_table(t.id) {
+                tracing::warn!(error = %e, table = %name, "could not shrink the cache after a drop");
+            }
         }
         self.rocks.drop_cf(&t.cf)?;
         tracing::info!(table = %name, id = t.id, "table dropped");
@@ -1110,7 +1171,14 @@ impl Shared {
         };
 
         let removed = {
-            let mut st = self.lock_state();
+            let mut guard = self.lock_state();
+            let st = &mut *guard;
+            // RocksDB now holds the frozen rows: cached copies must match them.
+            for (tid, trows) in frozen.iter() {
+                for (&k, row) in trows {
+                    st.cache.refresh(*tid, k, row);
+                }
+            }
             st.frozen = None;
             st.generation += 1;
             st.checkpoint_lsn = lsn;

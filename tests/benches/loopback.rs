@@ -5,7 +5,10 @@
 //! they read the pushed rows from RocksDB (and its block cache), not from the log's dirty rows.
 //! Prints Markdown.
 //!
-//! `cargo bench -p paramdb-tests --bench loopback [-- --quick] [--only push|pull]`
+//! The shard's hot-row cache is on with room for both tables (2 GiB); `--cache-bytes N` changes
+//! that (0 turns it off). The pull rows report the cache's hit rate during the pull phase.
+//!
+//! `cargo bench -p paramdb-tests --bench loopback [-- --quick] [--only push|pull] [--cache-bytes N]`
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -68,6 +71,24 @@ fn run_for<S>(
     ops.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
 }
 
+/// Rounds of paramdb then the peer, alternating; medians of each side's rate and of the
+/// per-round ratio (single points on these machines vary by 2x).
+fn rounds(paramdb: impl Fn() -> f64, peer: impl Fn() -> f64) -> (f64, f64, f64) {
+    const ROUNDS: usize = 3;
+    let (mut p, mut r, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let (a, b) = (paramdb(), peer());
+        p.push(a);
+        r.push(b);
+        ratio.push(a / b);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    (median(&mut p), median(&mut r), median(&mut ratio))
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -119,6 +140,11 @@ fn main() {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1).cloned());
     let wanted = |op: &str| only.as_deref().is_none_or(|o| o == op);
+    let cache_bytes: u64 = args
+        .iter()
+        .position(|a| a == "--cache-bytes")
+        .and_then(|i| args.get(i + 1))
+        .map_or(2 << 30, |v| v.parse().expect("--cache-bytes N"));
     let tmp = tempfile::tempdir().expect("tempdir");
 
     // paramdb: one shard server in this process, reached over loopback gRPC.
@@ -137,6 +163,7 @@ fn main() {
         store: StoreOptions {
             sync: SyncPolicy::Interval(Duration::from_millis(10)),
             block_cache_bytes: 1 << 30,
+            cache_bytes,
             ..StoreOptions::default()
         },
         limits: Limits::default(),
@@ -152,11 +179,16 @@ fn main() {
 
     println!("## paramdb over gRPC vs Redis, loopback\n");
     println!(
-        "{} cores; dim {DIM} (400-byte rows), {BATCH}-key batches, {THREADS} client threads, {secs} s per point\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "{} cores; dim {DIM} (400-byte rows), {BATCH}-key batches, {THREADS} client threads, {secs} s per point, medians of 3 alternating rounds; hot-row cache {} MiB\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cache_bytes >> 20
     );
-    println!("| keys | op | paramdb rows/s | Redis rows/s | paramdb / Redis |");
-    println!("|---|---|---|---|---|");
+    println!("| keys | op | paramdb rows/s | Redis rows/s | paramdb / Redis | cache hit rate |");
+    println!("|---|---|---|---|---|---|");
+    let cache_lookups = || {
+        let s = &client.stats().expect("stats")[0];
+        (s.cache_hits, s.cache_hits + s.cache_misses)
+    };
     for (label, dist) in [("uniform", None), ("Zipf(1.0)", Some(&zipf))] {
         let table = if dist.is_some() { "zipf" } else { "uniform" };
         client
@@ -173,34 +205,38 @@ fn main() {
 
         let redis_con = || redis_client.get_connection().expect("redis connection");
         if wanted("push") {
-            let p_push = run_for(
-                secs,
-                || (),
-                |_, rng| {
+            let p_push = || {
+                run_for(
+                    secs,
+                    || (),
+                    |_, rng| {
+                        let k = keys(rng, dist);
+                        client.push(table, &k, &grads(rng)).expect("push");
+                    },
+                )
+            };
+            let r_push = || {
+                run_for(secs, redis_con, |con, rng| {
                     let k = keys(rng, dist);
-                    client.push(table, &k, &grads(rng)).expect("push");
-                },
-            );
-            let r_push = run_for(secs, redis_con, |con, rng| {
-                let k = keys(rng, dist);
-                let g = grads(rng);
-                let mut cmd = redis::cmd("MSET");
-                for (i, key) in k.iter().enumerate() {
-                    cmd.arg(rkey(*key))
-                        .arg(paramdb_proto::packed::f32s_to_bytes(
-                            &g[i * DIM..(i + 1) * DIM],
-                        ));
-                }
-                redis::pipe()
-                    .add_command(cmd)
-                    .query::<()>(con)
-                    .expect("MSET");
-            });
+                    let g = grads(rng);
+                    let mut cmd = redis::cmd("MSET");
+                    for (i, key) in k.iter().enumerate() {
+                        cmd.arg(rkey(*key))
+                            .arg(paramdb_proto::packed::f32s_to_bytes(
+                                &g[i * DIM..(i + 1) * DIM],
+                            ));
+                    }
+                    redis::pipe()
+                        .add_command(cmd)
+                        .query::<()>(con)
+                        .expect("MSET");
+                })
+            };
+            let (p, r, ratio) = rounds(p_push, r_push);
             println!(
-                "| {label} | push (AdaGrad on server) vs MSET | {:.0} | {:.0} | {:.2} |",
-                p_push * BATCH as f64,
-                r_push * BATCH as f64,
-                p_push / r_push
+                "| {label} | push (AdaGrad on server) vs MSET | {:.0} | {:.0} | {ratio:.2} | - |",
+                p * BATCH as f64,
+                r * BATCH as f64,
             );
         }
         if !wanted("pull") {
@@ -209,40 +245,50 @@ fn main() {
         // Pulls are measured on a settled shard: the pushes' checkpoint is not left running
         // in the background of the pull phase.
         client.checkpoint().expect("checkpoint");
-        let p_pull = run_for(
-            secs,
-            || (),
-            |_, rng| {
+        let (hits0, lookups0) = cache_lookups();
+        let p_pull = || {
+            run_for(
+                secs,
+                || (),
+                |_, rng| {
+                    let k = keys(rng, dist);
+                    std::hint::black_box(client.pull(table, &k).expect("pull"));
+                },
+            )
+        };
+        let r_pull = || {
+            run_for(secs, redis_con, |con, rng| {
                 let k = keys(rng, dist);
-                std::hint::black_box(client.pull(table, &k).expect("pull"));
-            },
-        );
-        let r_pull = run_for(secs, redis_con, |con, rng| {
-            let k = keys(rng, dist);
-            let mut cmd = redis::cmd("MGET");
-            for key in &k {
-                cmd.arg(rkey(*key));
-            }
-            let (vals,): (Vec<Option<Vec<u8>>>,) =
-                redis::pipe().add_command(cmd).query(con).expect("MGET");
-            let mut out = vec![0.0f32; BATCH * DIM];
-            for (i, v) in vals.into_iter().enumerate() {
-                if let Some(v) = v {
-                    for (o, c) in out[i * DIM..(i + 1) * DIM]
-                        .iter_mut()
-                        .zip(v.chunks_exact(4))
-                    {
-                        *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                let mut cmd = redis::cmd("MGET");
+                for key in &k {
+                    cmd.arg(rkey(*key));
+                }
+                let (vals,): (Vec<Option<Vec<u8>>>,) =
+                    redis::pipe().add_command(cmd).query(con).expect("MGET");
+                let mut out = vec![0.0f32; BATCH * DIM];
+                for (i, v) in vals.into_iter().enumerate() {
+                    if let Some(v) = v {
+                        for (o, c) in out[i * DIM..(i + 1) * DIM]
+                            .iter_mut()
+                            .zip(v.chunks_exact(4))
+                        {
+                            *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                        }
                     }
                 }
-            }
-            std::hint::black_box(out);
-        });
+                std::hint::black_box(out);
+            })
+        };
+        let (p, r, ratio) = rounds(p_pull, r_pull);
+        let (hits, lookups) = {
+            let (h, l) = cache_lookups();
+            (h - hits0, l - lookups0)
+        };
         println!(
-            "| {label} | pull vs MGET | {:.0} | {:.0} | {:.2} |",
-            p_pull * BATCH as f64,
-            r_pull * BATCH as f64,
-            p_pull / r_pull
+            "| {label} | pull vs MGET | {:.0} | {:.0} | {ratio:.2} | {:.3} |",
+            p * BATCH as f64,
+            r * BATCH as f64,
+            hits as f64 / lookups.max(1) as f64
         );
     }
     drop(client);

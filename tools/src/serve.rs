@@ -36,6 +36,12 @@ pub struct ServeArgs {
     /// Requests handled at once.
     #[arg(long)]
     max_concurrent: Option<usize>,
+    /// Budget of the memory-mapped hot-row cache in bytes, split between tables (0: off).
+    #[arg(long, default_value_t = StoreOptions::default().cache_bytes)]
+    cache_bytes: u64,
+    /// RocksDB block cache in bytes.
+    #[arg(long, default_value_t = StoreOptions::default().block_cache_bytes)]
+    block_cache_bytes: usize,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -64,6 +70,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         range: KeyRange::new(entry.range[0], entry.range[1]),
         store: StoreOptions {
             sync: args.sync,
+            cache_bytes: args.cache_bytes,
+            block_cache_bytes: args.block_cache_bytes,
             ..StoreOptions::default()
         },
         limits,

@@ -154,7 +154,7 @@ pub async fn serve(
     match store.map(Arc::try_unwrap) {
         Some(Ok(store)) => store.close().map_err(ServeError::Close)?,
         Some(Err(shared)) => {
-            shared.checkpoint().map_err(ServeError::Close)?;
+            shared.close_shared().map_err(ServeError::Close)?;
         }
         None => {}
     }

@@ -177,6 +177,14 @@ pub fn stats_to_wire(shard: u32, range: KeyRange, s: StoreStats) -> v1::StatsRes
         checkpoints: s.checkpoints,
         fsyncs: s.fsyncs,
         poisoned: s.poisoned.unwrap_or_default(),
+        cache_budget_bytes: s.cache.budget_bytes,
+        cache_resident_bytes: s.cache.resident_bytes,
+        cache_resident_rows: s.cache.resident_rows,
+        cache_hits: s.cache.hits,
+        cache_misses: s.cache.misses,
+        cache_admitted: s.cache.admitted,
+        cache_declined: s.cache.declined,
+        cache_evictions: s.cache.evictions,
     }
 }
 

@@ -1,6 +1,8 @@
 //! Child process for the SIGKILL crash test: opens a store under `sync`, then pushes the
 //! deterministic workload from several client threads, printing `ACK <client> <seq>` after
-//! each acknowledgement, until it is killed.
+//! each acknowledgement, until it is killed. The hot-row cache is on and small (32 rows for
+//! the 64 shared keys and the witnesses), so pushes read rows from it, checkpoints refresh it,
+//! and admissions and evictions go on while the kills land.
 //!
 //! Usage: `crash_pusher DIR START_SEQ_1 START_SEQ_2 …` (one client thread per start seq;
 //! client ids are 1, 2, …).
@@ -27,6 +29,7 @@ fn main() -> anyhow::Result<()> {
         // Small triggers so kills also land inside checkpoints and segment rotations.
         checkpoint_log_bytes: 96 << 10,
         max_segment_bytes: 32 << 10,
+        cache_bytes: 32 * (24 + DIM as u64 * 4),
         ..StoreOptions::default()
     };
     let store = Arc::new(Store::open(dir, opts).context("opening the store")?);

@@ -347,3 +347,68 @@ async fn raw_call(addr: &str, path: &'static str, body: Vec<u8>) -> tonic::Statu
     .await
     .expect_err("malformed bytes must be refused")
 }
+
+/// With room for one request at a time, a second call while a range stream still holds its
+/// slot is refused with RESOURCE_EXHAUSTED; once the stream is dropped, calls go through.
+#[test]
+fn grpc_concurrency_limit_refuses_with_resource_exhausted() {
+    let map = ClusterMap {
+        shards: vec![ShardEntry {
+            range: [0, 1_000_000],
+            address: "127.0.0.1:0".into(),
+        }],
+    };
+    let cluster = Cluster::start_with(map, &["--max-concurrent", "1"]);
+    let client = cluster.client();
+    const DIM: usize = 1000;
+    client
+        .create_table(TableSpec::new("wide", DIM as u32))
+        .unwrap();
+    // 3,000 rows of 4 KB: more than the HTTP/2 stream window (4 MB) plus the server's few
+    // blocks of read-ahead, so an unread stream keeps its producer (and its slot) waiting.
+    for start in (0..3000u64).step_by(500) {
+        client
+            .push_range("wide", start, &vec![0.5; 500 * DIM])
+            .unwrap();
+    }
+    let addr = format!("http://{}", cluster.map.shards[0].address);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut raw = ParamdbClient::connect(addr.clone()).await.unwrap();
+        let mut stream = raw
+            .pull_range(v1::PullRangeRequest {
+                table: "wide".into(),
+                start: 0,
+                end: 3000,
+                block_rows: 16,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(stream.message().await.unwrap().is_some());
+        let mut other = ParamdbClient::connect(addr.clone()).await.unwrap();
+        let pull = v1::PullRequest {
+            table: "wide".into(),
+            keys: vec![7],
+        };
+        let err = other.pull(pull.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+        assert!(err.message().contains("concurrent"), "{}", err.message());
+        drop(stream);
+        // The server notices the cancelled stream, and its producer gives the slot back.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match other.pull(pull.clone()).await {
+                Ok(r) => {
+                    assert_eq!(r.into_inner().values.len(), DIM * 4);
+                    break;
+                }
+                Err(e) if e.code() == Code::ResourceExhausted && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("after the stream ended: {e}"),
+            }
+        }
+    });
+    cluster.stop();
+}

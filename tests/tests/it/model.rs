@@ -1,5 +1,7 @@
 //! The store against a `BTreeMap` model: random pushes, range pushes, pulls, scans,
-//! checkpoints, clean reopens and crashes (unsynced log bytes dropped) must agree bit for bit.
+//! checkpoints, clean closes, reopens and crashes (unsynced log bytes dropped) must agree bit
+//! for bit, whatever the size of the hot-row cache: none, one slot per table, a few, or room
+//! for every row. The model has no cache, so this is the cache-equivalence property too.
 
 use std::collections::BTreeMap;
 
@@ -35,6 +37,8 @@ enum Op {
         end: u64,
     },
     Checkpoint,
+    /// `close` (final checkpoint, cache files marked reusable), then open: a warm cache.
+    Close,
     Reopen,
     Crash,
 }
@@ -47,6 +51,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..2usize, proptest::collection::vec(0..KEYS + 5, 1..8)).prop_map(|(table, keys)| Op::Pull { table, keys }),
         1 => (0..2usize, 0..KEYS, 0..KEYS + 5).prop_map(|(table, start, end)| Op::Scan { table, start, end }),
         1 => Just(Op::Checkpoint),
+        1 => Just(Op::Close),
         1 => Just(Op::Reopen),
         1 => Just(Op::Crash),
     ]
@@ -100,10 +105,17 @@ fn grads(grad: i8, n: usize) -> Vec<f32> {
         .collect()
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// Bytes of one cache slot of a dim-3 table with at most one state vector.
+const SLOT_BYTES: u64 = 24 + 2 * DIM as u64 * 4;
+
+fn run(ops: Vec<Op>, cache_slots: u64) -> Result<(), TestCaseError> {
     let tmp = tempfile::tempdir().unwrap();
     let mut fs = FaultFs::new();
-    let mut store = open_fault(tmp.path(), &fs, manual_opts()).unwrap();
+    let opts = || paramdb_server::StoreOptions {
+        cache_bytes: cache_slots * SLOT_BYTES * 2,
+        ..manual_opts()
+    };
+    let mut store = open_fault(tmp.path(), &fs, opts()).unwrap();
     for s in specs() {
         store.create_table(s).unwrap();
     }
@@ -163,14 +175,18 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Checkpoint => {
                 store.checkpoint().unwrap();
             }
+            Op::Close => {
+                store.close().unwrap();
+                store = open_fault(tmp.path(), &fs, opts()).unwrap();
+            }
             Op::Reopen => {
                 drop(store);
-                store = open_fault(tmp.path(), &fs, manual_opts()).unwrap();
+                store = open_fault(tmp.path(), &fs, opts()).unwrap();
             }
             Op::Crash => {
                 store.crash();
                 fs = fs.crash(|_, _| CrashTail::Drop);
-                store = open_fault(tmp.path(), &fs, manual_opts()).unwrap();
+                store = open_fault(tmp.path(), &fs, opts()).unwrap();
             }
         }
     }
@@ -184,10 +200,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
-    fn store_matches_a_btreemap_model(ops in proptest::collection::vec(op(), 1..40)) {
-        run(ops)?;
+    fn store_matches_a_btreemap_model(
+        ops in proptest::collection::vec(op(), 1..40),
+        cache_slots in prop_oneof![Just(0u64), Just(1), Just(3), Just(12), Just(1000)],
+    ) {
+        run(ops, cache_slots)?;
     }
 }
