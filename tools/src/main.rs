@@ -1,8 +1,11 @@
-//! The `paramdb` command line. For now: `demo`, the README's main job, which shows the shard
-//! store's promise end to end (push, SIGKILL, recover, verify exactly-once, pull).
+//! The `paramdb` command line: the README's main job (`demo`: word2vec on embedded shards),
+//! training, evaluation and export, the shard server, and the crash demo.
 
+mod crash_demo;
 mod demo;
 mod serve;
+mod target;
+mod train;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -22,12 +25,26 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train word2vec on a generated corpus against two embedded shards, check the planted
+    /// structure was learned, and export the vectors.
+    Demo(demo::DemoArgs),
+    /// Train a model against embedded shards (default) or a cluster.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Evaluate word vectors (a stored model or a word2vec file).
+    #[command(subcommand)]
+    Eval(train::EvalCommand),
+    /// The nearest words to a word.
+    Neighbours(train::NeighboursArgs),
+    /// Export a stored model.
+    #[command(subcommand)]
+    Export(ExportCommand),
     /// Create a table in an embedded shard, push from a child process, SIGKILL it several
     /// times, recover, and check every acknowledged push was applied exactly once.
-    Demo(demo::DemoArgs),
+    CrashDemo(crash_demo::DemoArgs),
     /// Serve one shard of a cluster over gRPC (health checking and reflection included).
     Serve(serve::ServeArgs),
-    /// The child process of `demo` (pushes until killed).
+    /// The child process of `crash-demo` (pushes until killed).
     #[command(hide = true)]
     DemoPusher {
         #[arg(long)]
@@ -35,6 +52,18 @@ enum Command {
         #[arg(long)]
         start_seq: u64,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum TrainCommand {
+    /// word2vec (skip-gram or CBOW, negative sampling) with asynchronous SGD; resumable.
+    Word2vec(train::Word2VecArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ExportCommand {
+    /// word2vec text or binary format (gensim's load_word2vec_format reads both).
+    Word2vec(train::ExportArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,11 +78,16 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Train(TrainCommand::Word2vec(args)) => train::word2vec(args),
+        Command::Eval(cmd) => train::eval(cmd),
+        Command::Neighbours(args) => train::neighbours(args),
+        Command::Export(ExportCommand::Word2vec(args)) => train::export_word2vec(args),
+        Command::CrashDemo(args) => crash_demo::run(args),
         Command::Serve(args) => serve::run(args),
         Command::DemoPusher {
             data_dir,
             start_seq,
-        } => demo::pusher(&data_dir, start_seq),
+        } => crash_demo::pusher(&data_dir, start_seq),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,2 +1,22 @@
-//! paramdb's trainers (word2vec, n-gram language model). They see only `paramdb-client`. Land
-//! with issues #5 and #6; intentionally empty until then.
+//! paramdb's trainers. They see only `paramdb-client`: every parameter lives in the parameter
+//! server (embedded shards or a cluster), and a trainer pulls what a minibatch needs, trains
+//! locally and pushes deltas.
+//!
+//! - `keys`: stable 64-bit word keys, and exact integers carried in f32 rows.
+//! - `corpus`: reading a corpus in byte-range parts, one per worker thread.
+//! - `vocab`: streaming word counts with pruning, and the vocabulary table in the server.
+//! - `word2vec`: skip-gram and CBOW with negative sampling, asynchronous SGD, resumable.
+//! - `export`: word2vec text and binary formats.
+//! - `eval`: word analogies, word similarity (Spearman), nearest neighbours.
+//! - `synth`: generated corpora with planted structure (the README's main job, tests).
+
+pub mod corpus;
+pub mod error;
+pub mod eval;
+pub mod export;
+pub mod keys;
+pub mod synth;
+pub mod vocab;
+pub mod word2vec;
+
+pub use error::TrainError;

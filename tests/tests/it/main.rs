@@ -13,3 +13,4 @@ mod poison;
 mod process_crash;
 mod python;
 mod tables;
+mod word2vec;

@@ -8,7 +8,7 @@ use crate::cluster::Cluster;
 
 /// The Python with grpcio, grpcio-tools, grpcio-health-checking and grpcio-reflection:
 /// `PARAMDB_PYTHON`, else the repository's `.venv` (both set up by `make test`).
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     if let Ok(p) = std::env::var("PARAMDB_PYTHON") {
         return PathBuf::from(p);
     }

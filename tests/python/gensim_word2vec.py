@@ -1,0 +1,51 @@
+"""gensim's word2vec on a corpus, for the side-by-side benchmark: trains with the given
+settings, then scores analogies (30,000 most frequent words, case-folded), WordSim353 and
+SimLex-999, and prints one JSON line.
+
+usage: gensim_word2vec.py CORPUS DATA_DIR EPOCHS THREADS [VECTORS_OUT]
+"""
+
+import json
+import logging
+import sys
+import time
+
+from gensim.models import Word2Vec
+from gensim.models.word2vec import LineSentence
+
+corpus, data, epochs, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+logging.basicConfig(level=logging.WARNING)
+t0 = time.time()
+model = Word2Vec(
+    LineSentence(corpus),
+    vector_size=100,
+    window=5,
+    negative=5,
+    min_count=5,
+    sample=1e-4,
+    sg=1,
+    workers=threads,
+    epochs=epochs,
+)
+seconds = time.time() - t0
+kv = model.wv
+words = model.corpus_total_words * epochs
+analogy, _ = kv.evaluate_word_analogies(
+    f"{data}/questions-words.txt", restrict_vocab=30000, case_insensitive=True
+)
+ws = kv.evaluate_word_pairs(f"{data}/wordsim353.tsv", case_insensitive=True)[1][0]
+sl = kv.evaluate_word_pairs(f"{data}/simlex999.txt", case_insensitive=True)[1][0]
+if len(sys.argv) > 5:
+    kv.save_word2vec_format(sys.argv[5], binary=True)
+print(
+    json.dumps(
+        {
+            "seconds": seconds,
+            "words_per_sec": words / seconds,
+            "analogy": analogy,
+            "wordsim353": ws,
+            "simlex999": sl,
+            "vocab": len(kv.index_to_key),
+        }
+    )
+)

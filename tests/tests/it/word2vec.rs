@@ -1,0 +1,247 @@
+//! The word2vec trainer end to end: planted structure is learned through the client, a killed
+//! training run resumes from its recorded position, and gensim (from PyPI) loads both export
+//! formats and scores the same analogies as `paramdb eval analogy`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use paramdb_client::{BlockingClient, ClientOptions};
+use paramdb_server::StoreOptions;
+use paramdb_trainer::eval::Index;
+use paramdb_trainer::export;
+use paramdb_trainer::synth::{self, TOPICS};
+use paramdb_trainer::word2vec::{self, Config};
+
+use crate::cluster::paramdb_bin;
+
+fn topic_purity(e: &export::Embeddings, per_topic: usize) -> f64 {
+    synth::topic_purity(&Index::new(e, usize::MAX), per_topic, 5)
+}
+
+#[test]
+fn word2vec_learns_planted_topics_through_the_client() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    synth::topic_corpus(&corpus, 30, 20_000, 10, 3).unwrap();
+    let client = BlockingClient::open_embedded(
+        &tmp.path().join("shards"),
+        2,
+        StoreOptions::default(),
+        ClientOptions::default(),
+    )
+    .unwrap();
+    for cbow in [false, true] {
+        let cfg = Config {
+            model: if cbow { "cbow" } else { "sg" }.into(),
+            dim: 32,
+            epochs: 3,
+            cbow,
+            alpha: if cbow { 0.05 } else { 0.025 },
+            batch_words: 10_000,
+            ..Config::default()
+        };
+        let report = word2vec::train(&client, &corpus, &cfg, &|_| {}).unwrap();
+        // Every topic's frequent words and the 6 fillers (the rarest topic words may fall
+        // under min-count 5).
+        assert!(
+            report.vocab_size > TOPICS.len() * 25,
+            "{}",
+            report.vocab_size
+        );
+        let e = export::from_server(&client, &cfg.model).unwrap();
+        let purity = topic_purity(&e, 30);
+        assert!(purity > 0.9, "cbow={cbow}: {purity}");
+        assert_eq!(report.words_done, report.train_words * 3);
+    }
+    let untrained = Config {
+        model: "untrained".into(),
+        epochs: 1,
+        ..Config::default()
+    };
+    // Train nothing: a corpus with no word frequent enough is refused with a clear error.
+    let tiny = tmp.path().join("tiny.txt");
+    std::fs::write(&tiny, "a b c\n").unwrap();
+    let err = word2vec::train(&client, &tiny, &untrained, &|_| {}).unwrap_err();
+    assert!(err.to_string().contains("at least 5 times"), "{err}");
+}
+
+fn train_cmd(corpus: &Path, data: &Path) -> Command {
+    let mut c = Command::new(paramdb_bin());
+    c.args(["train", "word2vec", "--corpus"])
+        .arg(corpus)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--dim", "32", "--epochs", "6", "--batch-words", "5000"])
+        .args(["--checkpoint-secs", "0.1", "--quiet"]);
+    c
+}
+
+#[test]
+fn word2vec_killed_trainer_resumes_from_its_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    synth::topic_corpus(&corpus, 30, 150_000, 10, 5).unwrap();
+    let data = tmp.path().join("data");
+    let mut child = train_cmd(&corpus, &data)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let still_running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(
+        still_running && !out.contains("trained"),
+        "the kill must land while training (make the corpus bigger): {out}"
+    );
+
+    let again = train_cmd(&corpus, &data).output().unwrap();
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let pct: f64 = text
+        .split("checkpoint at ")
+        .nth(1)
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no resume message in: {text}"));
+    assert!(pct > 0.0 && pct < 100.0, "resumed at {pct}%: {text}");
+    // The rest of the words, not all of them, were trained by the second run.
+    let done: u64 = text
+        .split(", ")
+        .nth(1)
+        .and_then(|s| s.split(" words").next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no word count in: {text}"));
+    let total = 150_000 * 10 * 6;
+    assert!(
+        (done as f64) < total as f64 * (1.0 - pct / 100.0) * 1.02 + 10_000.0,
+        "{done} words after resuming at {pct}%: {text}"
+    );
+
+    // A third run has nothing left to do.
+    let third = train_cmd(&corpus, &data).output().unwrap();
+    assert!(String::from_utf8_lossy(&third.stdout).contains("already trained"));
+    let client =
+        BlockingClient::open_embedded(&data, 1, StoreOptions::default(), ClientOptions::default())
+            .unwrap();
+    let e = export::from_server(&client, "w2v").unwrap();
+    assert!(topic_purity(&e, 30) > 0.9);
+}
+
+fn shared_data() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data")
+}
+
+#[test]
+fn word2vec_exports_load_in_gensim_with_the_same_analogy_score() {
+    let data = shared_data();
+    let tmp = tempfile::tempdir().unwrap();
+    // The first 12,000 reviews (about 2.8M words) of the IMDb training split.
+    let text = std::fs::read_to_string(data.join("train.txt")).expect("../shared/data/train.txt");
+    let head: String = text.lines().take(12_000).flat_map(|l| [l, "\n"]).collect();
+    let corpus = tmp.path().join("imdb-head.txt");
+    std::fs::write(&corpus, head).unwrap();
+    let store = tmp.path().join("data");
+    let out = Command::new(paramdb_bin())
+        .args(["train", "word2vec", "--corpus"])
+        .arg(&corpus)
+        .arg("--data-dir")
+        .arg(&store)
+        .args([
+            "--dim", "50", "--epochs", "2", "--sample", "1e-4", "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let questions = data.join("questions-words.txt");
+    let mut ours = Vec::new();
+    for (binary, file) in [(false, "v.txt"), (true, "v.bin")] {
+        let path = tmp.path().join(file);
+        let mut export = Command::new(paramdb_bin());
+        export
+            .args(["export", "word2vec", "--out"])
+            .arg(&path)
+            .arg("--data-dir")
+            .arg(&store);
+        if binary {
+            export.arg("--binary");
+        }
+        assert!(export.status().unwrap().success());
+        let mut eval = Command::new(paramdb_bin());
+        eval.args(["eval", "analogy", "--questions"])
+            .arg(&questions)
+            .arg("--vectors")
+            .arg(&path);
+        if binary {
+            eval.arg("--binary");
+        }
+        let o = eval.output().unwrap();
+        let s = String::from_utf8_lossy(&o.stdout).to_string();
+        let line = s
+            .lines()
+            .find(|l| l.starts_with("analogy accuracy"))
+            .unwrap_or_else(|| panic!("{s}"))
+            .to_string();
+        // "(correct/evaluated questions"
+        let counts = line
+            .split('(')
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string();
+        ours.push(counts);
+    }
+    assert_eq!(ours[0], ours[1], "text and binary exports score alike");
+    let py = Command::new(crate::python::python())
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/test_gensim_export.py"))
+        .arg(tmp.path().join("v.txt"))
+        .arg(tmp.path().join("v.bin"))
+        .arg(&questions)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&py.stdout);
+    assert!(
+        py.status.success(),
+        "gensim:\n{stdout}\n{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let gensim = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("gensim analogy: "))
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .trim();
+    let (ours_c, ours_n) = ours[0].split_once('/').unwrap();
+    let (g_c, g_n) = gensim.split_once('/').unwrap();
+    assert_eq!(
+        ours_n, g_n,
+        "questions evaluated: ours {} gensim {gensim}",
+        ours[0]
+    );
+    let (a, b): (i64, i64) = (ours_c.parse().unwrap(), g_c.parse().unwrap());
+    // Ties in the nearest-word search may break differently; allow a handful.
+    assert!(
+        (a - b).abs() <= 3,
+        "correct: ours {} gensim {gensim}",
+        ours[0]
+    );
+    assert!(a > 0, "some analogies must be right: {}", ours[0]);
+}

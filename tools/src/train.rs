@@ -1,0 +1,280 @@
+//! `paramdb train word2vec`, `paramdb eval`, `paramdb neighbours`, `paramdb export`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use paramdb_trainer::eval::{self, Index};
+use paramdb_trainer::export::{self, Embeddings};
+use paramdb_trainer::word2vec::{self, Config, Progress};
+
+use crate::target::Target;
+
+#[derive(clap::Args, Debug)]
+pub struct Word2VecArgs {
+    /// Training text: whitespace-separated tokens, one sentence per line.
+    #[arg(long, short = 'c', alias = "train")]
+    pub corpus: PathBuf,
+    /// Model name (prefix of its tables).
+    #[arg(long, default_value = "w2v")]
+    pub model: String,
+    /// Vector size.
+    #[arg(long, alias = "size", default_value_t = 100)]
+    pub dim: u32,
+    #[arg(long, default_value_t = 5)]
+    pub window: usize,
+    /// Negative samples per example.
+    #[arg(long, default_value_t = 5)]
+    pub negative: usize,
+    #[arg(long, default_value_t = 5)]
+    pub min_count: u64,
+    /// Subsampling threshold for frequent words (0 turns it off).
+    #[arg(long, default_value_t = 1e-3)]
+    pub sample: f64,
+    #[arg(long, alias = "iter", default_value_t = 5)]
+    pub epochs: u32,
+    /// Starting learning rate (linear decay to --min-alpha).
+    #[arg(long)]
+    pub alpha: Option<f32>,
+    #[arg(long, default_value_t = 0.0001)]
+    pub min_alpha: f32,
+    /// CBOW instead of skip-gram.
+    #[arg(long)]
+    pub cbow: bool,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Words per worker minibatch (pull, train locally, push deltas).
+    #[arg(long, default_value_t = 50_000)]
+    pub batch_words: usize,
+    /// Noise words drawn per minibatch; negatives are taken from this pool.
+    #[arg(long, default_value_t = 4096)]
+    pub negative_pool: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Seconds between recorded positions (what a resumed run continues from).
+    #[arg(long, default_value_t = 10.0)]
+    pub checkpoint_secs: f64,
+    /// No progress output, only the summary.
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+impl Word2VecArgs {
+    pub fn config(&self) -> Config {
+        Config {
+            model: self.model.clone(),
+            dim: self.dim,
+            window: self.window,
+            negative: self.negative,
+            min_count: self.min_count,
+            sample: self.sample,
+            epochs: self.epochs,
+            // word2vec's defaults: 0.025 for skip-gram, 0.05 for CBOW.
+            alpha: self.alpha.unwrap_or(if self.cbow { 0.05 } else { 0.025 }),
+            min_alpha: self.min_alpha,
+            cbow: self.cbow,
+            threads: self.threads,
+            batch_words: self.batch_words,
+            negative_pool: self.negative_pool,
+            seed: self.seed,
+            checkpoint_secs: self.checkpoint_secs,
+            ..Config::default()
+        }
+    }
+}
+
+pub fn word2vec(args: Word2VecArgs) -> anyhow::Result<()> {
+    let client = args.target.connect()?;
+    let cfg = args.config();
+    let bar = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
+        let b = ProgressBar::new(1000);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {percent:>3}% {msg} (eta {eta})",
+            )
+            .expect("template")
+            .progress_chars("=> "),
+        );
+        b
+    });
+    let plain = !args.quiet && bar.is_none();
+    let last_line = std::sync::Mutex::new(Instant::now() - Duration::from_secs(60));
+    let show = |p: &Progress| {
+        let frac = p.words_done as f64 / p.words_total.max(1) as f64;
+        let msg = format!(
+            "{:.0} words/s, lr {:.5}, loss {:.4}",
+            p.words_per_sec, p.alpha, p.loss
+        );
+        if let Some(b) = &bar {
+            b.set_position((frac * 1000.0) as u64);
+            b.set_message(msg);
+        } else if plain {
+            let mut l = last_line.lock().unwrap_or_else(|e| e.into_inner());
+            if l.elapsed() >= Duration::from_secs(5) {
+                eprintln!("train: {:5.1}% {msg}", frac * 100.0);
+                *l = Instant::now();
+            }
+        }
+    };
+    let report = word2vec::train(&client, &args.corpus, &cfg, &show)?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    if report.already_done {
+        println!(
+            "model {:?} is already trained ({} words, vocabulary {}); nothing to do",
+            cfg.model, report.train_words, report.vocab_size
+        );
+        return Ok(());
+    }
+    if let Some(f) = report.resumed_from {
+        println!(
+            "resumed model {:?} from its last checkpoint at {:.1}% (not from the start)",
+            cfg.model,
+            f * 100.0
+        );
+    }
+    println!(
+        "trained {:?}: vocabulary {}, {} words in {:.1} s ({:.0} words/s)",
+        cfg.model, report.vocab_size, report.words_done, report.seconds, report.words_per_sec
+    );
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VectorsArgs {
+    /// Model in the parameter server.
+    #[arg(long, default_value = "w2v")]
+    pub model: String,
+    /// Evaluate a word2vec file instead of a stored model.
+    #[arg(long)]
+    pub vectors: Option<PathBuf>,
+    /// The --vectors file is in binary word2vec format.
+    #[arg(long)]
+    pub binary: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+impl VectorsArgs {
+    pub fn load(&self) -> anyhow::Result<Embeddings> {
+        match &self.vectors {
+            Some(p) => Ok(export::read_word2vec(p, self.binary)?),
+            None => {
+                let client = self.target.connect()?;
+                export::from_server(&client, &self.model)
+                    .with_context(|| format!("reading model {:?}", self.model))
+            }
+        }
+    }
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum EvalCommand {
+    /// Word analogies (questions-words.txt format), over the most frequent words.
+    Analogy {
+        #[arg(long)]
+        questions: PathBuf,
+        /// Only the this many most frequent words are candidates (gensim's restrict_vocab).
+        #[arg(long, default_value_t = 30_000)]
+        limit: usize,
+        #[command(flatten)]
+        vectors: VectorsArgs,
+    },
+    /// Word-pair similarity against human scores (WordSim353, SimLex-999): Spearman's rho.
+    Similarity {
+        #[arg(long)]
+        pairs: PathBuf,
+        #[arg(long, default_value_t = 300_000)]
+        limit: usize,
+        #[command(flatten)]
+        vectors: VectorsArgs,
+    },
+}
+
+pub fn eval(cmd: EvalCommand) -> anyhow::Result<()> {
+    match cmd {
+        EvalCommand::Analogy {
+            questions,
+            limit,
+            vectors,
+        } => {
+            let index = Index::new(&vectors.load()?, limit);
+            let s = eval::analogy(&index, &questions, 2)?;
+            for (name, ok, n) in &s.sections {
+                if *n > 0 {
+                    println!("{name}: {:.1}% ({ok}/{n})", *ok as f64 * 100.0 / *n as f64);
+                }
+            }
+            println!(
+                "analogy accuracy: {:.2}% ({}/{} questions; {} skipped for words outside the top {limit})",
+                s.accuracy() * 100.0,
+                s.correct,
+                s.evaluated,
+                s.skipped
+            );
+        }
+        EvalCommand::Similarity {
+            pairs,
+            limit,
+            vectors,
+        } => {
+            let index = Index::new(&vectors.load()?, limit);
+            let (rho, used, skipped) = eval::similarity(&index, &pairs)?;
+            println!("spearman: {rho:.4} ({used} pairs; {skipped} skipped for unknown words)");
+        }
+    }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct NeighboursArgs {
+    pub word: String,
+    #[arg(short, long, default_value_t = 10)]
+    pub k: usize,
+    #[command(flatten)]
+    pub vectors: VectorsArgs,
+}
+
+pub fn neighbours(args: NeighboursArgs) -> anyhow::Result<()> {
+    let index = Index::new(&args.vectors.load()?, usize::MAX);
+    let Some(n) = index.neighbours(&args.word, args.k) else {
+        bail!("{:?} is not in the vocabulary", args.word);
+    };
+    for (w, s) in n {
+        println!("{s:.4}  {w}");
+    }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// Output file.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Binary word2vec format (default: text).
+    #[arg(long)]
+    pub binary: bool,
+    #[arg(long, default_value = "w2v")]
+    pub model: String,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+pub fn export_word2vec(args: ExportArgs) -> anyhow::Result<()> {
+    let client = args.target.connect()?;
+    let e = export::from_server(&client, &args.model)?;
+    export::write_word2vec(&e, &args.out, args.binary)?;
+    println!(
+        "wrote {} vectors of dim {} to {} ({})",
+        e.words.len(),
+        e.dim,
+        args.out.display(),
+        if args.binary { "binary" } else { "text" }
+    );
+    Ok(())
+}

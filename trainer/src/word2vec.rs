@@ -1,0 +1,928 @@
+//! word2vec over the parameter server: skip-gram or CBOW with negative sampling, frequent-word
+//! subsampling and linearly decaying learning rate, trained by asynchronous SGD.
+//!
+//! Each worker thread reads its own part of the corpus (see `corpus`) and works in minibatches
+//! of about `batch_words` words:
+//!
+//! 1. plan the batch: subsample, draw each position's reduced window, and draw a pool of
+//!    `negative_pool` noise words from unigram^0.75 (each training example then takes its
+//!    `negative` negatives uniformly from that pool, so the noise distribution is unchanged in
+//!    expectation while the batch touches a bounded number of output rows);
+//! 2. pull the input rows of the batch's words and the output rows of its targets and pool;
+//! 3. train on those local copies, without locks;
+//! 4. push the deltas (`add` rule), so concurrent workers' updates add up on the servers.
+//!
+//! A model `<m>` is four tables: `<m>.in` (word vectors), `<m>.out` (context vectors),
+//! `<m>.vocab` (see `vocab`) and `<m>.state` (configuration and each worker's position). A
+//! worker records its position every `checkpoint_secs`; after a crash of the trainer or a
+//! shard, the same command resumes every worker from its last recorded position.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use paramdb_client::{BlockingClient, Initializer, TableSpec};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::corpus::{part_range, PartReader};
+use crate::error::{Result, TrainError};
+use crate::keys::{f32s_to_u64, u64_to_f32s};
+use crate::vocab::{self, Vocab};
+
+/// Training configuration (the flags of `paramdb train word2vec`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Model name: the prefix of its tables.
+    pub model: String,
+    pub dim: u32,
+    pub window: usize,
+    pub negative: usize,
+    pub min_count: u64,
+    pub sample: f64,
+    pub epochs: u32,
+    pub alpha: f32,
+    pub min_alpha: f32,
+    pub cbow: bool,
+    pub threads: usize,
+    /// Words per minibatch (per worker).
+    pub batch_words: usize,
+    /// Noise words drawn per minibatch.
+    pub negative_pool: usize,
+    /// Most distinct words held while counting before rare ones are pruned.
+    pub max_vocab_entries: usize,
+    pub seed: u64,
+    /// How often each worker records its position.
+    pub checkpoint_secs: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            model: "w2v".into(),
+            dim: 100,
+            window: 5,
+            negative: 5,
+            min_count: 5,
+            sample: 1e-3,
+            epochs: 5,
+            alpha: 0.025,
+            min_alpha: 0.0001,
+            cbow: false,
+            threads: 2,
+            batch_words: 50_000,
+            negative_pool: 4096,
+            max_vocab_entries: 30_000_000,
+            seed: 1,
+            checkpoint_secs: 10.0,
+        }
+    }
+}
+
+/// A snapshot for progress displays.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// In-vocabulary words processed (before subsampling), over all epochs.
+    pub words_done: u64,
+    pub words_total: u64,
+    pub alpha: f32,
+    /// Mean negative-sampling loss per training example since the last snapshot.
+    pub loss: f64,
+    /// Words per second since training (or resuming) started.
+    pub words_per_sec: f64,
+    pub epoch: u32,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub vocab_size: usize,
+    pub train_words: u64,
+    /// `Some(fraction done)` when this run resumed an interrupted one.
+    pub resumed_from: Option<f64>,
+    /// The model was already fully trained; nothing was done.
+    pub already_done: bool,
+    pub words_done: u64,
+    pub seconds: f64,
+    pub words_per_sec: f64,
+}
+
+pub fn in_table(model: &str) -> String {
+    format!("{model}.in")
+}
+
+pub fn out_table(model: &str) -> String {
+    format!("{model}.out")
+}
+
+fn state_table(model: &str) -> String {
+    format!("{model}.state")
+}
+
+const STATE_DIM: usize = 16;
+const META_KEY: u64 = 0;
+
+/// The `.state` meta row: what a resumed run must agree with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Meta {
+    threads: u64,
+    epochs: u64,
+    corpus_len: u64,
+    train_words: u64,
+}
+
+impl Meta {
+    fn encode(&self) -> Vec<f32> {
+        let mut r = vec![0.0; STATE_DIM];
+        r[0..4].copy_from_slice(&u64_to_f32s(self.threads));
+        r[4..8].copy_from_slice(&u64_to_f32s(self.epochs));
+        r[8..12].copy_from_slice(&u64_to_f32s(self.corpus_len));
+        r[12..16].copy_from_slice(&u64_to_f32s(self.train_words));
+        r
+    }
+
+    fn decode(r: &[f32]) -> Option<Meta> {
+        Some(Meta {
+            threads: f32s_to_u64(&r[0..4])?,
+            epochs: f32s_to_u64(&r[4..8])?,
+            corpus_len: f32s_to_u64(&r[8..12])?,
+            train_words: f32s_to_u64(&r[12..16])?,
+        })
+    }
+}
+
+/// A worker's recorded position: `epoch` (epochs finished), the offset of its next line, and
+/// the words it has processed over all epochs.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Position {
+    epoch: u64,
+    offset: u64,
+    words: u64,
+}
+
+impl Position {
+    fn encode(&self) -> Vec<f32> {
+        let mut r = vec![0.0; STATE_DIM];
+        r[0..4].copy_from_slice(&u64_to_f32s(self.epoch));
+        r[4..8].copy_from_slice(&u64_to_f32s(self.offset));
+        r[8..12].copy_from_slice(&u64_to_f32s(self.words));
+        r
+    }
+
+    fn decode(r: &[f32]) -> Option<Position> {
+        Some(Position {
+            epoch: f32s_to_u64(&r[0..4])?,
+            offset: f32s_to_u64(&r[4..8])?,
+            words: f32s_to_u64(&r[8..12])?,
+        })
+    }
+}
+
+/// Sets a row of an `add` table to `new`, given that it holds `old`: pushes the difference.
+/// Exact for the 16-bit integer pieces used here.
+fn set_row(client: &BlockingClient, table: &str, key: u64, old: &[f32], new: &[f32]) -> Result<()> {
+    let delta: Vec<f32> = new.iter().zip(old).map(|(n, o)| n - o).collect();
+    client.push(table, &[key], &delta)?;
+    Ok(())
+}
+
+/// Trains (or resumes training) `cfg.model` on `corpus`. `on_progress` is called about four
+/// times a second from the calling thread.
+pub fn train(
+    client: &BlockingClient,
+    corpus: &Path,
+    cfg: &Config,
+    on_progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<Report> {
+    validate(cfg)?;
+    let corpus_len = std::fs::metadata(corpus)
+        .map_err(|e| TrainError::io(format!("reading {}", corpus.display()), e))?
+        .len();
+    let state_t = state_table(&cfg.model);
+    let existing = client
+        .pull(&state_t, &[META_KEY])
+        .ok()
+        .and_then(|r| Meta::decode(&r))
+        .filter(|m| m.threads > 0);
+
+    let (vocab, meta, positions, resumed) = match existing {
+        Some(meta) => {
+            let want = Meta {
+                threads: cfg.threads as u64,
+                epochs: cfg.epochs as u64,
+                corpus_len,
+                train_words: meta.train_words,
+            };
+            if meta != want {
+                return Err(TrainError::Mismatch {
+                    model: cfg.model.clone(),
+                    reason: format!(
+                        "it was started with {} threads, {} epochs on a corpus of {} bytes; \
+                         this run has {} threads, {} epochs, {} bytes (use the same flags and \
+                         corpus to resume, or another --model)",
+                        meta.threads,
+                        meta.epochs,
+                        meta.corpus_len,
+                        want.threads,
+                        want.epochs,
+                        want.corpus_len
+                    ),
+                });
+            }
+            let vocab = vocab::load(client, &cfg.model)?;
+            let keys: Vec<u64> = (1..=cfg.threads as u64).collect();
+            let rows = client.pull(&state_t, &keys)?;
+            let positions: Vec<Position> = rows
+                .chunks(STATE_DIM)
+                .map(|r| {
+                    Position::decode(r).ok_or_else(|| TrainError::Mismatch {
+                        model: cfg.model.clone(),
+                        reason: "a worker position does not decode".into(),
+                    })
+                })
+                .collect::<Result<_>>()?;
+            (vocab, meta, positions, true)
+        }
+        None => {
+            // Tables left by a run that died before recording its configuration.
+            for t in [
+                in_table(&cfg.model),
+                out_table(&cfg.model),
+                vocab::table(&cfg.model),
+                state_t.clone(),
+            ] {
+                if client.describe_table(&t).is_ok() {
+                    client.drop_table(&t)?;
+                }
+            }
+            let counts = vocab::count(corpus, cfg.max_vocab_entries)?;
+            let vocab = Vocab::from_counts(counts, cfg.min_count);
+            if vocab.is_empty() {
+                return Err(TrainError::Invalid(format!(
+                    "no word of {} occurs at least {} times",
+                    corpus.display(),
+                    cfg.min_count
+                )));
+            }
+            let half = 0.5 / cfg.dim as f32;
+            client.create_table(
+                TableSpec::new(in_table(&cfg.model), cfg.dim)
+                    .with_init(Initializer::Uniform {
+                        low: -half,
+                        high: half,
+                    })
+                    .with_seed(cfg.seed),
+            )?;
+            client.create_table(TableSpec::new(out_table(&cfg.model), cfg.dim))?;
+            vocab::store(client, &cfg.model, &vocab)?;
+            client.create_table(TableSpec::new(&state_t, STATE_DIM as u32))?;
+            let meta = Meta {
+                threads: cfg.threads as u64,
+                epochs: cfg.epochs as u64,
+                corpus_len,
+                train_words: vocab.total(),
+            };
+            let positions: Vec<Position> = (0..cfg.threads)
+                .map(|i| Position {
+                    epoch: 0,
+                    offset: part_range(corpus_len, i, cfg.threads).0,
+                    words: 0,
+                })
+                .collect();
+            let keys: Vec<u64> = (1..=cfg.threads as u64).collect();
+            let values: Vec<f32> = positions.iter().flat_map(|p| p.encode()).collect();
+            client.push(&state_t, &keys, &values)?;
+            // The meta row last: it is what marks the model as initialized.
+            client.push(&state_t, &[META_KEY], &meta.encode())?;
+            client.checkpoint()?;
+            (vocab, meta, positions, false)
+        }
+    };
+
+    let words_total = meta.train_words * meta.epochs;
+    let done_before: u64 = positions.iter().map(|p| p.words).sum();
+    let mut report = Report {
+        vocab_size: vocab.len(),
+        train_words: meta.train_words,
+        resumed_from: resumed.then(|| done_before as f64 / words_total.max(1) as f64),
+        ..Report::default()
+    };
+    if positions.iter().all(|p| p.epoch >= meta.epochs) {
+        report.already_done = true;
+        return Ok(report);
+    }
+
+    let shared = Shared {
+        cfg,
+        corpus,
+        corpus_len,
+        vocab: &vocab,
+        keys: vocab.keys(),
+        keep: keep_probabilities(&vocab, cfg.sample),
+        noise: Alias::new(&vocab.counts),
+        words_total,
+        words_done: AtomicU64::new(done_before),
+        loss: Mutex::new((0.0, 0)),
+        failed: AtomicBool::new(false),
+        sigmoid: SigmoidTable::new(),
+    };
+    let started = Instant::now();
+    let result: Result<()> = std::thread::scope(|s| {
+        let handles: Vec<_> = positions
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                let shared = &shared;
+                std::thread::Builder::new()
+                    .name(format!("w2v-worker-{i}"))
+                    .spawn_scoped(s, move || {
+                        let r = Worker::new(shared, client, i, p).run();
+                        if r.is_err() {
+                            shared.failed.store(true, Ordering::SeqCst);
+                        }
+                        r
+                    })
+                    .map_err(|e| TrainError::io("starting a worker thread", e))
+            })
+            .collect::<Result<_>>()?;
+        while !handles.iter().all(|h| h.is_finished()) {
+            std::thread::sleep(Duration::from_millis(250));
+            on_progress(&shared.progress(started, done_before));
+        }
+        on_progress(&shared.progress(started, done_before));
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(TrainError::Invalid("a worker thread panicked".into())))
+        })
+    });
+    result?;
+    client.checkpoint()?;
+    report.seconds = started.elapsed().as_secs_f64();
+    report.words_done = shared.words_done.load(Ordering::Relaxed) - done_before;
+    report.words_per_sec = report.words_done as f64 / report.seconds.max(1e-9);
+    Ok(report)
+}
+
+fn validate(cfg: &Config) -> Result<()> {
+    let bad = |m: &str| Err(TrainError::Invalid(m.to_string()));
+    if cfg.dim == 0 {
+        return bad("--dim must be at least 1");
+    }
+    if cfg.window == 0 {
+        return bad("--window must be at least 1");
+    }
+    if cfg.threads == 0 {
+        return bad("--threads must be at least 1");
+    }
+    if cfg.epochs == 0 {
+        return bad("--epochs must be at least 1");
+    }
+    if !(cfg.alpha > 0.0 && cfg.alpha.is_finite()) {
+        return bad("--alpha must be a positive number");
+    }
+    if !(cfg.sample >= 0.0 && cfg.sample.is_finite()) {
+        return bad("--sample must be 0 or a positive number");
+    }
+    if cfg.negative == 0 || cfg.negative_pool == 0 {
+        return bad("--negative must be at least 1 (hierarchical softmax is not supported)");
+    }
+    if cfg.model.is_empty() || cfg.model.contains(char::is_whitespace) {
+        return bad("--model must be a non-empty name without spaces");
+    }
+    Ok(())
+}
+
+/// Probability of keeping each word under frequent-word subsampling (word2vec's formula).
+fn keep_probabilities(vocab: &Vocab, sample: f64) -> Vec<f32> {
+    let total = vocab.total() as f64;
+    vocab
+        .counts
+        .iter()
+        .map(|&c| {
+            if sample <= 0.0 {
+                return 1.0;
+            }
+            let t = sample * total;
+            let c = c as f64;
+            (((c / t).sqrt() + 1.0) * t / c).min(1.0) as f32
+        })
+        .collect()
+}
+
+/// Walker's alias table: O(1) draws of word `i` with probability ∝ count^0.75.
+#[derive(Debug)]
+struct Alias {
+    prob: Vec<f32>,
+    alias: Vec<u32>,
+}
+
+impl Alias {
+    fn new(counts: &[u64]) -> Alias {
+        let n = counts.len();
+        let w: Vec<f64> = counts.iter().map(|&c| (c as f64).powf(0.75)).collect();
+        let sum: f64 = w.iter().sum();
+        let mut scaled: Vec<f64> = w.iter().map(|x| x * n as f64 / sum).collect();
+        let (mut small, mut large): (Vec<usize>, Vec<usize>) =
+            (0..n).partition(|&i| scaled[i] < 1.0);
+        let mut prob = vec![1.0f32; n];
+        let mut alias: Vec<u32> = (0..n as u32).collect();
+        while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
+            prob[s] = scaled[s] as f32;
+            alias[s] = l as u32;
+            scaled[l] -= 1.0 - scaled[s];
+            if scaled[l] < 1.0 {
+                large.pop();
+                small.push(l);
+            }
+        }
+        Alias { prob, alias }
+    }
+
+    fn sample(&self, rng: &mut SmallRng) -> u32 {
+        let i = rng.random_range(0..self.prob.len());
+        if rng.random::<f32>() < self.prob[i] {
+            i as u32
+        } else {
+            self.alias[i]
+        }
+    }
+}
+
+const MAX_EXP: f32 = 6.0;
+const EXP_TABLE: usize = 1000;
+
+/// σ(x) and log σ(x) on [-6, 6], tabulated as in word2vec.
+#[derive(Debug)]
+struct SigmoidTable {
+    sig: Vec<f32>,
+    log_sig: Vec<f32>,
+}
+
+impl SigmoidTable {
+    fn new() -> Self {
+        let xs = (0..=EXP_TABLE).map(|i| (i as f32 / EXP_TABLE as f32 * 2.0 - 1.0) * MAX_EXP);
+        let sig: Vec<f32> = xs.map(|x| 1.0 / (1.0 + (-x).exp())).collect();
+        let log_sig = sig.iter().map(|s| s.max(1e-7).ln()).collect();
+        SigmoidTable { sig, log_sig }
+    }
+
+    fn index(x: f32) -> usize {
+        ((x + MAX_EXP) * (EXP_TABLE as f32 / MAX_EXP / 2.0)) as usize
+    }
+}
+
+struct Shared<'a> {
+    cfg: &'a Config,
+    corpus: &'a Path,
+    corpus_len: u64,
+    vocab: &'a Vocab,
+    keys: Vec<u64>,
+    keep: Vec<f32>,
+    noise: Alias,
+    words_total: u64,
+    words_done: AtomicU64,
+    loss: Mutex<(f64, u64)>,
+    failed: AtomicBool,
+    sigmoid: SigmoidTable,
+}
+
+impl Shared<'_> {
+    fn alpha(&self) -> f32 {
+        let done = self.words_done.load(Ordering::Relaxed) as f64;
+        let frac = done / (self.words_total as f64 + 1.0);
+        (self.cfg.alpha * (1.0 - frac) as f32).max(self.cfg.min_alpha)
+    }
+
+    fn progress(&self, started: Instant, done_before: u64) -> Progress {
+        let words_done = self.words_done.load(Ordering::Relaxed);
+        let (sum, n) = std::mem::take(&mut *self.loss.lock().unwrap_or_else(|e| e.into_inner()));
+        Progress {
+            words_done,
+            words_total: self.words_total,
+            alpha: self.alpha(),
+            loss: if n == 0 { f64::NAN } else { sum / n as f64 },
+            words_per_sec: (words_done - done_before) as f64
+                / started.elapsed().as_secs_f64().max(1e-9),
+            epoch: (words_done / self.vocab.total().max(1)) as u32,
+        }
+    }
+}
+
+/// Rows of one minibatch: global word index → local slot, and the pulled values.
+#[derive(Default)]
+struct LocalRows {
+    slot: Vec<u32>,
+    words: Vec<u32>,
+    values: Vec<f32>,
+    pulled: Vec<f32>,
+}
+
+impl LocalRows {
+    fn new(vocab: usize) -> Self {
+        LocalRows {
+            slot: vec![u32::MAX; vocab],
+            ..Default::default()
+        }
+    }
+
+    fn local(&mut self, word: u32) -> u32 {
+        let s = &mut self.slot[word as usize];
+        if *s == u32::MAX {
+            *s = self.words.len() as u32;
+            self.words.push(word);
+        }
+        *s
+    }
+
+    fn pull(
+        &mut self,
+        client: &BlockingClient,
+        table: &str,
+        keys: &[u64],
+        dim: usize,
+    ) -> Result<()> {
+        self.values.clear();
+        for chunk in self.words.chunks(PULL_CHUNK) {
+            let k: Vec<u64> = chunk.iter().map(|&w| keys[w as usize]).collect();
+            self.values.extend(client.pull(table, &k)?);
+        }
+        debug_assert_eq!(self.values.len(), self.words.len() * dim);
+        self.pulled.clear();
+        self.pulled.extend_from_slice(&self.values);
+        Ok(())
+    }
+
+    /// Pushes `values − pulled` and forgets the batch.
+    fn push_deltas(
+        &mut self,
+        client: &BlockingClient,
+        table: &str,
+        keys: &[u64],
+        dim: usize,
+    ) -> Result<()> {
+        for (v, p) in self.values.iter_mut().zip(&self.pulled) {
+            *v -= p;
+        }
+        for (i, chunk) in self.words.chunks(PULL_CHUNK).enumerate() {
+            let k: Vec<u64> = chunk.iter().map(|&w| keys[w as usize]).collect();
+            let from = i * PULL_CHUNK * dim;
+            client.push(table, &k, &self.values[from..from + k.len() * dim])?;
+        }
+        for &w in &self.words {
+            self.slot[w as usize] = u32::MAX;
+        }
+        self.words.clear();
+        Ok(())
+    }
+}
+
+/// Keys per pull or push call.
+const PULL_CHUNK: usize = 16_384;
+/// Longest sentence trained as one; longer lines are cut (as word2vec does).
+const MAX_SENTENCE: usize = 1000;
+
+struct Worker<'a> {
+    s: &'a Shared<'a>,
+    client: &'a BlockingClient,
+    index: usize,
+    pos: Position,
+    rng: SmallRng,
+    inputs: LocalRows,
+    outputs: LocalRows,
+}
+
+impl<'a> Worker<'a> {
+    fn new(s: &'a Shared<'a>, client: &'a BlockingClient, index: usize, pos: Position) -> Self {
+        let seed = s.cfg.seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ pos.words;
+        Worker {
+            s,
+            client,
+            index,
+            pos,
+            rng: SmallRng::seed_from_u64(seed),
+            inputs: LocalRows::new(s.vocab.len()),
+            outputs: LocalRows::new(s.vocab.len()),
+        }
+    }
+
+    fn run(mut self) -> Result<()> {
+        let cfg = self.s.cfg;
+        let state_t = state_table(&cfg.model);
+        let mut recorded = self.pos;
+        let mut last_record = Instant::now();
+        let (start, end) = part_range(self.s.corpus_len, self.index, cfg.threads);
+        while self.pos.epoch < cfg.epochs as u64 {
+            let resume = (self.pos.offset != start).then_some(self.pos.offset);
+            let mut reader = PartReader::open(self.s.corpus, start, end, resume)?;
+            loop {
+                if self.s.failed.load(Ordering::Relaxed) {
+                    return Ok(()); // another worker failed; its error is reported
+                }
+                let (sentences, seen, more) = self.read_batch(&mut reader)?;
+                if !sentences.is_empty() {
+                    self.train_batch(&sentences)?;
+                }
+                self.s.words_done.fetch_add(seen, Ordering::Relaxed);
+                self.pos.words += seen;
+                self.pos.offset = reader.position();
+                if !more {
+                    break;
+                }
+                if last_record.elapsed().as_secs_f64() >= cfg.checkpoint_secs {
+                    set_row(
+                        self.client,
+                        &state_t,
+                        self.index as u64 + 1,
+                        &recorded.encode(),
+                        &self.pos.encode(),
+                    )?;
+                    recorded = self.pos;
+                    last_record = Instant::now();
+                }
+            }
+            self.pos.epoch += 1;
+            self.pos.offset = start;
+            set_row(
+                self.client,
+                &state_t,
+                self.index as u64 + 1,
+                &recorded.encode(),
+                &self.pos.encode(),
+            )?;
+            recorded = self.pos;
+        }
+        Ok(())
+    }
+
+    /// Reads about `batch_words` in-vocabulary words: sentences of vocabulary indices after
+    /// subsampling, the number of in-vocabulary words read, and whether the part goes on.
+    fn read_batch(&mut self, reader: &mut PartReader) -> Result<(Vec<Vec<u32>>, u64, bool)> {
+        let mut sentences = Vec::new();
+        let mut seen = 0u64;
+        while (seen as usize) < self.s.cfg.batch_words {
+            let Some(line) = reader.next_line()? else {
+                return Ok((sentences, seen, false));
+            };
+            let mut sent = Vec::new();
+            for w in line.split_whitespace() {
+                let Some(i) = self.s.vocab.get(w) else {
+                    continue;
+                };
+                seen += 1;
+                if self.s.keep[i as usize] < 1.0
+                    && self.s.keep[i as usize] < self.rng.random::<f32>()
+                {
+                    continue;
+                }
+                sent.push(i);
+                if sent.len() == MAX_SENTENCE {
+                    sentences.push(std::mem::take(&mut sent));
+                }
+            }
+            if sent.len() > 1 {
+                sentences.push(sent);
+            }
+        }
+        Ok((sentences, seen, true))
+    }
+
+    fn train_batch(&mut self, sentences: &[Vec<u32>]) -> Result<()> {
+        let cfg = self.s.cfg;
+        let dim = cfg.dim as usize;
+        let alpha = self.s.alpha();
+        // Plan: local slots for every word, and the batch's noise pool.
+        let local: Vec<Vec<u32>> = sentences
+            .iter()
+            .map(|s| s.iter().map(|&w| self.inputs.local(w)).collect())
+            .collect();
+        let targets: Vec<Vec<u32>> = sentences
+            .iter()
+            .map(|s| s.iter().map(|&w| self.outputs.local(w)).collect())
+            .collect();
+        let pool: Vec<u32> = (0..cfg.negative_pool)
+            .map(|_| {
+                let w = self.s.noise.sample(&mut self.rng);
+                self.outputs.local(w)
+            })
+            .collect();
+        let in_t = in_table(&cfg.model);
+        let out_t = out_table(&cfg.model);
+        self.inputs.pull(self.client, &in_t, &self.s.keys, dim)?;
+        self.outputs.pull(self.client, &out_t, &self.s.keys, dim)?;
+
+        let sig = &self.s.sigmoid;
+        let (win, out) = (&mut self.inputs.values, &mut self.outputs.values);
+        let mut neu1 = vec![0.0f32; dim];
+        let mut neu1e = vec![0.0f32; dim];
+        let (mut loss, mut examples) = (0.0f64, 0u64);
+        for (ins, outs) in local.iter().zip(&targets) {
+            let n = ins.len();
+            for (i, &target) in outs.iter().enumerate() {
+                let target = target as usize;
+                let b = self.rng.random_range(0..cfg.window);
+                let lo = i.saturating_sub(cfg.window - b);
+                let hi = (i + cfg.window - b + 1).min(n);
+                if cfg.cbow {
+                    neu1.fill(0.0);
+                    let mut cw = 0;
+                    for j in (lo..hi).filter(|&j| j != i) {
+                        let c = ins[j] as usize;
+                        axpy(&mut neu1, 1.0, &win[c * dim..(c + 1) * dim]);
+                        cw += 1;
+                    }
+                    if cw == 0 {
+                        continue;
+                    }
+                    scale(&mut neu1, 1.0 / cw as f32);
+                    neu1e.fill(0.0);
+                    loss += negatives(
+                        &neu1,
+                        &mut neu1e,
+                        out,
+                        target,
+                        &pool,
+                        cfg.negative,
+                        alpha,
+                        dim,
+                        sig,
+                        &mut self.rng,
+                    );
+                    examples += 1;
+                    scale(&mut neu1e, 1.0 / cw as f32);
+                    for j in (lo..hi).filter(|&j| j != i) {
+                        let c = ins[j] as usize;
+                        axpy(&mut win[c * dim..(c + 1) * dim], 1.0, &neu1e);
+                    }
+                } else {
+                    for j in (lo..hi).filter(|&j| j != i) {
+                        let c = ins[j] as usize;
+                        neu1e.fill(0.0);
+                        loss += negatives(
+                            &win[c * dim..(c + 1) * dim],
+                            &mut neu1e,
+                            out,
+                            target,
+                            &pool,
+                            cfg.negative,
+                            alpha,
+                            dim,
+                            sig,
+                            &mut self.rng,
+                        );
+                        examples += 1;
+                        axpy(&mut win[c * dim..(c + 1) * dim], 1.0, &neu1e);
+                    }
+                }
+            }
+        }
+        {
+            let mut l = self.s.loss.lock().unwrap_or_else(|e| e.into_inner());
+            l.0 += loss;
+            l.1 += examples;
+        }
+        self.inputs
+            .push_deltas(self.client, &in_t, &self.s.keys, dim)?;
+        self.outputs
+            .push_deltas(self.client, &out_t, &self.s.keys, dim)?;
+        Ok(())
+    }
+}
+
+/// One example: the positive `target` and `k` negatives from `pool` against the hidden
+/// vector `h`. Updates the output rows in place and accumulates the gradient for `h` into
+/// `grad`. Returns the example's loss.
+#[allow(clippy::too_many_arguments)]
+fn negatives(
+    h: &[f32],
+    grad: &mut [f32],
+    out: &mut [f32],
+    target: usize,
+    pool: &[u32],
+    k: usize,
+    alpha: f32,
+    dim: usize,
+    sig: &SigmoidTable,
+    rng: &mut SmallRng,
+) -> f64 {
+    let mut loss = 0.0f64;
+    for d in 0..=k {
+        let (o, label) = if d == 0 {
+            (target, 1.0f32)
+        } else {
+            let o = pool[rng.random_range(0..pool.len())] as usize;
+            if o == target {
+                continue;
+            }
+            (o, 0.0)
+        };
+        let row = &mut out[o * dim..(o + 1) * dim];
+        let f = dot(h, row);
+        let g = if f > MAX_EXP {
+            loss -= if label == 1.0 {
+                0.0
+            } else {
+                sig.log_sig[0] as f64
+            };
+            (label - 1.0) * alpha
+        } else if f < -MAX_EXP {
+            loss -= if label == 1.0 {
+                sig.log_sig[0] as f64
+            } else {
+                0.0
+            };
+            label * alpha
+        } else {
+            let i = SigmoidTable::index(f);
+            let s = sig.sig[i];
+            // log σ(-f) = log σ at the mirrored index.
+            loss -= if label == 1.0 {
+                sig.log_sig[i]
+            } else {
+                sig.log_sig[EXP_TABLE - i]
+            } as f64;
+            (label - s) * alpha
+        };
+        axpy(grad, g, row);
+        axpy(row, g, h);
+    }
+    loss
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+fn scale(y: &mut [f32], a: f32) {
+    for y in y {
+        *y *= a;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alias_table_draws_in_proportion_to_count_to_the_three_quarters() {
+        let counts = [1000u64, 100, 10, 1];
+        let a = Alias::new(&counts);
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut seen = [0u64; 4];
+        let n = 400_000;
+        for _ in 0..n {
+            seen[a.sample(&mut rng) as usize] += 1;
+        }
+        let w: Vec<f64> = counts.iter().map(|&c| (c as f64).powf(0.75)).collect();
+        let sum: f64 = w.iter().sum();
+        for i in 0..4 {
+            let want = w[i] / sum;
+            let got = seen[i] as f64 / n as f64;
+            assert!((got - want).abs() < 0.01, "word {i}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn state_rows_round_trip() {
+        let p = Position {
+            epoch: 3,
+            offset: 1 << 40,
+            words: 123_456_789,
+        };
+        assert_eq!(Position::decode(&p.encode()), Some(p));
+        let m = Meta {
+            threads: 2,
+            epochs: 5,
+            corpus_len: 99,
+            train_words: 1 << 33,
+        };
+        assert_eq!(Meta::decode(&m.encode()), Some(m));
+    }
+
+    #[test]
+    fn dot_matches_a_plain_sum() {
+        let a: Vec<f32> = (0..19).map(|i| i as f32 * 0.5).collect();
+        let b: Vec<f32> = (0..19).map(|i| 1.0 - i as f32 * 0.25).collect();
+        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - plain).abs() < 1e-3);
+    }
+}
