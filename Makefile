@@ -23,10 +23,12 @@ test: deps pydeps
 	set -o pipefail; PARAMDB_PYTHON=$(PYTHON) $(CARGO) test --release --workspace 2>&1 | tee $(TEST_LOG)
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f; exit (p == 0 || f > 0)}' $(TEST_LOG)
 
-bench: deps
+bench: deps pydeps
 	@command -v redis-server >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 	$(CARGO) bench -p paramdb-server --bench store
 	$(CARGO) bench -p paramdb-tests --bench loopback
+	$(CARGO) build --release -p paramdb-tools
+	PARAMDB_PYTHON=$(PYTHON) $(CARGO) bench -p paramdb-tests --bench word2vec
 
 lint: deps
 	$(CARGO) fmt --all -- --check

@@ -67,7 +67,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         cbow: false,
         threads: 2,
         batch_words: 20_000,
-        negative_pool: 4096,
+        negative_pool: 8192,
         seed: 1,
         checkpoint_secs: 10.0,
         quiet: false,

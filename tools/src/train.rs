@@ -49,7 +49,7 @@ pub struct Word2VecArgs {
     #[arg(long, default_value_t = 50_000)]
     pub batch_words: usize,
     /// Noise words drawn per minibatch; negatives are taken from this pool.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 8192)]
     pub negative_pool: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,

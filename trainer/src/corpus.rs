@@ -64,8 +64,8 @@ impl PartReader {
         if self.pos >= self.end {
             return Ok(None);
         }
-        self.line.clear();
-        let mut buf = Vec::new();
+        let mut buf = std::mem::take(&mut self.line).into_bytes();
+        buf.clear();
         let n = self
             .reader
             .read_until(b'\n', &mut buf)
@@ -75,7 +75,10 @@ impl PartReader {
         }
         self.pos += n as u64;
         // Invalid UTF-8 is replaced rather than refused: one bad byte should not stop a run.
-        self.line = String::from_utf8_lossy(&buf).into_owned();
+        self.line = match String::from_utf8(buf) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        };
         Ok(Some(self.line.trim_end_matches(['\n', '\r'])))
     }
 }

@@ -14,6 +14,7 @@ pub mod corpus;
 pub mod error;
 pub mod eval;
 pub mod export;
+mod kernel;
 pub mod keys;
 pub mod synth;
 pub mod vocab;

@@ -9,7 +9,7 @@
 //! like the word's rows, so tools can look words up and export by word without the corpus. A
 //! row of that table is `[count as 4 × 16 bits][byte length][2 bytes per float …]`.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::path::Path;
 
 use paramdb_client::{BlockingClient, KeyRange, TableSpec};
@@ -28,7 +28,7 @@ pub const VOCAB_DIM: u32 = 5 + MAX_WORD_BYTES.div_ceil(2) as u32;
 pub struct Vocab {
     pub words: Vec<String>,
     pub counts: Vec<u64>,
-    index: HashMap<String, u32>,
+    index: FxHashMap<String, u32>,
 }
 
 impl Vocab {
@@ -75,12 +75,12 @@ impl Vocab {
 }
 
 /// Counts the words of `corpus` with pruning past `max_entries` distinct words.
-pub fn count(corpus: &Path, max_entries: usize) -> Result<HashMap<String, u64>> {
+pub fn count(corpus: &Path, max_entries: usize) -> Result<FxHashMap<String, u64>> {
     let len = std::fs::metadata(corpus)
         .map_err(|e| TrainError::io(format!("reading {}", corpus.display()), e))?
         .len();
     let mut r = PartReader::open(corpus, 0, len, None)?;
-    let mut counts: HashMap<String, u64> = HashMap::new();
+    let mut counts: FxHashMap<String, u64> = FxHashMap::default();
     let mut min_reduce = 1;
     while let Some(line) = r.next_line()? {
         for w in line.split_whitespace() {

@@ -28,6 +28,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::corpus::{part_range, PartReader};
 use crate::error::{Result, TrainError};
+use crate::kernel::{axpy, scale, Kernel, SigmoidTable};
 use crate::keys::{f32s_to_u64, u64_to_f32s};
 use crate::vocab::{self, Vocab};
 
@@ -72,7 +73,7 @@ impl Default for Config {
             cbow: false,
             threads: 2,
             batch_words: 50_000,
-            negative_pool: 4096,
+            negative_pool: 8192,
             max_vocab_entries: 30_000_000,
             seed: 1,
             checkpoint_secs: 10.0,
@@ -326,6 +327,7 @@ pub fn train(
         loss: Mutex::new((0.0, 0)),
         failed: AtomicBool::new(false),
         sigmoid: SigmoidTable::new(),
+        kernel: crate::kernel::best(),
     };
     let started = Instant::now();
     let result: Result<()> = std::thread::scope(|s| {
@@ -449,29 +451,6 @@ impl Alias {
     }
 }
 
-const MAX_EXP: f32 = 6.0;
-const EXP_TABLE: usize = 1000;
-
-/// σ(x) and log σ(x) on [-6, 6], tabulated as in word2vec.
-#[derive(Debug)]
-struct SigmoidTable {
-    sig: Vec<f32>,
-    log_sig: Vec<f32>,
-}
-
-impl SigmoidTable {
-    fn new() -> Self {
-        let xs = (0..=EXP_TABLE).map(|i| (i as f32 / EXP_TABLE as f32 * 2.0 - 1.0) * MAX_EXP);
-        let sig: Vec<f32> = xs.map(|x| 1.0 / (1.0 + (-x).exp())).collect();
-        let log_sig = sig.iter().map(|s| s.max(1e-7).ln()).collect();
-        SigmoidTable { sig, log_sig }
-    }
-
-    fn index(x: f32) -> usize {
-        ((x + MAX_EXP) * (EXP_TABLE as f32 / MAX_EXP / 2.0)) as usize
-    }
-}
-
 struct Shared<'a> {
     cfg: &'a Config,
     corpus: &'a Path,
@@ -485,6 +464,7 @@ struct Shared<'a> {
     loss: Mutex<(f64, u64)>,
     failed: AtomicBool,
     sigmoid: SigmoidTable,
+    kernel: Kernel,
 }
 
 impl Shared<'_> {
@@ -736,7 +716,7 @@ impl<'a> Worker<'a> {
                     }
                     scale(&mut neu1, 1.0 / cw as f32);
                     neu1e.fill(0.0);
-                    loss += negatives(
+                    loss += (self.s.kernel)(
                         &neu1,
                         &mut neu1e,
                         out,
@@ -758,7 +738,7 @@ impl<'a> Worker<'a> {
                     for j in (lo..hi).filter(|&j| j != i) {
                         let c = ins[j] as usize;
                         neu1e.fill(0.0);
-                        loss += negatives(
+                        loss += (self.s.kernel)(
                             &win[c * dim..(c + 1) * dim],
                             &mut neu1e,
                             out,
@@ -786,95 +766,6 @@ impl<'a> Worker<'a> {
         self.outputs
             .push_deltas(self.client, &out_t, &self.s.keys, dim)?;
         Ok(())
-    }
-}
-
-/// One example: the positive `target` and `k` negatives from `pool` against the hidden
-/// vector `h`. Updates the output rows in place and accumulates the gradient for `h` into
-/// `grad`. Returns the example's loss.
-#[allow(clippy::too_many_arguments)]
-fn negatives(
-    h: &[f32],
-    grad: &mut [f32],
-    out: &mut [f32],
-    target: usize,
-    pool: &[u32],
-    k: usize,
-    alpha: f32,
-    dim: usize,
-    sig: &SigmoidTable,
-    rng: &mut SmallRng,
-) -> f64 {
-    let mut loss = 0.0f64;
-    for d in 0..=k {
-        let (o, label) = if d == 0 {
-            (target, 1.0f32)
-        } else {
-            let o = pool[rng.random_range(0..pool.len())] as usize;
-            if o == target {
-                continue;
-            }
-            (o, 0.0)
-        };
-        let row = &mut out[o * dim..(o + 1) * dim];
-        let f = dot(h, row);
-        let g = if f > MAX_EXP {
-            loss -= if label == 1.0 {
-                0.0
-            } else {
-                sig.log_sig[0] as f64
-            };
-            (label - 1.0) * alpha
-        } else if f < -MAX_EXP {
-            loss -= if label == 1.0 {
-                sig.log_sig[0] as f64
-            } else {
-                0.0
-            };
-            label * alpha
-        } else {
-            let i = SigmoidTable::index(f);
-            let s = sig.sig[i];
-            // log σ(-f) = log σ at the mirrored index.
-            loss -= if label == 1.0 {
-                sig.log_sig[i]
-            } else {
-                sig.log_sig[EXP_TABLE - i]
-            } as f64;
-            (label - s) * alpha
-        };
-        axpy(grad, g, row);
-        axpy(row, g, h);
-    }
-    loss
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x;
-    }
-}
-
-fn scale(y: &mut [f32], a: f32) {
-    for y in y {
-        *y *= a;
     }
 }
 
@@ -916,13 +807,5 @@ mod tests {
             train_words: 1 << 33,
         };
         assert_eq!(Meta::decode(&m.encode()), Some(m));
-    }
-
-    #[test]
-    fn dot_matches_a_plain_sum() {
-        let a: Vec<f32> = (0..19).map(|i| i as f32 * 0.5).collect();
-        let b: Vec<f32> = (0..19).map(|i| 1.0 - i as f32 * 0.25).collect();
-        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        assert!((dot(&a, &b) - plain).abs() < 1e-3);
     }
 }
