@@ -66,6 +66,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         min_alpha: 0.0001,
         cbow: false,
         threads: 2,
+        process: 0,
+        processes: 1,
         batch_words: 20_000,
         negative_pool: 8192,
         seed: 1,

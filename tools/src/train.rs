@@ -45,6 +45,12 @@ pub struct Word2VecArgs {
     pub cbow: bool,
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// This process's number when several trainer processes share the corpus (0-based).
+    #[arg(long, default_value_t = 0)]
+    pub process: usize,
+    /// Trainer processes training this model at once (each with --process 0..N-1).
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
     /// Words per worker minibatch (pull, train locally, push deltas).
     #[arg(long, default_value_t = 50_000)]
     pub batch_words: usize,
@@ -78,6 +84,8 @@ impl Word2VecArgs {
             min_alpha: self.min_alpha,
             cbow: self.cbow,
             threads: self.threads,
+            process: self.process,
+            processes: self.processes,
             batch_words: self.batch_words,
             negative_pool: self.negative_pool,
             seed: self.seed,

@@ -16,6 +16,11 @@
 //! `<m>.vocab` (see `vocab`) and `<m>.state` (configuration and each worker's position). A
 //! worker records its position every `checkpoint_secs`; after a crash of the trainer or a
 //! shard, the same command resumes every worker from its last recorded position.
+//!
+//! Several trainer processes can train one model against one cluster: process `i` of `n`
+//! (`process`, `processes`) runs its `threads` workers on parts `i·threads …` of the corpus's
+//! `n·threads` byte ranges. Process 0 counts the vocabulary and creates the model; the others
+//! wait for its configuration row, then load the vocabulary from the server.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,7 +51,14 @@ pub struct Config {
     pub alpha: f32,
     pub min_alpha: f32,
     pub cbow: bool,
+    /// Worker threads of this process.
     pub threads: usize,
+    /// This trainer process's number, of `processes` training the same model at once on
+    /// disjoint parts of the corpus (against the same cluster).
+    pub process: usize,
+    pub processes: usize,
+    /// How long a process other than 0 waits for process 0 to create the model.
+    pub init_wait: Duration,
     /// Words per minibatch (per worker).
     pub batch_words: usize,
     /// Noise words drawn per minibatch.
@@ -72,6 +84,9 @@ impl Default for Config {
             min_alpha: 0.0001,
             cbow: false,
             threads: 2,
+            process: 0,
+            processes: 1,
+            init_wait: Duration::from_secs(1800),
             batch_words: 50_000,
             negative_pool: 8192,
             max_vocab_entries: 30_000_000,
@@ -121,7 +136,7 @@ fn state_table(model: &str) -> String {
     format!("{model}.state")
 }
 
-const STATE_DIM: usize = 16;
+const STATE_DIM: usize = 20;
 const META_KEY: u64 = 0;
 
 /// The `.state` meta row: what a resumed run must agree with.
@@ -131,6 +146,7 @@ struct Meta {
     epochs: u64,
     corpus_len: u64,
     train_words: u64,
+    processes: u64,
 }
 
 impl Meta {
@@ -140,6 +156,7 @@ impl Meta {
         r[4..8].copy_from_slice(&u64_to_f32s(self.epochs));
         r[8..12].copy_from_slice(&u64_to_f32s(self.corpus_len));
         r[12..16].copy_from_slice(&u64_to_f32s(self.train_words));
+        r[16..20].copy_from_slice(&u64_to_f32s(self.processes));
         r
     }
 
@@ -149,6 +166,7 @@ impl Meta {
             epochs: f32s_to_u64(&r[4..8])?,
             corpus_len: f32s_to_u64(&r[8..12])?,
             train_words: f32s_to_u64(&r[12..16])?,
+            processes: f32s_to_u64(&r[16..20])?,
         })
     }
 }
@@ -201,11 +219,34 @@ pub fn train(
         .map_err(|e| TrainError::io(format!("reading {}", corpus.display()), e))?
         .len();
     let state_t = state_table(&cfg.model);
-    let existing = client
-        .pull(&state_t, &[META_KEY])
-        .ok()
-        .and_then(|r| Meta::decode(&r))
-        .filter(|m| m.threads > 0);
+    let read_meta = || {
+        client
+            .pull(&state_t, &[META_KEY])
+            .ok()
+            .and_then(|r| Meta::decode(&r))
+            .filter(|m| m.threads > 0)
+    };
+    let mut existing = read_meta();
+    if existing.is_none() && cfg.process > 0 {
+        // Process 0 counts the vocabulary and creates the model; the others wait for it.
+        tracing::info!(model = %cfg.model, "waiting for trainer process 0 to create the model");
+        let deadline = Instant::now() + cfg.init_wait;
+        while existing.is_none() {
+            if Instant::now() > deadline {
+                return Err(TrainError::Invalid(format!(
+                    "trainer process 0 did not create model {:?} within {:?}",
+                    cfg.model, cfg.init_wait
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            existing = read_meta();
+        }
+    }
+    let parts = cfg.threads * cfg.processes;
+    let first_part = cfg.process * cfg.threads;
+    let my_keys: Vec<u64> = (0..cfg.threads)
+        .map(|t| 1 + (first_part + t) as u64)
+        .collect();
 
     let (vocab, meta, positions, resumed) = match existing {
         Some(meta) => {
@@ -214,17 +255,20 @@ pub fn train(
                 epochs: cfg.epochs as u64,
                 corpus_len,
                 train_words: meta.train_words,
+                processes: cfg.processes as u64,
             };
             if meta != want {
                 return Err(TrainError::Mismatch {
                     model: cfg.model.clone(),
                     reason: format!(
-                        "it was started with {} threads, {} epochs on a corpus of {} bytes; \
-                         this run has {} threads, {} epochs, {} bytes (use the same flags and \
-                         corpus to resume, or another --model)",
+                        "it was started with {} processes × {} threads, {} epochs on a corpus \
+                         of {} bytes; this run has {} × {}, {} epochs, {} bytes (use the same \
+                         flags and corpus to resume, or another --model)",
+                        meta.processes,
                         meta.threads,
                         meta.epochs,
                         meta.corpus_len,
+                        want.processes,
                         want.threads,
                         want.epochs,
                         want.corpus_len
@@ -232,8 +276,7 @@ pub fn train(
                 });
             }
             let vocab = vocab::load(client, &cfg.model)?;
-            let keys: Vec<u64> = (1..=cfg.threads as u64).collect();
-            let rows = client.pull(&state_t, &keys)?;
+            let rows = client.pull(&state_t, &my_keys)?;
             let positions: Vec<Position> = rows
                 .chunks(STATE_DIM)
                 .map(|r| {
@@ -283,25 +326,29 @@ pub fn train(
                 epochs: cfg.epochs as u64,
                 corpus_len,
                 train_words: vocab.total(),
+                processes: cfg.processes as u64,
             };
-            let positions: Vec<Position> = (0..cfg.threads)
-                .map(|i| Position {
+            // Every process's parts start at their beginning.
+            let all: Vec<Position> = (0..parts)
+                .map(|g| Position {
                     epoch: 0,
-                    offset: part_range(corpus_len, i, cfg.threads).0,
+                    offset: part_range(corpus_len, g, parts).0,
                     words: 0,
                 })
                 .collect();
-            let keys: Vec<u64> = (1..=cfg.threads as u64).collect();
-            let values: Vec<f32> = positions.iter().flat_map(|p| p.encode()).collect();
+            let keys: Vec<u64> = (1..=parts as u64).collect();
+            let values: Vec<f32> = all.iter().flat_map(|p| p.encode()).collect();
             client.push(&state_t, &keys, &values)?;
             // The meta row last: it is what marks the model as initialized.
             client.push(&state_t, &[META_KEY], &meta.encode())?;
             client.checkpoint()?;
-            (vocab, meta, positions, false)
+            let mine = all[first_part..first_part + cfg.threads].to_vec();
+            (vocab, meta, mine, false)
         }
     };
 
-    let words_total = meta.train_words * meta.epochs;
+    // This process's share of the words (its parts are `threads` of `parts` byte ranges).
+    let words_total = meta.train_words * meta.epochs * cfg.threads as u64 / parts as u64;
     let done_before: u64 = positions.iter().map(|p| p.words).sum();
     let mut report = Report {
         vocab_size: vocab.len(),
@@ -339,7 +386,8 @@ pub fn train(
                 std::thread::Builder::new()
                     .name(format!("w2v-worker-{i}"))
                     .spawn_scoped(s, move || {
-                        let r = Worker::new(shared, client, i, p).run();
+                        let part = cfg.process * cfg.threads + i;
+                        let r = Worker::new(shared, client, part, p).run();
                         if r.is_err() {
                             shared.failed.store(true, Ordering::SeqCst);
                         }
@@ -376,6 +424,9 @@ fn validate(cfg: &Config) -> Result<()> {
     }
     if cfg.threads == 0 {
         return bad("--threads must be at least 1");
+    }
+    if cfg.processes == 0 || cfg.process >= cfg.processes {
+        return bad("--process must be below --processes");
     }
     if cfg.epochs == 0 {
         return bad("--epochs must be at least 1");
@@ -565,7 +616,8 @@ const MAX_SENTENCE: usize = 1000;
 struct Worker<'a> {
     s: &'a Shared<'a>,
     client: &'a BlockingClient,
-    index: usize,
+    /// The corpus part this worker reads (global over all trainer processes).
+    part: usize,
     pos: Position,
     rng: SmallRng,
     inputs: LocalRows,
@@ -573,12 +625,12 @@ struct Worker<'a> {
 }
 
 impl<'a> Worker<'a> {
-    fn new(s: &'a Shared<'a>, client: &'a BlockingClient, index: usize, pos: Position) -> Self {
-        let seed = s.cfg.seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ pos.words;
+    fn new(s: &'a Shared<'a>, client: &'a BlockingClient, part: usize, pos: Position) -> Self {
+        let seed = s.cfg.seed ^ (part as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ pos.words;
         Worker {
             s,
             client,
-            index,
+            part,
             pos,
             rng: SmallRng::seed_from_u64(seed),
             inputs: LocalRows::new(s.vocab.len()),
@@ -591,7 +643,8 @@ impl<'a> Worker<'a> {
         let state_t = state_table(&cfg.model);
         let mut recorded = self.pos;
         let mut last_record = Instant::now();
-        let (start, end) = part_range(self.s.corpus_len, self.index, cfg.threads);
+        let parts = cfg.threads * cfg.processes;
+        let (start, end) = part_range(self.s.corpus_len, self.part, parts);
         while self.pos.epoch < cfg.epochs as u64 {
             let resume = (self.pos.offset != start).then_some(self.pos.offset);
             let mut reader = PartReader::open(self.s.corpus, start, end, resume)?;
@@ -613,7 +666,7 @@ impl<'a> Worker<'a> {
                     set_row(
                         self.client,
                         &state_t,
-                        self.index as u64 + 1,
+                        self.part as u64 + 1,
                         &recorded.encode(),
                         &self.pos.encode(),
                     )?;
@@ -626,7 +679,7 @@ impl<'a> Worker<'a> {
             set_row(
                 self.client,
                 &state_t,
-                self.index as u64 + 1,
+                self.part as u64 + 1,
                 &recorded.encode(),
                 &self.pos.encode(),
             )?;
@@ -805,6 +858,7 @@ mod tests {
             epochs: 5,
             corpus_len: 99,
             train_words: 1 << 33,
+            processes: 3,
         };
         assert_eq!(Meta::decode(&m.encode()), Some(m));
     }

@@ -141,8 +141,11 @@ fn word2vec_killed_trainer_resumes_from_its_checkpoint() {
     assert!(topic_purity(&e, 30) > 0.9);
 }
 
+/// `../shared/data` beside the repository (where CI has it), or `PARAMDB_DATA`.
 fn shared_data() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data")
+    std::env::var("PARAMDB_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"))
 }
 
 #[test]
@@ -244,4 +247,87 @@ fn word2vec_exports_load_in_gensim_with_the_same_analogy_score() {
         ours[0]
     );
     assert!(a > 0, "some analogies must be right: {}", ours[0]);
+}
+
+/// The `… N words in` count of a `trained` line.
+fn words_trained(out: &str) -> u64 {
+    out.lines()
+        .find(|l| l.starts_with("trained"))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|s| s.split(" words").next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no trained line in: {out}"))
+}
+
+#[test]
+fn word2vec_two_trainer_processes_share_one_cluster() {
+    let cluster = crate::cluster::Cluster::start(2, &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    synth::topic_corpus(&corpus, 30, 40_000, 10, 9).unwrap();
+    let file = tmp.path().join("cluster.toml");
+    std::fs::write(&file, cluster.map.to_toml()).unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|i| {
+            Command::new(paramdb_bin())
+                .args(["train", "word2vec", "--corpus"])
+                .arg(&corpus)
+                .arg("--cluster")
+                .arg(&file)
+                .args(["--process", &i.to_string(), "--processes", "2"])
+                .args([
+                    "--dim",
+                    "32",
+                    "--epochs",
+                    "3",
+                    "--batch-words",
+                    "10000",
+                    "--quiet",
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            let o = c.wait_with_output().unwrap();
+            let s = String::from_utf8_lossy(&o.stdout).into_owned();
+            assert!(
+                o.status.success(),
+                "{s}\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            s
+        })
+        .collect();
+    let (a, b) = (words_trained(&outs[0]), words_trained(&outs[1]));
+    // Each process trained its half of the corpus, three times.
+    let share = a as f64 / (a + b) as f64;
+    assert!((0.4..0.6).contains(&share), "{a} and {b} words");
+    let client = cluster.client();
+    let e = export::from_server(&client, "w2v").unwrap();
+    assert!(topic_purity(&e, 30) > 0.9);
+    // Same flags again: both halves are done.
+    let again = Command::new(paramdb_bin())
+        .args(["train", "word2vec", "--corpus"])
+        .arg(&corpus)
+        .arg("--cluster")
+        .arg(&file)
+        .args([
+            "--process",
+            "1",
+            "--processes",
+            "2",
+            "--dim",
+            "32",
+            "--epochs",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already trained"));
+    cluster.stop();
 }
