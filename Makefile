@@ -28,6 +28,7 @@ bench: deps pydeps
 	$(CARGO) bench -p paramdb-server --bench store
 	$(CARGO) bench -p paramdb-tests --bench loopback
 	$(CARGO) build --release -p paramdb-tools
+	$(CARGO) bench -p paramdb-tests --bench linreg
 	PARAMDB_PYTHON=$(PYTHON) $(CARGO) bench -p paramdb-tests --bench word2vec
 
 lint: deps

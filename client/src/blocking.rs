@@ -10,6 +10,7 @@ use paramdb_server::{KeyRange, Store, TableSpec};
 
 use crate::client::{Client, ClientOptions, PushResult, RowStream};
 use crate::error::ClientError;
+use crate::staleness::Clock;
 use crate::transport::RowBlock;
 
 #[derive(Debug, Clone)]
@@ -140,6 +141,45 @@ impl BlockingClient {
 
     pub fn stats(&self) -> Result<Vec<StatsResponse>, ClientError> {
         self.rt.block_on(self.client.stats())
+    }
+
+    /// Joins the worker-clock group `name` (see `staleness`): `staleness` 0 is bulk-synchronous.
+    pub fn join_clock(
+        &self,
+        name: &str,
+        worker: u64,
+        workers: u64,
+        staleness: u64,
+    ) -> Result<BlockingClock, ClientError> {
+        let clock = self.rt.block_on(Clock::join(
+            self.client.clone(),
+            name,
+            worker,
+            workers,
+            staleness,
+        ))?;
+        Ok(BlockingClock {
+            rt: self.rt.clone(),
+            clock,
+        })
+    }
+}
+
+/// A worker clock for synchronous callers.
+#[derive(Debug)]
+pub struct BlockingClock {
+    rt: Arc<tokio::runtime::Runtime>,
+    clock: Clock,
+}
+
+impl BlockingClock {
+    pub fn clock(&self) -> u64 {
+        self.clock.clock()
+    }
+
+    /// Ends a step; waits while this worker is more than the staleness bound ahead.
+    pub fn advance(&mut self) -> Result<(), ClientError> {
+        self.rt.block_on(self.clock.advance())
     }
 }
 

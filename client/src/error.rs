@@ -39,6 +39,11 @@ impl ClientError {
         }
     }
 
+    /// The thing to be created exists already (a table another worker created first).
+    pub fn is_already_exists(&self) -> bool {
+        self.code() == Some(Code::AlreadyExists)
+    }
+
     /// The gRPC code, if this error carries one.
     pub fn code(&self) -> Option<Code> {
         match self {

@@ -10,12 +10,9 @@
 //!
 //! `cargo bench -p paramdb-tests --bench word2vec [-- --epochs N] [--quick]`
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
-
-use paramdb_client::ClusterMap;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -121,53 +118,6 @@ fn paramdb_run(corpus: &Path, data: &Path, epochs: u32, target: &[String]) -> Sc
     }
 }
 
-struct Servers(Vec<Child>);
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn start_cluster(dir: &Path, n: usize) -> (Servers, PathBuf) {
-    let server_map = ClusterMap::even(&vec!["127.0.0.1:0".to_string(); n]);
-    let file = dir.join("servers.toml");
-    std::fs::write(&file, server_map.to_toml()).expect("cluster file");
-    let mut map = server_map.clone();
-    let mut procs = Vec::new();
-    for i in 0..n {
-        let mut child = Command::new(paramdb())
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(dir.join(format!("shard-{i}")))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--sync",
-                "interval=50",
-                "--shard",
-            ])
-            .arg(i.to_string())
-            .arg("--cluster")
-            .arg(&file)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("paramdb serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("listening line");
-        map.shards[i].address = line.trim().rsplit(' ').next().expect("address").to_string();
-        procs.push(child);
-    }
-    let client_file = dir.join("cluster.toml");
-    std::fs::write(&client_file, map.to_toml()).expect("cluster file");
-    (Servers(procs), client_file)
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -203,7 +153,8 @@ fn main() {
         &["--data-dir".into(), emb.display().to_string()],
     );
     let grpc = {
-        let (_servers, file) = start_cluster(tmp.path(), 2);
+        let (_servers, file) =
+            paramdb_tests::servers::start(&paramdb(), tmp.path(), 2, &["--sync", "interval=50"]);
         paramdb_run(
             &corpus,
             &data,

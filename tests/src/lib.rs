@@ -1,4 +1,5 @@
 //! Shared pieces of paramdb's integration tests and the helper processes they kill: the
 //! deterministic push workloads whose results an oracle can compute exactly.
 
+pub mod servers;
 pub mod workload;

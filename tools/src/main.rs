@@ -58,6 +58,9 @@ enum Command {
 enum TrainCommand {
     /// word2vec (skip-gram or CBOW, negative sampling) with asynchronous SGD; resumable.
     Word2vec(train::Word2VecArgs),
+    /// The classic ps/worker example: linear regression, workers pushing gradients, SGD on
+    /// the servers; async, bulk-synchronous or bounded-staleness.
+    Linreg(train::LinregArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -79,6 +82,7 @@ fn main() -> std::process::ExitCode {
     let r = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Train(TrainCommand::Word2vec(args)) => train::word2vec(args),
+        Command::Train(TrainCommand::Linreg(args)) => train::linreg(args),
         Command::Eval(cmd) => train::eval(cmd),
         Command::Neighbours(args) => train::neighbours(args),
         Command::Export(ExportCommand::Word2vec(args)) => train::export_word2vec(args),

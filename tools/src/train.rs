@@ -286,3 +286,115 @@ pub fn export_word2vec(args: ExportArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[derive(clap::Args, Debug)]
+pub struct LinregArgs {
+    /// Workers: threads against embedded shards, or processes against --cluster.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Steps per worker.
+    #[arg(long, default_value_t = 1000)]
+    pub steps: u64,
+    /// async, bsp (bulk-synchronous) or ssp (bounded staleness, see --staleness).
+    #[arg(long, default_value = "async")]
+    pub mode: String,
+    #[arg(long, default_value_t = 2)]
+    pub staleness: u64,
+    #[arg(long, default_value = "linreg")]
+    pub model: String,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Print the loss every this many steps (per worker).
+    #[arg(long, default_value_t = 100)]
+    pub every: u64,
+    /// Run only this worker (how the launcher starts worker processes).
+    #[arg(long, hide = true)]
+    pub worker: Option<usize>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+pub fn linreg(args: LinregArgs) -> anyhow::Result<()> {
+    use paramdb_trainer::linreg::{self, Mode};
+    let mode = match args.mode.as_str() {
+        "async" => Mode::Async,
+        "bsp" => Mode::Bsp,
+        "ssp" => Mode::Ssp(args.staleness),
+        m => bail!("--mode {m:?}: expected async, bsp or ssp"),
+    };
+    let cfg = linreg::Config {
+        model: args.model.clone(),
+        workers: args.workers,
+        steps: args.steps,
+        mode,
+        seed: args.seed,
+        ..linreg::Config::default()
+    };
+    let every = args.every.max(1);
+    let show = |s: &linreg::Step| {
+        if s.step % every == 0 || s.step + 1 == cfg.steps {
+            println!("worker {} step {} loss {:.5}", s.worker, s.step, s.loss);
+        }
+    };
+    let started = Instant::now();
+    if let Some(w) = args.worker {
+        let client = args.target.connect()?;
+        let rate = linreg::run_worker(&client, &cfg, w, &show)?;
+        println!("worker {w} done: {rate:.1} steps/s");
+        return Ok(());
+    }
+    if let Some(file) = &args.target.cluster {
+        // Worker processes, each its own client.
+        let exe = std::env::current_exe().context("finding the paramdb binary")?;
+        let children: Vec<_> = (0..args.workers)
+            .map(|w| {
+                std::process::Command::new(&exe)
+                    .args(["train", "linreg", "--cluster"])
+                    .arg(file)
+                    .args(["--workers", &args.workers.to_string()])
+                    .args(["--steps", &args.steps.to_string()])
+                    .args([
+                        "--mode",
+                        &args.mode,
+                        "--staleness",
+                        &args.staleness.to_string(),
+                    ])
+                    .args(["--model", &args.model, "--seed", &args.seed.to_string()])
+                    .args(["--every", &every.to_string(), "--worker", &w.to_string()])
+                    .spawn()
+                    .context("starting a worker process")
+            })
+            .collect::<anyhow::Result<_>>()?;
+        for (w, mut c) in children.into_iter().enumerate() {
+            let status = c.wait()?;
+            if !status.success() {
+                bail!("worker process {w} failed ({status})");
+            }
+        }
+    } else {
+        let client = args.target.connect()?;
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let handles: Vec<_> = (0..args.workers)
+                .map(|w| {
+                    let (client, cfg, show) = (&client, &cfg, &show);
+                    s.spawn(move || linreg::run_worker(client, cfg, w, show))
+                })
+                .collect();
+            for h in handles {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a worker panicked"))??;
+            }
+            Ok(())
+        })?;
+    }
+    let client = args.target.connect()?;
+    let p = linreg::params(&client, &args.model)?;
+    let steps = args.steps * args.workers as u64;
+    println!(
+        "done: {steps} steps in {:.2} s ({:.1} steps/s), max |param - truth| = {:.4}",
+        started.elapsed().as_secs_f64(),
+        steps as f64 / started.elapsed().as_secs_f64(),
+        linreg::max_error(&p, args.seed)
+    );
+    Ok(())
+}

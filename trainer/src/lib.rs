@@ -8,6 +8,7 @@
 //! - `word2vec`: skip-gram and CBOW with negative sampling, asynchronous SGD, resumable.
 //! - `export`: word2vec text and binary formats.
 //! - `eval`: word analogies, word similarity (Spearman), nearest neighbours.
+//! - `linreg`: the classic dense ps/worker example (linear regression, SGD on the servers).
 //! - `synth`: generated corpora with planted structure (the README's main job, tests).
 
 pub mod corpus;
@@ -16,6 +17,7 @@ pub mod eval;
 pub mod export;
 mod kernel;
 pub mod keys;
+pub mod linreg;
 pub mod synth;
 pub mod vocab;
 pub mod word2vec;

@@ -2,7 +2,7 @@
 //! ports, a cluster map with the ports they got, and cleanup on drop.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use paramdb_client::{BlockingClient, ClientOptions, ClusterMap};
@@ -25,6 +25,8 @@ pub fn paramdb_bin() -> PathBuf {
 
 pub struct Cluster {
     _dir: tempfile::TempDir,
+    cluster_file: PathBuf,
+    extra: Vec<String>,
     pub procs: Vec<Child>,
     /// Ranges from the servers' cluster file, addresses as bound.
     pub map: ClusterMap,
@@ -43,40 +45,37 @@ impl Cluster {
         let mut map = server_map.clone();
         let mut procs = Vec::new();
         for i in 0..server_map.shards.len() {
-            let mut child = Command::new(paramdb_bin())
-                .arg("serve")
-                .arg("--data-dir")
-                .arg(dir.path().join(format!("shard-{i}")))
-                .args([
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--shard",
-                    &i.to_string(),
-                    "--cluster",
-                ])
-                .arg(&cluster_file)
-                .args(extra)
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("spawn paramdb serve");
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().expect("stdout"))
-                .read_line(&mut line)
-                .expect("read listening line");
-            let addr = line
-                .trim()
-                .rsplit(' ')
-                .next()
-                .filter(|a| a.contains(':'))
-                .unwrap_or_else(|| panic!("unexpected first line from shard {i}: {line:?}"));
-            map.shards[i].address = addr.to_string();
+            let (child, addr) = spawn_shard(dir.path(), &cluster_file, i, "127.0.0.1:0", extra);
+            map.shards[i].address = addr;
             procs.push(child);
         }
         Cluster {
             _dir: dir,
+            cluster_file,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             procs,
             map,
         }
+    }
+
+    /// SIGKILLs shard `i`'s server.
+    pub fn kill(&mut self, i: usize) {
+        self.procs[i].kill().expect("kill");
+        self.procs[i].wait().expect("wait");
+    }
+
+    /// Starts shard `i` again on its data directory and address (after `kill`).
+    pub fn restart(&mut self, i: usize) {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let (child, addr) = spawn_shard(
+            self._dir.path(),
+            &self.cluster_file,
+            i,
+            &self.map.shards[i].address,
+            &extra,
+        );
+        assert_eq!(addr, self.map.shards[i].address);
+        self.procs[i] = child;
     }
 
     pub fn client(&self) -> BlockingClient {
@@ -96,6 +95,38 @@ impl Cluster {
         }
         self.procs.clear();
     }
+}
+
+/// Starts `paramdb serve` for shard `i` and returns it with the address it bound.
+fn spawn_shard(
+    dir: &Path,
+    cluster_file: &Path,
+    i: usize,
+    listen: &str,
+    extra: &[&str],
+) -> (Child, String) {
+    let mut child = Command::new(paramdb_bin())
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.join(format!("shard-{i}")))
+        .args(["--listen", listen, "--shard", &i.to_string(), "--cluster"])
+        .arg(cluster_file)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn paramdb serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read listening line");
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .filter(|a| a.contains(':'))
+        .unwrap_or_else(|| panic!("unexpected first line from shard {i}: {line:?}"))
+        .to_string();
+    (child, addr)
 }
 
 impl Drop for Cluster {
