@@ -19,5 +19,5 @@ pub use blocking::{BlockingClient, BlockingClock};
 pub use client::{Client, ClientOptions, RowStream};
 pub use error::ClientError;
 pub use paramdb_proto::cluster::ClusterMap;
-pub use paramdb_server::{Initializer, KeyRange, TableSpec, UpdateRule};
+pub use paramdb_server::{Initializer, KeyRange, StoreOptions, SyncPolicy, TableSpec, UpdateRule};
 pub use staleness::Clock;
