@@ -412,3 +412,82 @@ fn grpc_concurrency_limit_refuses_with_resource_exhausted() {
     });
     cluster.stop();
 }
+
+/// While a restarted server replays its log, standard health checking says NOT_SERVING and
+/// calls get UNAVAILABLE; once replay is done it says SERVING and the data is there.
+#[test]
+fn grpc_health_is_not_serving_while_the_log_replays() {
+    use paramdb_server::{ClientId, Store, StoreOptions, SyncPolicy};
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+    let tmp = tempfile::tempdir().unwrap();
+    // About 400 MB of log and no checkpoint: the next open replays all of it.
+    {
+        let opts = StoreOptions {
+            sync: SyncPolicy::None,
+            checkpoint_log_bytes: u64::MAX,
+            checkpoint_interval: None,
+            background: false,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(tmp.path().join("shard-0"), opts).unwrap();
+        store.create_table(TableSpec::new("t", 100)).unwrap();
+        let values = vec![0.5f32; 1000 * 100];
+        for b in 0..1000u64 {
+            let keys: Vec<u64> = (b * 1000..(b + 1) * 1000).collect();
+            store
+                .push("t", ClientId::ANONYMOUS, 0, &keys, &values)
+                .unwrap();
+        }
+    } // dropped without a checkpoint
+    let (_servers, file) =
+        paramdb_tests::servers::start(&crate::cluster::paramdb_bin(), tmp.path(), 1, &[]);
+    let map = ClusterMap::load(&file).unwrap();
+    let addr = format!("http://{}", map.shards[0].address);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(addr.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = HealthClient::new(channel);
+        let status =
+            |r: tonic::Response<tonic_health::pb::HealthCheckResponse>| r.into_inner().status;
+        let first = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(status(first), ServingStatus::NotServing as i32);
+        let mut raw = ParamdbClient::connect(addr.clone()).await.unwrap();
+        let pull = v1::PullRequest {
+            table: "t".into(),
+            keys: vec![7],
+        };
+        let err = raw.pull(pull.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
+        assert!(err.message().contains("replaying"), "{}", err.message());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let r = health
+                .check(HealthCheckRequest {
+                    service: "paramdb.v1.Paramdb".into(),
+                })
+                .await
+                .unwrap();
+            if status(r) == ServingStatus::Serving as i32 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never became SERVING");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let values = raw.pull(pull).await.unwrap().into_inner().values;
+        assert_eq!(
+            paramdb_proto::packed::bytes_to_f32s(&values).unwrap(),
+            vec![0.5; 100]
+        );
+    });
+}
