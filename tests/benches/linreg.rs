@@ -18,17 +18,7 @@ const TOLERANCE: f32 = 0.05;
 const STEPS: u64 = 1500;
 
 fn paramdb() -> PathBuf {
-    let exe = std::env::current_exe().expect("exe");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("paramdb");
-    assert!(
-        bin.exists(),
-        "build it first: cargo build --release -p paramdb-tools"
-    );
-    bin
+    paramdb_tests::servers::paramdb_bin()
 }
 
 fn main() {

@@ -19,17 +19,7 @@ fn root() -> PathBuf {
 }
 
 fn paramdb() -> PathBuf {
-    let exe = std::env::current_exe().expect("exe");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("paramdb");
-    assert!(
-        bin.exists(),
-        "build it first: cargo build --release -p paramdb-tools"
-    );
-    bin
+    paramdb_tests::servers::paramdb_bin()
 }
 
 fn python() -> PathBuf {

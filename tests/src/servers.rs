@@ -6,6 +6,58 @@ use std::process::{Child, Command, Stdio};
 
 use paramdb_client::ClusterMap;
 
+/// The `paramdb` binary beside the running test or bench binary (both live in
+/// `target/<profile>/deps/`), built by `cargo test --workspace` or
+/// `cargo build --release -p paramdb-tools`.
+pub fn paramdb_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("paramdb"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --release -p paramdb-tools` (or run the tests with `cargo test --workspace`)",
+        bin.display()
+    );
+    bin
+}
+
+/// Starts `paramdb serve` for shard `i` of `cluster_file` with its data in `dir/shard-<i>`,
+/// listening on `listen`; returns it and the address it bound.
+pub fn spawn_shard(
+    paramdb: &Path,
+    dir: &Path,
+    cluster_file: &Path,
+    i: usize,
+    listen: &str,
+    extra: &[&str],
+) -> (Child, String) {
+    let mut child = Command::new(paramdb)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.join(format!("shard-{i}")))
+        .args(["--listen", listen, "--shard", &i.to_string(), "--cluster"])
+        .arg(cluster_file)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn paramdb serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read listening line");
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .filter(|a| a.contains(':'))
+        .unwrap_or_else(|| panic!("unexpected first line from shard {i}: {line:?}"))
+        .to_string();
+    (child, addr)
+}
+
 /// Running servers; killed on drop.
 #[derive(Debug)]
 pub struct Servers(pub Vec<Child>);
@@ -28,23 +80,8 @@ pub fn start(paramdb: &Path, dir: &Path, n: usize, extra: &[&str]) -> (Servers, 
     let mut map = server_map.clone();
     let mut procs = Servers(Vec::new());
     for i in 0..n {
-        let mut child = Command::new(paramdb)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(dir.join(format!("shard-{i}")))
-            .args(["--listen", "127.0.0.1:0", "--shard"])
-            .arg(i.to_string())
-            .arg("--cluster")
-            .arg(&file)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("paramdb serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("listening line");
-        map.shards[i].address = line.trim().rsplit(' ').next().expect("address").to_string();
+        let (child, addr) = spawn_shard(paramdb, dir, &file, i, "127.0.0.1:0", extra);
+        map.shards[i].address = addr;
         procs.0.push(child);
     }
     let client_file = dir.join("cluster.toml");

@@ -373,19 +373,7 @@ pub fn linreg(args: LinregArgs) -> anyhow::Result<()> {
         }
     } else {
         let client = args.target.connect()?;
-        std::thread::scope(|s| -> anyhow::Result<()> {
-            let handles: Vec<_> = (0..args.workers)
-                .map(|w| {
-                    let (client, cfg, show) = (&client, &cfg, &show);
-                    s.spawn(move || linreg::run_worker(client, cfg, w, show))
-                })
-                .collect();
-            for h in handles {
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("a worker panicked"))??;
-            }
-            Ok(())
-        })?;
+        linreg::run_threads(&client, &cfg, &show)?;
     }
     let client = args.target.connect()?;
     let p = linreg::params(&client, &args.model)?;

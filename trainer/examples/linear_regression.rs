@@ -53,19 +53,7 @@ fn main() -> anyhow::Result<()> {
         ..Config::default()
     };
     let show = |s: &Step| println!("worker {} step {} loss {:.5}", s.worker, s.step, s.loss);
-    std::thread::scope(|s| -> anyhow::Result<()> {
-        let handles: Vec<_> = (0..cfg.workers)
-            .map(|w| {
-                let (client, cfg, show) = (&client, &cfg, &show);
-                s.spawn(move || linreg::run_worker(client, cfg, w, show))
-            })
-            .collect();
-        for h in handles {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("a worker panicked"))??;
-        }
-        Ok(())
-    })?;
+    linreg::run_threads(&client, &cfg, &show)?;
     let p = linreg::params(&client, &cfg.model)?;
     println!(
         "final max |param - truth| = {:.4}",

@@ -206,3 +206,21 @@ pub fn run_worker(
     }
     Ok(cfg.steps as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }
+
+/// Runs all `cfg.workers` workers as threads of this process, sharing `client`.
+pub fn run_threads(
+    client: &BlockingClient,
+    cfg: &Config,
+    on_step: &(dyn Fn(&Step) + Sync),
+) -> Result<()> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..cfg.workers)
+            .map(|w| s.spawn(move || run_worker(client, cfg, w, on_step)))
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(TrainError::Invalid("a worker thread panicked".into())))
+                .map(|_| ())
+        })
+    })
+}

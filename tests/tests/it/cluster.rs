@@ -1,27 +1,12 @@
 //! Shard server processes for the gRPC tests: `paramdb serve` on 127.0.0.1 with OS-chosen
 //! ports, a cluster map with the ports they got, and cleanup on drop.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use paramdb_client::{BlockingClient, ClientOptions, ClusterMap};
 
-/// The `paramdb` binary, built beside this test binary by `cargo test --workspace`.
-pub fn paramdb_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("paramdb"))
-        .expect("target dir");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` so the binary is built",
-        bin.display()
-    );
-    bin
-}
+pub use paramdb_tests::servers::paramdb_bin;
 
 pub struct Cluster {
     _dir: tempfile::TempDir,
@@ -97,36 +82,8 @@ impl Cluster {
     }
 }
 
-/// Starts `paramdb serve` for shard `i` and returns it with the address it bound.
-fn spawn_shard(
-    dir: &Path,
-    cluster_file: &Path,
-    i: usize,
-    listen: &str,
-    extra: &[&str],
-) -> (Child, String) {
-    let mut child = Command::new(paramdb_bin())
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(dir.join(format!("shard-{i}")))
-        .args(["--listen", listen, "--shard", &i.to_string(), "--cluster"])
-        .arg(cluster_file)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn paramdb serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read listening line");
-    let addr = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .filter(|a| a.contains(':'))
-        .unwrap_or_else(|| panic!("unexpected first line from shard {i}: {line:?}"))
-        .to_string();
-    (child, addr)
+fn spawn_shard(dir: &Path, file: &Path, i: usize, listen: &str, extra: &[&str]) -> (Child, String) {
+    paramdb_tests::servers::spawn_shard(&paramdb_bin(), dir, file, i, listen, extra)
 }
 
 impl Drop for Cluster {
