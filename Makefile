@@ -45,5 +45,5 @@ deps:
 # A virtual environment with the gRPC Python packages the tests use (from PyPI).
 pydeps:
 	@[ -x $(PYTHON) ] || python3 -m venv $(VENV)
-	@$(PYTHON) -c "import grpc_tools, grpc_health, grpc_reflection, gensim" 2>/dev/null || \
-		$(PYTHON) -m pip install -q grpcio grpcio-tools grpcio-health-checking grpcio-reflection gensim
+	@$(PYTHON) -c "import grpc_tools, grpc_health, grpc_reflection, gensim, safetensors" 2>/dev/null || \
+		$(PYTHON) -m pip install -q grpcio grpcio-tools grpcio-health-checking grpcio-reflection gensim safetensors

@@ -3,6 +3,7 @@
 
 mod crash_demo;
 mod demo;
+mod export;
 mod serve;
 mod target;
 mod train;
@@ -36,9 +37,8 @@ enum Command {
     Eval(train::EvalCommand),
     /// The nearest words to a word.
     Neighbours(train::NeighboursArgs),
-    /// Export a stored model.
-    #[command(subcommand)]
-    Export(ExportCommand),
+    /// Export a table (word2vec text/binary, npy, safetensors, tsv), streaming.
+    Export(export::ExportArgs),
     /// Create a table in an embedded shard, push from a child process, SIGKILL it several
     /// times, recover, and check every acknowledged push was applied exactly once.
     CrashDemo(crash_demo::DemoArgs),
@@ -63,12 +63,6 @@ enum TrainCommand {
     Linreg(train::LinregArgs),
 }
 
-#[derive(Subcommand, Debug)]
-enum ExportCommand {
-    /// word2vec text or binary format (gensim's load_word2vec_format reads both).
-    Word2vec(train::ExportArgs),
-}
-
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -85,7 +79,7 @@ fn main() -> std::process::ExitCode {
         Command::Train(TrainCommand::Linreg(args)) => train::linreg(args),
         Command::Eval(cmd) => train::eval(cmd),
         Command::Neighbours(args) => train::neighbours(args),
-        Command::Export(ExportCommand::Word2vec(args)) => train::export_word2vec(args),
+        Command::Export(args) => export::run(args),
         Command::CrashDemo(args) => crash_demo::run(args),
         Command::Serve(args) => serve::run(args),
         Command::DemoPusher {

@@ -260,34 +260,6 @@ pub fn neighbours(args: NeighboursArgs) -> anyhow::Result<()> {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct ExportArgs {
-    /// Output file.
-    #[arg(long, short)]
-    pub out: PathBuf,
-    /// Binary word2vec format (default: text).
-    #[arg(long)]
-    pub binary: bool,
-    #[arg(long, default_value = "w2v")]
-    pub model: String,
-    #[command(flatten)]
-    pub target: Target,
-}
-
-pub fn export_word2vec(args: ExportArgs) -> anyhow::Result<()> {
-    let client = args.target.connect()?;
-    let e = export::from_server(&client, &args.model)?;
-    export::write_word2vec(&e, &args.out, args.binary)?;
-    println!(
-        "wrote {} vectors of dim {} to {} ({})",
-        e.words.len(),
-        e.dim,
-        args.out.display(),
-        if args.binary { "binary" } else { "text" }
-    );
-    Ok(())
-}
-
-#[derive(clap::Args, Debug)]
 pub struct LinregArgs {
     /// Workers: threads against embedded shards, or processes against --cluster.
     #[arg(long, default_value_t = 2)]

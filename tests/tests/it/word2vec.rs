@@ -179,13 +179,16 @@ fn word2vec_exports_load_in_gensim_with_the_same_analogy_score() {
         let path = tmp.path().join(file);
         let mut export = Command::new(paramdb_bin());
         export
-            .args(["export", "word2vec", "--out"])
+            .args(["export", "w2v.in", "--out"])
             .arg(&path)
             .arg("--data-dir")
-            .arg(&store);
-        if binary {
-            export.arg("--binary");
-        }
+            .arg(&store)
+            .arg("--format")
+            .arg(if binary {
+                "word2vec-bin"
+            } else {
+                "word2vec-text"
+            });
         assert!(export.status().unwrap().success());
         let mut eval = Command::new(paramdb_bin());
         eval.args(["eval", "analogy", "--questions"])
@@ -330,4 +333,79 @@ fn word2vec_two_trainer_processes_share_one_cluster() {
         .unwrap();
     assert!(String::from_utf8_lossy(&again.stdout).contains("already trained"));
     cluster.stop();
+}
+
+/// Every export format of a trained model's table, read back by numpy, safetensors, gensim and
+/// a tsv parser, equals the rows pulled through the client bit for bit, labelled by word.
+#[test]
+fn export_formats_read_back_by_independent_readers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    synth::topic_corpus(&corpus, 30, 5_000, 10, 11).unwrap();
+    let data = tmp.path().join("data");
+    let out = train_cmd(&corpus, &data).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tmp.path().join("exports");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (format, file) in [
+        ("npy", "v.npy"),
+        ("safetensors", "v.safetensors"),
+        ("word2vec-text", "v.txt"),
+        ("word2vec-bin", "v.bin"),
+        ("tsv", "v.tsv"),
+    ] {
+        let o = Command::new(paramdb_bin())
+            .args(["export", "w2v.in", "--format", format, "--out"])
+            .arg(dir.join(file))
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{format}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // The reference: the table's rows in key order, through the client.
+    let client =
+        BlockingClient::open_embedded(&data, 1, StoreOptions::default(), ClientOptions::default())
+            .unwrap();
+    let vocab = paramdb_trainer::vocab::load(&client, "w2v").unwrap();
+    let by_key: std::collections::HashMap<u64, String> = vocab
+        .words
+        .iter()
+        .map(|w| (paramdb_trainer::keys::word_key(w), w.clone()))
+        .collect();
+    let (mut keys, mut values, mut words) = (Vec::new(), Vec::new(), String::new());
+    for block in client.pull_range("w2v.in", paramdb_client::KeyRange::new(0, u64::MAX)) {
+        let block = block.unwrap();
+        for &k in &block.keys {
+            keys.extend_from_slice(&k.to_le_bytes());
+            words.push_str(&by_key[&k]);
+            words.push('\n');
+        }
+        for v in &block.values {
+            values.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    drop(client);
+    std::fs::write(dir.join("ref.keys"), keys).unwrap();
+    std::fs::write(dir.join("ref.values"), values).unwrap();
+    std::fs::write(dir.join("ref.words"), words).unwrap();
+    let py = Command::new(crate::python::python())
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/test_exports.py"))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success() && String::from_utf8_lossy(&py.stdout).contains("exports: ok"),
+        "{}\n{}",
+        String::from_utf8_lossy(&py.stdout),
+        String::from_utf8_lossy(&py.stderr)
+    );
 }
