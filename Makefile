@@ -29,6 +29,7 @@ bench: deps pydeps
 	$(CARGO) bench -p paramdb-tests --bench loopback
 	$(CARGO) build --release -p paramdb-tools
 	$(CARGO) bench -p paramdb-tests --bench linreg
+	$(CARGO) bench -p paramdb-tests --bench export
 	PARAMDB_PYTHON=$(PYTHON) $(CARGO) bench -p paramdb-tests --bench word2vec
 
 lint: deps

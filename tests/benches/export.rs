@@ -1,0 +1,102 @@
+//! `paramdb export` throughput: a table of 1M rows of dim 100 (400 MB of f32) exported from an
+//! embedded shard in each format, beside a plain sequential write of the same number of bytes
+//! (1 MiB writes, then fsync) in the same run, and the export process's peak RSS (read from
+//! `/usr/bin/time -v`). Prints Markdown.
+//!
+//! Needs the `paramdb` binary (`cargo build --release -p paramdb-tools`) and `/usr/bin/time`.
+//!
+//! `cargo bench -p paramdb-tests --bench export [-- --rows N]`
+
+use std::io::Write;
+use std::process::Command;
+use std::time::Instant;
+
+use paramdb_server::{ClientId, Store, StoreOptions, SyncPolicy, TableSpec};
+
+const DIM: usize = 100;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rows: u64 = args
+        .iter()
+        .position(|a| a == "--rows")
+        .and_then(|i| args.get(i + 1))
+        .map_or(1_000_000, |v| v.parse().expect("--rows N"));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    {
+        // No hot-row cache file left behind: an export's open would validate a warm one
+        // (touching every slot) and count it in the export's RSS.
+        let o = StoreOptions {
+            sync: SyncPolicy::None,
+            cache_bytes: 0,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(data.join("shard-0"), o).expect("open");
+        store
+            .create_table(TableSpec::new("t", DIM as u32))
+            .expect("table");
+        let values: Vec<f32> = (0..1000 * DIM).map(|i| i as f32 * 1e-3).collect();
+        for start in (0..rows).step_by(1000) {
+            let n = (rows - start).min(1000) as usize;
+            store
+                .push_range("t", ClientId::ANONYMOUS, 0, start, &values[..n * DIM])
+                .expect("push");
+        }
+        store.close().expect("close");
+    }
+    let bytes = rows * DIM as u64 * 4;
+    let seq = {
+        let p = tmp.path().join("seq.bin");
+        let chunk = vec![7u8; 1 << 20];
+        let t = Instant::now();
+        let mut f = std::fs::File::create(&p).expect("create");
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            f.write_all(&chunk[..n]).expect("write");
+            left -= n as u64;
+        }
+        f.sync_all().expect("sync");
+        let s = t.elapsed().as_secs_f64();
+        std::fs::remove_file(&p).expect("remove");
+        bytes as f64 / 1e6 / s
+    };
+    println!(
+        "## paramdb export, {rows} rows × dim {DIM} ({:.0} MB of f32)\n",
+        bytes as f64 / 1e6
+    );
+    println!("| format | seconds | MB/s (of f32 data) | sequential write MB/s | export / write | peak RSS MiB |");
+    println!("|---|---|---|---|---|---|");
+    for format in ["npy", "safetensors", "word2vec-bin", "word2vec-text", "tsv"] {
+        let out = tmp.path().join(format!("out.{format}"));
+        let t = Instant::now();
+        let o = Command::new("/usr/bin/time")
+            .arg("-v")
+            .arg(paramdb_tests::servers::paramdb_bin())
+            .args(["export", "t", "--format", format, "--out"])
+            .arg(&out)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .expect("/usr/bin/time");
+        let s = t.elapsed().as_secs_f64();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let rss_kb: f64 = err
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("Maximum resident set size (kbytes): ")
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(f64::NAN);
+        let mbs = bytes as f64 / 1e6 / s;
+        println!(
+            "| {format} | {s:.2} | {mbs:.0} | {seq:.0} | {:.2} | {:.0} |",
+            mbs / seq,
+            rss_kb / 1024.0
+        );
+        let _ = std::fs::remove_file(&out);
+    }
+}
