@@ -14,7 +14,9 @@
 //!   slots every miss is admitted; once full, a key is admitted only on its second miss within
 //!   a window (a "doorkeeper" set), so one pass over cold keys does not flush the hot set.
 //!   Range scans never admit.
-//! - **Restart**: a clean close writes the header with the checkpoint LSN and a checksum, and
+//! - **Restart**: a clean close (or dropping the store without a crash: RocksDB then still holds
+//!   the last checkpoint's rows, which is what the cache matches) writes the header with the
+//!   checkpoint LSN and a checksum, and
 //!   every slot carries the CRC of its row. On open, a table's file is reused only if its
 //!   header is intact, marked clean, and names the store's checkpoint LSN; slots whose CRC does
 //!   not match are dropped. Anything else (a crash, a different checkpoint) starts empty.

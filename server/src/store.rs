@@ -586,6 +586,14 @@ impl Drop for Store {
             if let Err(e) = self.shared.wait_durable(last) {
                 tracing::error!(error = %e, "final log sync failed");
             }
+            // Cached rows equal RocksDB's rows, which are those of the last checkpoint (only
+            // checkpoints write rows), so the cache is reusable at that checkpoint even without
+            // a final one: the next open replays the log into the dirty layer as usual.
+            let mut st = self.shared.lock_state();
+            let lsn = st.checkpoint_lsn;
+            if let Err(e) = st.cache.close(lsn) {
+                tracing::warn!(error = %e, "could not mark the hot-row cache reusable");
+            }
         }
     }
 }
