@@ -7,7 +7,7 @@
 //! never holds the only copy of anything, and a crash can at worst cost it its contents.
 //!
 //! - **Layout**: one file per table, `cache/t<id>.slots`: a 4 KiB header, then slots of
-//!   `[key u64][updates u64][crc32 u32][pad u32][floats f32 × dim × (1 + state)]`. The file is
+//!   `[key u64][updates u64][crc32 u32][used u32][floats f32 × dim × (1 + state)]`. The file is
 //!   sparse: pages are only touched as slots are used.
 //! - **Budget**: `cache_bytes` is split evenly between the live tables.
 //! - **Admission and eviction**: CLOCK (a reference bit per slot). While a table has free
@@ -139,7 +139,6 @@ impl RowCache {
             t.mark_open()?;
             c.tables.insert(*id, t);
         }
-        c.recount();
         Ok(c)
     }
 
@@ -147,17 +146,22 @@ impl RowCache {
         self.budget / tables.max(1) as u64
     }
 
-    fn recount(&mut self) {
-        self.stats.resident_rows = self.tables.values().map(|t| t.index.len() as u64).sum();
-        self.stats.resident_bytes = self
-            .tables
-            .values()
-            .map(|t| (t.index.len() * t.slot_bytes) as u64)
-            .sum();
+    /// The counters, with resident rows and bytes counted now.
+    pub(crate) fn stats(&self) -> CacheStats {
+        CacheStats {
+            resident_rows: self.tables.values().map(|t| t.index.len() as u64).sum(),
+            resident_bytes: self
+                .tables
+                .values()
+                .map(|t| (t.index.len() * t.slot_bytes) as u64)
+                .sum(),
+            ..self.stats
+        }
     }
 
-    pub(crate) fn stats(&self) -> CacheStats {
-        self.stats
+    /// Whether `table` has any slots: if not, rows read from RocksDB need not be offered.
+    pub(crate) fn has_room_for(&self, table: u32) -> bool {
+        self.tables.get(&table).is_some_and(|t| t.capacity > 0)
     }
 
     /// Makes room for a new table and splits the budget again.
@@ -186,7 +190,6 @@ impl RowCache {
         for t in self.tables.values_mut() {
             t.resize(share as usize / t.slot_bytes)?;
         }
-        self.recount();
         Ok(())
     }
 
@@ -251,7 +254,6 @@ impl RowCache {
         let t = self.tables.get_mut(&table).expect("table cache");
         t.insert(key, row);
         self.stats.admitted += 1;
-        self.recount();
     }
 
     /// A checkpoint wrote `row` for `key`: the cached copy (if any) must match it, and a hot

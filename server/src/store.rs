@@ -27,7 +27,7 @@ use crate::dedup::{SeqWindow, Verdict};
 use crate::error::{Result, StoreError};
 use crate::options::{StoreOptions, SyncPolicy};
 use crate::rocks::{key_bytes, Rocks};
-use crate::row::Row;
+use crate::row::{self, Row};
 use crate::table::{self, TableSpec};
 use crate::types::{ClientId, Key, KeyRange, PushAck};
 use crate::wal::recovery::{self, RecoveryReport};
@@ -586,12 +586,9 @@ impl Drop for Store {
             if let Err(e) = self.shared.wait_durable(last) {
                 tracing::error!(error = %e, "final log sync failed");
             }
-            // Cached rows equal RocksDB's rows, which are those of the last checkpoint (only
-            // checkpoints write rows), so the cache is reusable at that checkpoint even without
-            // a final one: the next open replays the log into the dirty layer as usual.
-            let mut st = self.shared.lock_state();
-            let lsn = st.checkpoint_lsn;
-            if let Err(e) = st.cache.close(lsn) {
+            // Reusable without a final checkpoint: the next open replays the log into the
+            // dirty layer as usual.
+            if let Err(e) = self.shared.mark_cache_reusable() {
                 tracing::warn!(error = %e, "could not mark the hot-row cache reusable");
             }
         }
@@ -603,6 +600,13 @@ impl Shared {
     /// files are marked reusable for that checkpoint.
     pub(crate) fn close(&self) -> Result<()> {
         self.checkpoint()?;
+        self.mark_cache_reusable()
+    }
+
+    /// Marks the cache files reusable at the last checkpoint. Cached rows equal RocksDB's,
+    /// which only checkpoints write, so they match that checkpoint whenever the store has not
+    /// crashed or been poisoned.
+    fn mark_cache_reusable(&self) -> Result<()> {
         let mut st = self.lock_state();
         let lsn = st.checkpoint_lsn;
         st.cache.close(lsn)
@@ -974,7 +978,7 @@ impl Shared {
         // now has its latest value in RocksDB, and reading it after the lock can only see
         // something newer.
         let mut missing = Vec::new();
-        let generation = {
+        let (generation, offer) = {
             let mut guard = self.lock_state();
             let st = &mut *guard;
             let dirty = st.dirty.get(&t.id);
@@ -987,22 +991,38 @@ impl Shared {
                     None => missing.push(i),
                 }
             }
-            st.generation
+            (st.generation, st.cache.has_room_for(t.id))
         };
         if !missing.is_empty() {
             let mk: Vec<Key> = missing.iter().map(|&i| keys[i]).collect();
             let stored = self.rocks.get_rows(&t.cf, &mk)?;
-            let mut loaded = Vec::with_capacity(mk.len());
-            for ((&i, &k), v) in missing.iter().zip(&mk).zip(stored) {
-                let row = stored_or_initial(t, k, v)?;
-                out[i * dim..(i + 1) * dim].copy_from_slice(row.weights(dim));
-                loaded.push((k, row));
-            }
-            // Offered to the cache only if no checkpoint rewrote rows since they were read.
-            let mut st = self.lock_state();
-            if st.generation == generation {
-                for (k, row) in &loaded {
-                    st.cache.offer(t.id, *k, row);
+            if !offer {
+                // No cache for this table: decode just the weights.
+                for ((&i, &k), v) in missing.iter().zip(&mk).zip(stored) {
+                    let o = &mut out[i * dim..(i + 1) * dim];
+                    match v {
+                        Some(b) => row::decode_weights_into(&b, &t.spec.rule, t.spec.dim, o)
+                            .map_err(|reason| StoreError::CorruptRow {
+                                table: t.spec.name.clone(),
+                                key: k,
+                                reason,
+                            })?,
+                        None => crate::init::fill(&t.spec.init, t.spec.seed, k, o),
+                    }
+                }
+            } else {
+                let mut loaded = Vec::with_capacity(mk.len());
+                for ((&i, &k), v) in missing.iter().zip(&mk).zip(stored) {
+                    let row = stored_or_initial(t, k, v)?;
+                    out[i * dim..(i + 1) * dim].copy_from_slice(row.weights(dim));
+                    loaded.push((k, row));
+                }
+                // Offered to the cache only if no checkpoint rewrote rows since they were read.
+                let mut st = self.lock_state();
+                if st.generation == generation {
+                    for (k, row) in &loaded {
+                        st.cache.offer(t.id, *k, row);
+                    }
                 }
             }
         }

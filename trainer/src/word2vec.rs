@@ -149,24 +149,43 @@ struct Meta {
     processes: u64,
 }
 
+/// A `.state` row holding `fields`, 4 floats each.
+fn state_row(fields: &[u64]) -> Vec<f32> {
+    let mut r = vec![0.0; STATE_DIM];
+    for (chunk, &f) in r.chunks_mut(4).zip(fields) {
+        chunk.copy_from_slice(&u64_to_f32s(f));
+    }
+    r
+}
+
+/// The first `N` fields of a `.state` row.
+fn state_fields<const N: usize>(r: &[f32]) -> Option<[u64; N]> {
+    let mut out = [0u64; N];
+    for (o, chunk) in out.iter_mut().zip(r.chunks(4)) {
+        *o = f32s_to_u64(chunk)?;
+    }
+    Some(out)
+}
+
 impl Meta {
     fn encode(&self) -> Vec<f32> {
-        let mut r = vec![0.0; STATE_DIM];
-        r[0..4].copy_from_slice(&u64_to_f32s(self.threads));
-        r[4..8].copy_from_slice(&u64_to_f32s(self.epochs));
-        r[8..12].copy_from_slice(&u64_to_f32s(self.corpus_len));
-        r[12..16].copy_from_slice(&u64_to_f32s(self.train_words));
-        r[16..20].copy_from_slice(&u64_to_f32s(self.processes));
-        r
+        state_row(&[
+            self.threads,
+            self.epochs,
+            self.corpus_len,
+            self.train_words,
+            self.processes,
+        ])
     }
 
     fn decode(r: &[f32]) -> Option<Meta> {
+        let [threads, epochs, corpus_len, train_words, processes] = state_fields(r)?;
         Some(Meta {
-            threads: f32s_to_u64(&r[0..4])?,
-            epochs: f32s_to_u64(&r[4..8])?,
-            corpus_len: f32s_to_u64(&r[8..12])?,
-            train_words: f32s_to_u64(&r[12..16])?,
-            processes: f32s_to_u64(&r[16..20])?,
+            threads,
+            epochs,
+            corpus_len,
+            train_words,
+            processes,
         })
     }
 }
@@ -182,18 +201,15 @@ struct Position {
 
 impl Position {
     fn encode(&self) -> Vec<f32> {
-        let mut r = vec![0.0; STATE_DIM];
-        r[0..4].copy_from_slice(&u64_to_f32s(self.epoch));
-        r[4..8].copy_from_slice(&u64_to_f32s(self.offset));
-        r[8..12].copy_from_slice(&u64_to_f32s(self.words));
-        r
+        state_row(&[self.epoch, self.offset, self.words])
     }
 
     fn decode(r: &[f32]) -> Option<Position> {
+        let [epoch, offset, words] = state_fields(r)?;
         Some(Position {
-            epoch: f32s_to_u64(&r[0..4])?,
-            offset: f32s_to_u64(&r[4..8])?,
-            words: f32s_to_u64(&r[8..12])?,
+            epoch,
+            offset,
+            words,
         })
     }
 }
