@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use paramdb_proto::cluster::ClusterMap;
 use paramdb_proto::v1::StatsResponse;
-use paramdb_server::{KeyRange, Store, TableSpec};
+use paramdb_server::{KeyRange, ShardReport, Store, TableSpec};
 
 use crate::client::{Client, ClientOptions, PushResult, RowStream};
 use crate::error::ClientError;
@@ -61,6 +61,18 @@ impl BlockingClient {
         Ok(BlockingClient {
             rt: Arc::new(runtime()?),
             client: Client::open_embedded(dir, shards, store, opts)?,
+        })
+    }
+
+    /// See `Client::open_embedded_read_only`.
+    pub fn open_embedded_read_only(
+        dir: &std::path::Path,
+        store: paramdb_server::StoreOptions,
+        opts: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        Ok(BlockingClient {
+            rt: Arc::new(runtime()?),
+            client: Client::open_embedded_read_only(dir, store, opts)?,
         })
     }
 
@@ -137,6 +149,27 @@ impl BlockingClient {
 
     pub fn checkpoint(&self) -> Result<Vec<u64>, ClientError> {
         self.rt.block_on(self.client.checkpoint())
+    }
+
+    pub fn inspect(&self, exact_rows: bool) -> Result<Vec<ShardReport>, ClientError> {
+        self.rt.block_on(self.client.inspect(exact_rows))
+    }
+
+    pub fn verify(&self) -> Result<Vec<paramdb_server::verify::VerifyReport>, ClientError> {
+        self.rt.block_on(self.client.verify())
+    }
+
+    pub fn log_dump(
+        &self,
+        shard: usize,
+        from: u64,
+        limit: u32,
+    ) -> Result<crate::transport::LogDump, ClientError> {
+        self.rt.block_on(self.client.log_dump(shard, from, limit))
+    }
+
+    pub fn compact(&self) -> Result<(), ClientError> {
+        self.rt.block_on(self.client.compact())
     }
 
     pub fn stats(&self) -> Result<Vec<StatsResponse>, ClientError> {

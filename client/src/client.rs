@@ -14,12 +14,13 @@ use std::time::Duration;
 use futures::stream::{self, Stream, StreamExt};
 use paramdb_proto::cluster::ClusterMap;
 use paramdb_proto::v1::StatsResponse;
-use paramdb_server::{KeyRange, Store, StoreOptions, TableSpec};
+use paramdb_server::verify::VerifyReport;
+use paramdb_server::{KeyRange, ShardReport, Store, StoreOptions, TableSpec};
 use rand::Rng;
 
 use crate::error::ClientError;
 use crate::routing;
-use crate::transport::{RowBlock, Shard, ShardAck};
+use crate::transport::{LogDump, RowBlock, Shard, ShardAck};
 
 /// Timeouts, retries and identity.
 #[derive(Clone, Debug)]
@@ -158,6 +159,39 @@ impl Client {
         Self::embedded(map, stores, opts)
     }
 
+    /// Opens the shards under `dir` read-only (see `Store::open_read_only`), safe while a
+    /// server or an embedded trainer uses them: `dir` is either one shard's directory (a
+    /// server's `--data-dir`; it then answers for every key) or an embedded data directory
+    /// holding `shard-0`, `shard-1`, …. Pushes and table changes are refused.
+    pub fn open_embedded_read_only(
+        dir: &Path,
+        store: StoreOptions,
+        opts: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let open = |i: usize, d: &Path| {
+            Store::open_read_only(d, store.clone())
+                .map(Arc::new)
+                .map_err(|e| ClientError::Status {
+                    shard: i,
+                    code: paramdb_server::rpc::status::code_of(&e),
+                    message: e.to_string(),
+                })
+        };
+        if dir.join("rocksdb").is_dir() || !dir.join("shard-0").is_dir() {
+            // One shard (or not a store at all, which the open reports).
+            let map = ClusterMap::even(&["read-only".to_string()]);
+            return Self::embedded(map, vec![open(0, dir)?], opts);
+        }
+        let shards = (0..)
+            .take_while(|i| dir.join(format!("shard-{i}")).is_dir())
+            .count();
+        let names: Vec<String> = (0..shards).map(|i| format!("embedded-{i}")).collect();
+        let stores = (0..shards)
+            .map(|i| open(i, &dir.join(format!("shard-{i}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::embedded(ClusterMap::even(&names), stores, opts)
+    }
+
     fn build(map: ClusterMap, shards: Vec<Shard>, opts: ClientOptions) -> Client {
         // Never 0: 0 is the anonymous client, which gets no deduplication.
         let client_id = opts
@@ -220,6 +254,7 @@ impl Client {
                 Err(e) if attempt > 1 && e.is_retryable() => {
                     return Err(ClientError::RetriesExhausted {
                         shard,
+                        address: self.inner.map.shards[shard].address.clone(),
                         attempts: attempt,
                         last: Box::new(e),
                     })
@@ -509,6 +544,46 @@ impl Client {
     /// Checkpoints every shard; returns each shard's checkpoint LSN.
     pub async fn checkpoint(&self) -> Result<Vec<u64>, ClientError> {
         self.all(|s| async move { s.checkpoint().await })
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// Every shard's inspect report, in shard order. `exact_rows` counts rows with a scan.
+    pub async fn inspect(&self, exact_rows: bool) -> Result<Vec<ShardReport>, ClientError> {
+        self.all(|s| async move { s.inspect(exact_rows).await })
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// Every shard's verification report, in shard order.
+    pub async fn verify(&self) -> Result<Vec<VerifyReport>, ClientError> {
+        self.all(|s| async move { s.verify().await })
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// Shard `shard`'s log records with LSN ≥ `from`, at most `limit`.
+    pub async fn log_dump(
+        &self,
+        shard: usize,
+        from: u64,
+        limit: u32,
+    ) -> Result<LogDump, ClientError> {
+        let s = self.inner.shards.get(shard).ok_or_else(|| {
+            ClientError::Invalid(format!(
+                "no shard {shard}: the cluster has {}",
+                self.inner.shards.len()
+            ))
+        })?;
+        s.log_dump(from, limit).await
+    }
+
+    /// Compacts every shard's RocksDB.
+    pub async fn compact(&self) -> Result<(), ClientError> {
+        self.all(|s| async move { s.compact().await })
             .await
             .into_iter()
             .collect()

@@ -22,9 +22,10 @@ pub enum ClientError {
         address: String,
         message: String,
     },
-    #[error("shard {shard}: gave up after {attempts} attempts: {last}")]
+    #[error("shard {shard} ({address}): gave up after {attempts} attempts: {last}")]
     RetriesExhausted {
         shard: usize,
+        address: String,
         attempts: u32,
         last: Box<ClientError>,
     },

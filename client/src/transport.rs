@@ -9,9 +9,13 @@ use futures::stream::{BoxStream, StreamExt};
 use paramdb_proto::http2::{CONNECTION_WINDOW, STREAM_WINDOW};
 use paramdb_proto::packed;
 use paramdb_proto::v1::{self, paramdb_client::ParamdbClient};
-use paramdb_server::rpc::service::stats_to_wire;
+use paramdb_server::rpc::service::{
+    dump_from_wire, report_from_wire, stats_to_wire, verify_from_wire,
+};
 use paramdb_server::rpc::status::code_of;
-use paramdb_server::{ClientId, KeyRange, Store, StoreError, TableSpec};
+use paramdb_server::verify::VerifyReport;
+use paramdb_server::wal::dump::RecordInfo;
+use paramdb_server::{ClientId, KeyRange, ShardReport, Store, StoreError, TableSpec};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ClientError;
@@ -24,6 +28,9 @@ pub struct RowBlock {
     /// `keys.len() × dim` values, row after row.
     pub values: Vec<f32>,
 }
+
+/// A shard's log records (no values) and its torn or damaged segments.
+pub type LogDump = (Vec<RecordInfo>, Vec<String>);
 
 /// Acknowledgement of a push by one shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -386,6 +393,65 @@ impl Shard {
                 .into_inner()
                 .lsn),
             Shard::Embedded(e) => e.run(|s| s.checkpoint().map(|c| c.lsn)).await,
+        }
+    }
+
+    pub async fn inspect(&self, exact_rows: bool) -> Result<ShardReport, ClientError> {
+        match self {
+            Shard::Grpc(g) => Ok(report_from_wire(
+                g.client
+                    .clone()
+                    .inspect(v1::InspectRequest { exact_rows })
+                    .await
+                    .map_err(|s| self.status(s))?
+                    .into_inner(),
+            )),
+            Shard::Embedded(e) => e.run(move |s| s.inspect(exact_rows)).await,
+        }
+    }
+
+    pub async fn verify(&self) -> Result<VerifyReport, ClientError> {
+        match self {
+            Shard::Grpc(g) => Ok(verify_from_wire(
+                g.client
+                    .clone()
+                    .verify(v1::VerifyRequest {})
+                    .await
+                    .map_err(|s| self.status(s))?
+                    .into_inner(),
+            )),
+            Shard::Embedded(e) => e.run(|s| s.verify()).await,
+        }
+    }
+
+    pub async fn log_dump(&self, from: u64, limit: u32) -> Result<LogDump, ClientError> {
+        match self {
+            Shard::Grpc(g) => Ok(dump_from_wire(
+                g.client
+                    .clone()
+                    .log_dump(v1::LogDumpRequest {
+                        from_lsn: from,
+                        limit,
+                    })
+                    .await
+                    .map_err(|s| self.status(s))?
+                    .into_inner(),
+            )),
+            Shard::Embedded(e) => e.run(move |s| s.dump_log(from, limit as usize)).await,
+        }
+    }
+
+    pub async fn compact(&self) -> Result<(), ClientError> {
+        match self {
+            Shard::Grpc(g) => {
+                g.client
+                    .clone()
+                    .compact(v1::CompactRequest {})
+                    .await
+                    .map_err(|s| self.status(s))?;
+                Ok(())
+            }
+            Shard::Embedded(e) => e.run(|s| s.compact()).await,
         }
     }
 

@@ -34,7 +34,7 @@ use crate::types::Key;
 
 const MAGIC: &[u8; 8] = b"PDBCACHE";
 /// Version of the cache file layout.
-pub const CACHE_FORMAT_VERSION: u32 = 1;
+pub const CACHE_FORMAT_VERSION: u32 = 2;
 const HEADER_BYTES: usize = 4096;
 const SLOT_HEADER: usize = 24;
 
@@ -140,6 +140,17 @@ impl RowCache {
             c.tables.insert(*id, t);
         }
         Ok(c)
+    }
+
+    /// A cache that holds nothing and has no files (read-only opens).
+    pub(crate) fn disabled() -> RowCache {
+        RowCache {
+            dir: PathBuf::new(),
+            budget: 0,
+            tables: FxHashMap::default(),
+            doorkeeper: FxHashSet::default(),
+            stats: CacheStats::default(),
+        }
     }
 
     fn share(&self, tables: usize) -> u64 {
@@ -339,12 +350,17 @@ impl TableCache {
             free: Vec::new(),
             hand: 0,
         };
-        let warm = t.read_header().is_some_and(|h| {
+        let warm_header = t.read_header().filter(|h| {
             h.clean && h.checkpoint_lsn == checkpoint_lsn && h.slot_bytes == slot_bytes
         });
-        let old_slots = if warm {
+        // Slots past the high-water mark were never written: they are not read (reading pages
+        // of a sparse file would map them) and stay free.
+        let mut used = 0;
+        let old_slots = if let Some(h) = &warm_header {
             let len = t.file.metadata().map(|m| m.len()).unwrap_or(0) as usize;
-            len.saturating_sub(HEADER_BYTES) / slot_bytes
+            let slots = len.saturating_sub(HEADER_BYTES) / slot_bytes;
+            used = (h.slots_used as usize).min(slots);
+            slots
         } else {
             t.file
                 .set_len(0)
@@ -353,10 +369,10 @@ impl TableCache {
         };
         t.resize_file(capacity.max(old_slots))?;
         t.capacity = capacity.max(old_slots);
-        if warm {
-            t.keys = vec![None; old_slots];
-            t.referenced = vec![false; old_slots];
-            for s in 0..old_slots as u32 {
+        if warm_header.is_some() {
+            t.keys = vec![None; used];
+            t.referenced = vec![false; used];
+            for s in 0..used as u32 {
                 if let Some(k) = t.valid_slot(s) {
                     if t.index.insert(k, s).is_none() {
                         t.keys[s as usize] = Some(k);
@@ -440,7 +456,10 @@ impl TableCache {
     }
 
     fn clear_slot(&mut self, s: u32) {
-        self.slot_mut(s)[..SLOT_HEADER].fill(0);
+        // Writing to a page never written allocates it, in memory and on disk.
+        if self.slot(s)[..SLOT_HEADER].iter().any(|&b| b != 0) {
+            self.slot_mut(s)[..SLOT_HEADER].fill(0);
+        }
     }
 
     /// The key of slot `s` if its contents check out (warm restart).
@@ -505,6 +524,7 @@ impl TableCache {
             slot_bytes: self.slot_bytes,
             checkpoint_lsn,
             clean,
+            slots_used: self.keys.len() as u64,
         };
         let Some(m) = self.map.as_mut() else {
             return Ok(());
@@ -543,6 +563,8 @@ struct Header {
     slot_bytes: usize,
     checkpoint_lsn: u64,
     clean: bool,
+    /// Slots below this index may hold rows; the ones above were never written.
+    slots_used: u64,
 }
 
 impl Header {
@@ -556,8 +578,9 @@ impl Header {
         b[21] = self.clean as u8;
         b[24..32].copy_from_slice(&(self.slot_bytes as u64).to_le_bytes());
         b[32..40].copy_from_slice(&self.checkpoint_lsn.to_le_bytes());
-        let crc = crc32fast::hash(&b[..40]);
-        b[40..44].copy_from_slice(&crc.to_le_bytes());
+        b[40..48].copy_from_slice(&self.slots_used.to_le_bytes());
+        let crc = crc32fast::hash(&b[..48]);
+        b[48..52].copy_from_slice(&crc.to_le_bytes());
     }
 
     fn decode(b: &[u8]) -> Option<Header> {
@@ -565,7 +588,7 @@ impl Header {
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
         if &b[0..8] != MAGIC
             || u32_at(8) != CACHE_FORMAT_VERSION
-            || u32_at(40) != crc32fast::hash(&b[..40])
+            || u32_at(48) != crc32fast::hash(&b[..48])
         {
             return None;
         }
@@ -576,6 +599,7 @@ impl Header {
             clean: b[21] == 1,
             slot_bytes: u64_at(24) as usize,
             checkpoint_lsn: u64_at(32),
+            slots_used: u64_at(40),
         })
     }
 }
@@ -650,6 +674,37 @@ mod tests {
         drop(c);
         let c = RowCache::open(dir.path(), budget, &[(1, spec())], 8).unwrap();
         assert_eq!(c.stats().warm_rows, 0);
+    }
+
+    #[test]
+    fn warm_reopens_leave_unused_slots_unwritten() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        // A 64 MiB share, of which 3 slots are used.
+        let budget = 64 << 20;
+        let path = dir.path().join("t1.slots");
+        let mut c = RowCache::open(dir.path(), budget, &[(1, spec())], 0).unwrap();
+        for k in 0..3 {
+            c.offer(1, k, &row(k as f32));
+        }
+        for _ in 0..3 {
+            c.close(0).unwrap();
+            drop(c);
+            c = RowCache::open(dir.path(), budget, &[(1, spec())], 0).unwrap();
+            assert_eq!(c.stats().warm_rows, 3);
+        }
+        let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(
+            allocated < 1 << 20,
+            "{allocated} bytes allocated for 3 rows of a sparse 64 MiB file"
+        );
+        // Rows added after a warm open land past the ones kept, and survive the next one.
+        c.offer(1, 10, &row(10.0));
+        c.close(0).unwrap();
+        drop(c);
+        let mut c = RowCache::open(dir.path(), budget, &[(1, spec())], 0).unwrap();
+        assert_eq!(c.stats().warm_rows, 4);
+        assert_eq!(c.get_row(1, 10), Some(row(10.0)));
     }
 
     #[test]

@@ -83,6 +83,10 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    #[error("{} is not a paramdb shard directory: {reason}", path.display())]
+    NotAStore { path: PathBuf, reason: String },
+    #[error("cannot {op}: the store is open read-only")]
+    ReadOnly { op: &'static str },
     #[error("rocksdb {op}: {message}")]
     Rocks { op: &'static str, message: String },
 }

@@ -23,6 +23,17 @@ type Db = DBWithThreadMode<MultiThreaded>;
 pub(crate) struct Rocks {
     db: Db,
     cf_opts: Options,
+    /// A secondary instance's own directory (its info log). Declared after `db`, so it is
+    /// removed only once the database is closed.
+    _secondary: Option<tempfile::TempDir>,
+}
+
+/// One SST file of a column family, as `live_files` reports it.
+#[derive(Clone, Debug)]
+pub(crate) struct SstFile {
+    pub(crate) cf: String,
+    pub(crate) size: u64,
+    pub(crate) entries: u64,
 }
 
 impl std::fmt::Debug for Rocks {
@@ -43,8 +54,7 @@ pub(crate) fn key_from(b: &[u8]) -> Option<u64> {
 }
 
 impl Rocks {
-    /// Opens (or creates) the database at `path` with every column family it has.
-    pub(crate) fn open(path: &Path, block_cache_bytes: usize) -> Result<(Rocks, Vec<String>)> {
+    fn cf_options(block_cache_bytes: usize) -> Options {
         let cache = Cache::new_lru_cache(block_cache_bytes);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
@@ -54,7 +64,12 @@ impl Rocks {
         cf_opts.set_block_based_table_factory(&table);
         // f32 rows are close to incompressible; compression would cost CPU for nothing.
         cf_opts.set_compression_type(DBCompressionType::None);
+        cf_opts
+    }
 
+    /// Opens (or creates) the database at `path` with every column family it has.
+    pub(crate) fn open(path: &Path, block_cache_bytes: usize) -> Result<(Rocks, Vec<String>)> {
+        let cf_opts = Self::cf_options(block_cache_bytes);
         let mut opts = cf_opts.clone();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -76,7 +91,115 @@ impl Rocks {
             .map(|n| ColumnFamilyDescriptor::new(n, cf_opts.clone()));
         let db = Db::open_cf_descriptors(&opts, path, descs)
             .map_err(|e| StoreError::rocks("open", e))?;
-        Ok((Rocks { db, cf_opts }, names))
+        Ok((
+            Rocks {
+                db,
+                cf_opts,
+                _secondary: None,
+            },
+            names,
+        ))
+    }
+
+    /// Opens the database at `path` as a RocksDB *secondary* instance: it reads the files of a
+    /// primary that may be running, takes no lock and writes nothing under `path` (its own info
+    /// log goes to a temporary directory). Every table file is opened at once
+    /// (`max_open_files = -1`), so files the primary's compactions delete afterwards stay
+    /// readable through their open descriptors.
+    pub(crate) fn open_secondary(
+        path: &Path,
+        block_cache_bytes: usize,
+    ) -> Result<(Rocks, Vec<String>)> {
+        let cf_opts = Self::cf_options(block_cache_bytes);
+        let mut opts = cf_opts.clone();
+        opts.set_max_open_files(-1);
+        opts.set_paranoid_checks(true);
+        let names =
+            Db::list_cf(&opts, path).map_err(|e| StoreError::rocks("list column families", e))?;
+        let secondary = tempfile::Builder::new()
+            .prefix("paramdb-secondary-")
+            .tempdir()
+            .map_err(|e| StoreError::io("creating a directory for a RocksDB secondary", e))?;
+        let descs = names
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_opts.clone()));
+        let db = Db::open_cf_descriptors_as_secondary(&opts, path, secondary.path(), descs)
+            .map_err(|e| StoreError::rocks("open as secondary", e))?;
+        Ok((
+            Rocks {
+                db,
+                cf_opts,
+                _secondary: Some(secondary),
+            },
+            names,
+        ))
+    }
+
+    /// The SST files of every column family.
+    pub(crate) fn sst_files(&self) -> Result<Vec<SstFile>> {
+        let files = self
+            .db
+            .live_files()
+            .map_err(|e| StoreError::rocks("list live files", e))?;
+        Ok(files
+            .into_iter()
+            .map(|f| SstFile {
+                cf: f.column_family_name,
+                size: f.size as u64,
+                entries: f.num_entries,
+            })
+            .collect())
+    }
+
+    /// RocksDB's estimate of the keys in `cf` (it counts overwritten versions not yet
+    /// compacted away).
+    pub(crate) fn estimate_keys(&self, cf: &str) -> Result<Option<u64>> {
+        let cf = self.cf(cf)?;
+        self.db
+            .property_int_value_cf(&cf, "rocksdb.estimate-num-keys")
+            .map_err(|e| StoreError::rocks("read a property", e))
+    }
+
+    /// The first and last stored keys of `cf`, if it has rows.
+    pub(crate) fn key_bounds(&self, cf: &str) -> Result<Option<(u64, u64)>> {
+        let cf = self.cf(cf)?;
+        let mut it = self.db.raw_iterator_cf(&cf);
+        it.seek_to_first();
+        let first = it.key().and_then(key_from);
+        it.seek_to_last();
+        let last = it.key().and_then(key_from);
+        it.status().map_err(|e| StoreError::rocks("scan rows", e))?;
+        Ok(first.zip(last))
+    }
+
+    /// Reads every entry of `cf` with block checksums verified and without filling the block
+    /// cache, calling `each` with every key and value. Stops at the first error, which RocksDB
+    /// words with the file and offset.
+    pub(crate) fn verify_cf(&self, cf: &str, each: &mut dyn FnMut(&[u8], &[u8])) -> Result<u64> {
+        let cf = self.cf(cf)?;
+        let mut ro = ReadOptions::default();
+        ro.set_verify_checksums(true);
+        ro.fill_cache(false);
+        let mut it = self.db.raw_iterator_cf_opt(&cf, ro);
+        it.seek_to_first();
+        let mut n = 0;
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            each(k, v);
+            n += 1;
+            it.next();
+        }
+        it.status()
+            .map_err(|e| StoreError::rocks("read with checksums", e))?;
+        Ok(n)
+    }
+
+    /// Compacts every column family into its bottom level (drops overwritten row versions).
+    pub(crate) fn compact(&self, cfs: &[String]) -> Result<()> {
+        for n in cfs.iter().map(String::as_str).chain([META_CF]) {
+            let cf = self.cf(n)?;
+            self.db.compact_range_cf(&cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
     }
 
     pub(crate) fn cf(&self, name: &str) -> Result<Arc<BoundColumnFamily<'_>>> {

@@ -32,16 +32,16 @@ use crate::table::{self, TableSpec};
 use crate::types::{ClientId, Key, KeyRange, PushAck};
 use crate::wal::recovery::{self, RecoveryReport};
 use crate::wal::writer::LogWriter;
-use crate::wal::{LogFs, Record, StdFs};
+use crate::wal::{LogFs, ReadOnlyFs, Record, StdFs};
 
 /// Version of the store's own metadata layout (meta column family, directory layout).
 pub const STORE_FORMAT_VERSION: u32 = 1;
 
-const META_FORMAT: &[u8] = b"format";
-const META_CHECKPOINT: &[u8] = b"checkpoint_lsn";
+pub(crate) const META_FORMAT: &[u8] = b"format";
+pub(crate) const META_CHECKPOINT: &[u8] = b"checkpoint_lsn";
 const META_NEXT_TABLE: &[u8] = b"next_table_id";
 const META_TABLE_PREFIX: &[u8] = b"table/";
-const META_CLIENT_PREFIX: &[u8] = b"client/";
+pub(crate) const META_CLIENT_PREFIX: &[u8] = b"client/";
 
 /// A table as the store knows it: the user's spec plus its id and column family.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,10 +64,10 @@ impl Table {
 }
 
 #[derive(Debug, Default)]
-struct Catalog {
-    by_name: HashMap<String, Arc<Table>>,
-    by_id: HashMap<u32, Arc<Table>>,
-    next_id: u32,
+pub(crate) struct Catalog {
+    pub(crate) by_name: HashMap<String, Arc<Table>>,
+    pub(crate) by_id: HashMap<u32, Arc<Table>>,
+    pub(crate) next_id: u32,
 }
 
 /// Rows by table id, then key. A hash map: a B-tree costs several cache misses per lookup at a
@@ -135,6 +135,8 @@ struct Counters {
 #[derive(Debug)]
 pub(crate) struct Shared {
     dir: PathBuf,
+    /// Opened by `open_read_only`: refuses every change and leaves the files alone.
+    read_only: bool,
     opts: StoreOptions,
     pub(crate) rocks: Rocks,
     catalog: RwLock<Catalog>,
@@ -210,11 +212,66 @@ impl Store {
         opts: StoreOptions,
         fs: Arc<dyn LogFs>,
     ) -> Result<Store> {
-        let dir = dir.as_ref().to_path_buf();
+        Self::open_impl(dir.as_ref(), opts, fs, false)
+    }
+
+    /// Opens the store in `dir` for reading only, while a server may be running on it: RocksDB
+    /// as a secondary instance, the log read (never written) and replayed in memory, so reads
+    /// see every record the log holds. Nothing under `dir` is created, locked or changed.
+    /// Writes, table changes and checkpoints are refused (`ReadOnly`); the hot-row cache is
+    /// not used.
+    ///
+    /// A checkpoint of the running server may delete the log segments this open needs between
+    /// its reading of RocksDB and of the log; such an open is retried with RocksDB caught up.
+    pub fn open_read_only(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
+        let dir = dir.as_ref();
+        let rocks = dir.join("rocksdb");
+        if !dir.is_dir() {
+            return Err(StoreError::NotAStore {
+                path: dir.to_path_buf(),
+                reason: "no such directory".into(),
+            });
+        }
+        if !rocks.join("CURRENT").is_file() {
+            return Err(StoreError::NotAStore {
+                path: dir.to_path_buf(),
+                reason: "no rocksdb/CURRENT inside".into(),
+            });
+        }
+        let opts = StoreOptions {
+            background: false,
+            cache_bytes: 0,
+            recovery: crate::wal::RecoveryMode::Strict,
+            ..opts
+        };
+        let mut attempt = 0;
+        loop {
+            match Self::open_impl(dir, opts.clone(), Arc::new(ReadOnlyFs), true) {
+                Err(e @ (StoreError::LogGap { .. } | StoreError::Io { .. })) if attempt < 20 => {
+                    tracing::debug!(error = %e, "log changed under a read-only open; retrying");
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20 * attempt));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn open_impl(
+        dir: &Path,
+        opts: StoreOptions,
+        fs: Arc<dyn LogFs>,
+        read_only: bool,
+    ) -> Result<Store> {
+        let dir = dir.to_path_buf();
         let started = Instant::now();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
-        let (rocks, cf_names) = Rocks::open(&dir.join("rocksdb"), opts.block_cache_bytes)?;
+        let (rocks, cf_names) = if read_only {
+            Rocks::open_secondary(&dir.join("rocksdb"), opts.block_cache_bytes)?
+        } else {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+            Rocks::open(&dir.join("rocksdb"), opts.block_cache_bytes)?
+        };
 
         match rocks.meta_get(META_FORMAT)? {
             Some(v) => {
@@ -233,6 +290,12 @@ impl Store {
                     });
                 }
             }
+            None if read_only => {
+                return Err(StoreError::NotAStore {
+                    path: dir,
+                    reason: "its RocksDB has no paramdb format entry".into(),
+                })
+            }
             None => {
                 let mut b = WriteBatch::default();
                 b.put_cf(
@@ -250,7 +313,7 @@ impl Store {
         for name in &cf_names {
             let is_table_cf =
                 name.starts_with('t') && name[1..].bytes().all(|b| b.is_ascii_digit());
-            if is_table_cf && !catalog.by_name.values().any(|t| &t.cf == name) {
+            if is_table_cf && !read_only && !catalog.by_name.values().any(|t| &t.cf == name) {
                 tracing::info!(cf = %name, "dropping column family of an unfinished table create/drop");
                 rocks.drop_cf(name)?;
             }
@@ -284,12 +347,16 @@ impl Store {
             .values()
             .map(|t| (t.id, t.spec.clone()))
             .collect();
-        let cache = RowCache::open(
-            &dir.join("cache"),
-            opts.cache_bytes,
-            &cache_tables,
-            checkpoint_lsn,
-        )?;
+        let cache = if read_only {
+            RowCache::disabled()
+        } else {
+            RowCache::open(
+                &dir.join("cache"),
+                opts.cache_bytes,
+                &cache_tables,
+                checkpoint_lsn,
+            )?
+        };
 
         // Replay the log after the checkpoint into the dirty layer.
         let wal_dir = dir.join("wal");
@@ -336,6 +403,7 @@ impl Store {
 
         let shared = Arc::new(Shared {
             dir,
+            read_only,
             rocks,
             catalog: RwLock::new(catalog),
             state: Mutex::new(State {
@@ -363,7 +431,7 @@ impl Store {
             counters: Counters::default(),
             opts,
         });
-        if !report.lost.is_empty() {
+        if !report.lost.is_empty() && !read_only {
             // Salvage moved records out of the log; make what was kept durable without it.
             shared.checkpoint()?;
         }
@@ -397,6 +465,41 @@ impl Store {
 
     pub fn options(&self) -> &StoreOptions {
         &self.shared.opts
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Compacts RocksDB: rewrites every table's files into the bottom level, dropping row
+    /// versions that later checkpoints overwrote. Reads and pushes go on meanwhile.
+    pub fn compact(&self) -> Result<()> {
+        self.shared.check_writable("compact")?;
+        self.shared.check_poisoned()?;
+        self.shared.rocks.compact(&self.shared.table_cfs())
+    }
+
+    /// Checks every byte of this store's files that can be checked (see `verify`), reading
+    /// them as a separate reader would: the store's own state is not consulted.
+    pub fn verify(&self) -> Result<crate::verify::VerifyReport> {
+        crate::verify::verify_dir(self.dir())
+    }
+
+    /// The log's records with LSN ≥ `from` (at most `limit`), and its torn or damaged
+    /// segments.
+    pub fn dump_log(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<crate::wal::dump::RecordInfo>, Vec<String>)> {
+        let wal = self.dir().join("wal");
+        crate::wal::dump::dump(&wal, from, limit)
+            .map_err(|e| StoreError::io(format!("reading {}", wal.display()), e))
+    }
+
+    /// Whether this store was opened with `open_read_only`.
+    pub fn is_read_only(&self) -> bool {
+        self.shared.read_only
     }
 
     /// Creates a table; its definition is durable when this returns.
@@ -581,7 +684,7 @@ impl Store {
 impl Drop for Store {
     fn drop(&mut self) {
         self.stop_background();
-        if !self.crashed && !self.shared.poisoned.load(Ordering::SeqCst) {
+        if !self.crashed && !self.shared.read_only && !self.shared.poisoned.load(Ordering::SeqCst) {
             let last = self.shared.lock_state().log.last_lsn();
             if let Err(e) = self.shared.wait_durable(last) {
                 tracing::error!(error = %e, "final log sync failed");
@@ -599,6 +702,9 @@ impl Shared {
     /// Clean shutdown of a store whose handle is shared: a final checkpoint, then the cache
     /// files are marked reusable for that checkpoint.
     pub(crate) fn close(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
         self.checkpoint()?;
         self.mark_cache_reusable()
     }
@@ -665,6 +771,13 @@ impl Shared {
         StoreError::Poisoned {
             reason: self.poison_reason().unwrap_or_default(),
         }
+    }
+
+    fn check_writable(&self, op: &'static str) -> Result<()> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly { op });
+        }
+        Ok(())
     }
 
     fn check_poisoned(&self) -> Result<()> {
@@ -786,6 +899,7 @@ impl Shared {
         keys: PushKeys<'_>,
         values: &[f32],
     ) -> Result<PushAck> {
+        self.check_writable("push")?;
         let t = self.table(table)?;
         let n = self.validate_push(&t, keys, values)?;
         if client != ClientId::ANONYMOUS && seq == 0 {
@@ -1044,6 +1158,7 @@ impl Shared {
     }
 
     fn create_table(&self, spec: TableSpec) -> Result<TableInfo> {
+        self.check_writable("create a table")?;
         spec.validate()?;
         let _ddl = self.ddl.lock().unwrap_or_else(|e| e.into_inner());
         self.check_poisoned()?;
@@ -1084,6 +1199,7 @@ impl Shared {
     }
 
     fn drop_table(&self, name: &str) -> Result<()> {
+        self.check_writable("drop a table")?;
         let _ddl = self.ddl.lock().unwrap_or_else(|e| e.into_inner());
         self.check_poisoned()?;
         let t = self.table(name)?;
@@ -1112,6 +1228,7 @@ impl Shared {
     }
 
     pub(crate) fn checkpoint(&self) -> Result<CheckpointInfo> {
+        self.check_writable("checkpoint")?;
         let _ddl = self.ddl.lock().unwrap_or_else(|e| e.into_inner());
         self.check_poisoned()?;
         let started = Instant::now();
@@ -1295,7 +1412,7 @@ fn stored_or_initial(t: &Table, k: Key, stored: Option<Vec<u8>>) -> Result<Row> 
     }
 }
 
-fn load_catalog(rocks: &Rocks) -> Result<Catalog> {
+pub(crate) fn load_catalog(rocks: &Rocks) -> Result<Catalog> {
     let mut cat = Catalog::default();
     for (k, v) in rocks.meta_prefix(META_TABLE_PREFIX)? {
         let (id, spec) = table::decode_entry(&v).map_err(|reason| StoreError::CorruptMeta {

@@ -6,8 +6,10 @@
 //! - `writer`: appends frames, rotates segments, syncs.
 //! - `reader`: parses one segment, telling a torn tail from corruption.
 //! - `recovery`: lists, validates and replays the segments after a checkpoint.
+//! - `dump`: a summary of every record, for `paramdb log dump`.
 //! - `fault`: a fault-injecting file system for crash tests.
 
+pub mod dump;
 pub mod format;
 pub mod fs;
 pub mod reader;
@@ -18,5 +20,5 @@ pub mod writer;
 pub mod fault;
 
 pub use format::{Record, RecordKeys, WAL_FORMAT_VERSION};
-pub use fs::{LogFile, LogFs, StdFs};
+pub use fs::{LogFile, LogFs, ReadOnlyFs, StdFs};
 pub use recovery::{RecoveryMode, RecoveryReport};

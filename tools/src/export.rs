@@ -101,7 +101,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     if args.start >= args.end {
         bail!("--start {} is not below --end {}", args.start, args.end);
     }
-    let client = args.target.connect()?;
+    let client = args.target.connect_read_only()?;
     let dim = client
         .describe_table(&args.table)
         .with_context(|| format!("table {:?}", args.table))?

@@ -1,12 +1,15 @@
 //! The `paramdb` command line: the README's main job (`demo`: word2vec on embedded shards),
-//! training, evaluation and export, the shard server, and the crash demo.
+//! training, evaluation, the tools that inspect, verify and export stored parameters, the
+//! shard server, and the crash demo.
 
 mod crash_demo;
 mod demo;
 mod export;
+mod inspect;
 mod serve;
 mod target;
 mod train;
+mod verify;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -39,6 +42,23 @@ enum Command {
     Neighbours(train::NeighboursArgs),
     /// Export a table (word2vec text/binary, npy, safetensors, tsv), streaming.
     Export(export::ExportArgs),
+    /// Tables, rows, bytes on disk, log, checkpoint and format versions of every shard.
+    Inspect(inspect::InspectArgs),
+    /// Rows by key, or by word for a word2vec model's tables.
+    Get(inspect::GetArgs),
+    /// Stream the stored rows of a key range.
+    Scan(inspect::ScanArgs),
+    /// Check every log record, RocksDB block, row and catalog entry of a data directory; exits
+    /// non-zero naming each problem.
+    Verify(verify::VerifyArgs),
+    /// The gradient log's records.
+    #[command(subcommand)]
+    Log(LogCommand),
+    /// Write every changed row to RocksDB and trim the log (of a running cluster, or of a data
+    /// directory no process has open).
+    Checkpoint(inspect::AdminArgs),
+    /// Compact RocksDB (drops row versions later checkpoints overwrote).
+    Compact(inspect::AdminArgs),
     /// Create a table in an embedded shard, push from a child process, SIGKILL it several
     /// times, recover, and check every acknowledged push was applied exactly once.
     CrashDemo(crash_demo::DemoArgs),
@@ -52,6 +72,12 @@ enum Command {
         #[arg(long)]
         start_seq: u64,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum LogCommand {
+    /// One line per record: segment, offset, LSN, client, sequence, table, rows, bytes.
+    Dump(verify::LogDumpArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -80,6 +106,13 @@ fn main() -> std::process::ExitCode {
         Command::Eval(cmd) => train::eval(cmd),
         Command::Neighbours(args) => train::neighbours(args),
         Command::Export(args) => export::run(args),
+        Command::Inspect(args) => inspect::inspect(args),
+        Command::Get(args) => inspect::get(args),
+        Command::Scan(args) => inspect::scan(args),
+        Command::Verify(args) => verify::verify(args),
+        Command::Log(LogCommand::Dump(args)) => verify::log_dump(args),
+        Command::Checkpoint(args) => inspect::checkpoint(args),
+        Command::Compact(args) => inspect::compact(args),
         Command::CrashDemo(args) => crash_demo::run(args),
         Command::Serve(args) => serve::run(args),
         Command::DemoPusher {

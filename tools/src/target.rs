@@ -1,7 +1,7 @@
 //! Where a command's parameters live: embedded shards in a directory (the default), or a
 //! running cluster.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -22,6 +22,65 @@ pub struct Target {
 }
 
 impl Target {
+    /// For commands that only read: the cluster, or the shards in `--data-dir` opened
+    /// read-only (a RocksDB secondary and the log read without writing), which is safe while a
+    /// server or a trainer is using them. The directory may be one server's shard directory or
+    /// an embedded data directory; its layout says which.
+    pub fn connect_read_only(&self) -> anyhow::Result<BlockingClient> {
+        if let Some(file) = &self.cluster {
+            let map = ClusterMap::load(file)?;
+            return Ok(BlockingClient::connect(map, tool_client_options())?);
+        }
+        shard_dirs(&self.data_dir)?;
+        let store = StoreOptions {
+            block_cache_bytes: 32 << 20,
+            ..StoreOptions::default()
+        };
+        Ok(BlockingClient::open_embedded_read_only(
+            &self.data_dir,
+            store,
+            tool_client_options(),
+        )?)
+    }
+
+    /// For maintenance commands (checkpoint, compact): the cluster, or the shards already in
+    /// `--data-dir` opened read-write (refused while another process has them open). Creates
+    /// nothing.
+    pub fn connect_existing(&self) -> anyhow::Result<BlockingClient> {
+        if self.cluster.is_some() {
+            return self.connect();
+        }
+        let dir = &self.data_dir;
+        if !dir.is_dir() {
+            bail!("{}: no such directory", dir.display());
+        }
+        if dir.join("rocksdb").is_dir() {
+            // One server's shard directory.
+            let store = paramdb_server::Store::open(dir, StoreOptions::default())
+                .map_err(|e| in_use(dir, e.into()))?;
+            let map = ClusterMap::even(&["local".to_string()]);
+            return Ok(BlockingClient::embedded(
+                map,
+                vec![std::sync::Arc::new(store)],
+                ClientOptions::default(),
+            )?);
+        }
+        let shards = (0..)
+            .take_while(|i| dir.join(format!("shard-{i}")).is_dir())
+            .count();
+        if shards == 0 {
+            bail!(
+                "{} is not a paramdb data directory (no rocksdb/ or shard-0/ inside)",
+                dir.display()
+            );
+        }
+        Target {
+            shards,
+            ..self.clone()
+        }
+        .connect()
+    }
+
     pub fn connect(&self) -> anyhow::Result<BlockingClient> {
         if let Some(file) = &self.cluster {
             let map = ClusterMap::load(file)?;
@@ -51,11 +110,51 @@ impl Target {
             sync: SyncPolicy::Interval(Duration::from_millis(50)),
             ..StoreOptions::default()
         };
-        Ok(BlockingClient::open_embedded(
-            &self.data_dir,
-            self.shards,
-            store,
-            ClientOptions::default(),
-        )?)
+        BlockingClient::open_embedded(&self.data_dir, self.shards, store, ClientOptions::default())
+            .map_err(|e| in_use(&self.data_dir, e.into()))
     }
+}
+
+/// RocksDB's lock error, said plainly.
+fn in_use(dir: &std::path::Path, e: anyhow::Error) -> anyhow::Error {
+    if e.to_string().contains("LOCK") {
+        anyhow::anyhow!(
+            "{} is in use by another process (a server or a trainer); commands that change it go through the server with --cluster, and reading commands open it read-only",
+            dir.display()
+        )
+    } else {
+        e
+    }
+}
+
+/// A tool talks to a server once: an unreachable one should fail in seconds, not after a
+/// trainer's patient retries.
+fn tool_client_options() -> ClientOptions {
+    ClientOptions {
+        connect_timeout: Duration::from_secs(2),
+        max_retries: 2,
+        ..ClientOptions::default()
+    }
+}
+
+/// The shard directories under `dir`: `dir` itself when it is a shard's, else its
+/// `shard-<i>` directories.
+pub fn shard_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        bail!("{}: no such directory", dir.display());
+    }
+    if dir.join("rocksdb").is_dir() {
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    let dirs: Vec<PathBuf> = (0..)
+        .map(|i| dir.join(format!("shard-{i}")))
+        .take_while(|d| d.is_dir())
+        .collect();
+    if dirs.is_empty() {
+        bail!(
+            "{} is not a paramdb data directory (no rocksdb/ or shard-0/ inside)",
+            dir.display()
+        );
+    }
+    Ok(dirs)
 }

@@ -173,7 +173,7 @@ impl VectorsArgs {
         match &self.vectors {
             Some(p) => Ok(export::read_word2vec(p, self.binary)?),
             None => {
-                let client = self.target.connect()?;
+                let client = self.target.connect_read_only()?;
                 export::from_server(&client, &self.model)
                     .with_context(|| format!("reading model {:?}", self.model))
             }

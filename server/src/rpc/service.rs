@@ -11,9 +11,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::status::to_status;
+use crate::inspect::{ShardReport, TableReport};
 use crate::store::{Store, StoreStats, TableInfo};
 use crate::table::{Initializer, TableSpec, UpdateRule};
 use crate::types::{ClientId, Key, KeyRange};
+use crate::verify::{Problem, VerifyReport};
+use crate::wal::dump::RecordInfo;
 
 /// Request limits of a shard server.
 #[derive(Clone, Debug)]
@@ -186,6 +189,190 @@ pub fn stats_to_wire(shard: u32, range: KeyRange, s: StoreStats) -> v1::StatsRes
         cache_declined: s.cache.declined,
         cache_evictions: s.cache.evictions,
     }
+}
+
+/// A shard's inspect report as the wire carries it.
+pub fn report_to_wire(shard: u32, range: KeyRange, r: ShardReport) -> v1::InspectResponse {
+    v1::InspectResponse {
+        shard,
+        range_start: range.start,
+        range_end: range.end,
+        dir: r.dir.display().to_string(),
+        read_only: r.read_only,
+        store_format: r.store_format,
+        log_format: r.log_format,
+        row_format: r.row_format,
+        cache_format: r.cache_format,
+        checkpoint_lsn: r.checkpoint_lsn,
+        last_lsn: r.last_lsn,
+        log_segments: r.log_segments,
+        log_bytes: r.log_bytes,
+        rocksdb_bytes: r.rocksdb_bytes,
+        cache_file_bytes: r.cache_file_bytes,
+        dirty_rows: r.dirty_rows,
+        cache_budget_bytes: r.cache.budget_bytes,
+        cache_resident_rows: r.cache.resident_rows,
+        cache_hits: r.cache.hits,
+        cache_misses: r.cache.misses,
+        tables: r
+            .tables
+            .into_iter()
+            .map(|t| v1::TableReport {
+                name: t.name,
+                id: t.id,
+                dim: t.dim,
+                rule: t.rule,
+                floats_per_row: t.floats_per_row,
+                rows: t.rows,
+                rows_exact: t.rows_exact,
+                sst_files: t.sst_files,
+                sst_bytes: t.sst_bytes,
+                dirty_rows: t.dirty_rows,
+                has_keys: t.key_range.is_some(),
+                first_key: t.key_range.map_or(0, |r| r.0),
+                last_key: t.key_range.map_or(0, |r| r.1),
+            })
+            .collect(),
+    }
+}
+
+/// The inverse of `report_to_wire` (what a client makes of a shard's answer).
+pub fn report_from_wire(r: v1::InspectResponse) -> ShardReport {
+    ShardReport {
+        dir: r.dir.into(),
+        read_only: r.read_only,
+        store_format: r.store_format,
+        log_format: r.log_format,
+        row_format: r.row_format,
+        cache_format: r.cache_format,
+        checkpoint_lsn: r.checkpoint_lsn,
+        last_lsn: r.last_lsn,
+        log_segments: r.log_segments,
+        log_bytes: r.log_bytes,
+        rocksdb_bytes: r.rocksdb_bytes,
+        cache_file_bytes: r.cache_file_bytes,
+        dirty_rows: r.dirty_rows,
+        cache: crate::cache::CacheStats {
+            budget_bytes: r.cache_budget_bytes,
+            resident_rows: r.cache_resident_rows,
+            hits: r.cache_hits,
+            misses: r.cache_misses,
+            ..Default::default()
+        },
+        tables: r
+            .tables
+            .into_iter()
+            .map(|t| TableReport {
+                name: t.name,
+                id: t.id,
+                dim: t.dim,
+                rule: t.rule,
+                floats_per_row: t.floats_per_row,
+                rows: t.rows,
+                rows_exact: t.rows_exact,
+                sst_files: t.sst_files,
+                sst_bytes: t.sst_bytes,
+                dirty_rows: t.dirty_rows,
+                key_range: t.has_keys.then_some((t.first_key, t.last_key)),
+            })
+            .collect(),
+    }
+}
+
+pub fn verify_to_wire(r: VerifyReport) -> v1::VerifyResponse {
+    v1::VerifyResponse {
+        dir: r.dir.display().to_string(),
+        has_checkpoint_lsn: r.checkpoint_lsn.is_some(),
+        checkpoint_lsn: r.checkpoint_lsn.unwrap_or(0),
+        segments: r.segments,
+        records: r.records,
+        log_bytes: r.log_bytes,
+        tables: r.tables,
+        rows: r.rows,
+        sst_files: r.sst_files,
+        notes: r.notes,
+        problems: r
+            .problems
+            .into_iter()
+            .map(|p| v1::VerifyProblem {
+                area: p.area.to_string(),
+                detail: p.detail,
+            })
+            .collect(),
+    }
+}
+
+pub fn verify_from_wire(r: v1::VerifyResponse) -> VerifyReport {
+    let area = |a: &str| -> &'static str {
+        ["log", "rocksdb", "catalog", "meta"]
+            .into_iter()
+            .find(|k| *k == a)
+            .unwrap_or("other")
+    };
+    VerifyReport {
+        dir: r.dir.into(),
+        checkpoint_lsn: r.has_checkpoint_lsn.then_some(r.checkpoint_lsn),
+        segments: r.segments,
+        records: r.records,
+        log_bytes: r.log_bytes,
+        tables: r.tables,
+        rows: r.rows,
+        sst_files: r.sst_files,
+        notes: r.notes,
+        problems: r
+            .problems
+            .into_iter()
+            .map(|p| Problem {
+                area: area(&p.area),
+                detail: p.detail,
+            })
+            .collect(),
+        log_gap: false,
+    }
+}
+
+pub fn dump_to_wire((records, trouble): (Vec<RecordInfo>, Vec<String>)) -> v1::LogDumpResponse {
+    v1::LogDumpResponse {
+        records: records
+            .into_iter()
+            .map(|r| v1::LogRecordInfo {
+                segment: r.segment,
+                offset: r.offset,
+                lsn: r.lsn,
+                kind: r.kind.to_string(),
+                client: r.client,
+                seq: r.seq,
+                table: r.table,
+                dim: r.dim,
+                rows: r.rows,
+                has_first_key: r.first_key.is_some(),
+                first_key: r.first_key.unwrap_or(0),
+                bytes: r.bytes,
+            })
+            .collect(),
+        trouble,
+    }
+}
+
+pub fn dump_from_wire(d: v1::LogDumpResponse) -> (Vec<RecordInfo>, Vec<String>) {
+    let records = d
+        .records
+        .into_iter()
+        .map(|r| RecordInfo {
+            segment: r.segment,
+            offset: r.offset,
+            lsn: r.lsn,
+            kind: if r.kind == "range" { "range" } else { "keys" },
+            client: r.client,
+            seq: r.seq,
+            table: r.table,
+            dim: r.dim,
+            rows: r.rows,
+            first_key: r.has_first_key.then_some(r.first_key),
+            bytes: r.bytes,
+        })
+        .collect();
+    (records, d.trouble)
 }
 
 pub fn info_to_wire(t: TableInfo) -> v1::TableInfo {
@@ -411,6 +598,55 @@ impl Paramdb for ShardService {
             rows_written: info.rows_written as u64,
             segments_removed: info.segments_removed as u64,
         }))
+    }
+
+    async fn inspect(
+        &self,
+        req: Request<v1::InspectRequest>,
+    ) -> Result<Response<v1::InspectResponse>, Status> {
+        let _p = self.permit()?;
+        let store = self.store()?;
+        let exact = req.into_inner().exact_rows;
+        let report = blocking(move || store.inspect(exact)).await?;
+        Ok(Response::new(report_to_wire(
+            self.shard, self.range, report,
+        )))
+    }
+
+    async fn compact(
+        &self,
+        _req: Request<v1::CompactRequest>,
+    ) -> Result<Response<v1::CompactResponse>, Status> {
+        let _p = self.permit()?;
+        let store = self.store()?;
+        blocking(move || store.compact()).await?;
+        Ok(Response::new(v1::CompactResponse {}))
+    }
+
+    async fn verify(
+        &self,
+        _req: Request<v1::VerifyRequest>,
+    ) -> Result<Response<v1::VerifyResponse>, Status> {
+        let _p = self.permit()?;
+        let store = self.store()?;
+        let report = blocking(move || store.verify()).await?;
+        Ok(Response::new(verify_to_wire(report)))
+    }
+
+    async fn log_dump(
+        &self,
+        req: Request<v1::LogDumpRequest>,
+    ) -> Result<Response<v1::LogDumpResponse>, Status> {
+        let _p = self.permit()?;
+        let store = self.store()?;
+        let r = req.into_inner();
+        let limit = if r.limit == 0 {
+            1000
+        } else {
+            r.limit.min(100_000)
+        } as usize;
+        let dump = blocking(move || store.dump_log(r.from_lsn, limit)).await?;
+        Ok(Response::new(dump_to_wire(dump)))
     }
 
     async fn stats(

@@ -20,6 +20,10 @@ pub fn code_of(e: &StoreError) -> Code {
         | StoreError::InvalidSequence { .. } => Code::InvalidArgument,
         StoreError::SequenceTooOld { .. } => Code::FailedPrecondition,
         StoreError::RequestTooLarge { .. } => Code::ResourceExhausted,
+        StoreError::ReadOnly { .. } => Code::PermissionDenied,
+        StoreError::NotAStore { .. } | StoreError::UnsupportedFormat { .. } => {
+            Code::FailedPrecondition
+        }
         StoreError::Poisoned { .. } | StoreError::Io { .. } => Code::Unavailable,
         StoreError::ChecksumMismatch { .. }
         | StoreError::CorruptLog { .. }

@@ -133,6 +133,72 @@ impl LogFs for StdFs {
     }
 }
 
+/// The real file system for reading, with every change discarded: how a tool reads the log
+/// of a shard that a server may be writing. Recovery may decide to cut a torn tail (the
+/// record the server is appending right now) or to start a new segment; here those decisions
+/// have no effect on disk.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReadOnlyFs;
+
+#[derive(Debug)]
+struct DiscardFile;
+
+impl LogFile for DiscardFile {
+    fn append(&self, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogFs for ReadOnlyFs {
+    fn create_dir_all(&self, _: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        StdFs.list(dir)
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        StdFs.read(path)
+    }
+
+    fn read_into(&self, path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
+        StdFs.read_into(path, buf)
+    }
+
+    fn read_prefix(&self, path: &Path, n: usize) -> io::Result<Vec<u8>> {
+        StdFs.read_prefix(path, n)
+    }
+
+    fn create(&self, _: &Path) -> io::Result<Arc<dyn LogFile>> {
+        Ok(Arc::new(DiscardFile))
+    }
+
+    fn write_new(&self, _: &Path, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn truncate(&self, _: &Path, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn rename(&self, _: &Path, _: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn remove(&self, _: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn sync_dir(&self, _: &Path) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// `<dir>/<segment number, 20 digits>.log`: names sort in segment order.
 pub fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:020}.log"))

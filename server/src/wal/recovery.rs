@@ -291,7 +291,7 @@ fn torn_path(dir: &Path, segment: u64, offset: usize) -> PathBuf {
     dir.join("torn").join(format!("{segment:020}-{offset}.bin"))
 }
 
-fn damage_error(path: &Path, buf: &[u8], damage: &Damage) -> StoreError {
+pub(crate) fn damage_error(path: &Path, buf: &[u8], damage: &Damage) -> StoreError {
     let segment = path.to_path_buf();
     match *damage {
         Damage::Header(HeaderError::NewerVersion(v)) => StoreError::UnsupportedFormat {

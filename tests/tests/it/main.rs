@@ -14,4 +14,5 @@ mod poison;
 mod process_crash;
 mod python;
 mod tables;
+mod tools;
 mod word2vec;
