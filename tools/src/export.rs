@@ -50,6 +50,9 @@ pub struct ExportArgs {
     /// names, if it has one).
     #[arg(long)]
     pub vocab: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
     #[command(flatten)]
     pub target: Target,
 }
@@ -146,9 +149,37 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         Format::Safetensors => out.write_all(&safetensors_header(0, dim)).map_err(io)?,
         Format::Tsv => {}
     }
+    // A bar sized by the table's estimated rows (exact counts would read the table twice);
+    // drawn only on a terminal.
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let whole = args.start == 0 && args.end == u64::MAX;
+        let estimate: u64 = if whole {
+            client
+                .inspect(false)?
+                .iter()
+                .flat_map(|r| r.tables.iter().filter(|t| t.name == args.table))
+                .map(|t| t.rows)
+                .sum()
+        } else {
+            0
+        };
+        let bar = indicatif::ProgressBar::new(estimate);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(if whole {
+                "{bar:40} {human_pos}/~{human_len} rows  {elapsed} (eta {eta})"
+            } else {
+                "{spinner} {human_pos} rows  {elapsed}"
+            })
+            .expect("template"),
+        );
+        bar
+    };
     let mut rows = 0u64;
     for block in client.pull_range(&args.table, KeyRange::new(args.start, args.end)) {
         let block = block?;
+        bar.inc(block.keys.len() as u64);
         for (k, v) in block.keys.iter().zip(block.values.chunks(dim)) {
             match args.format {
                 Format::Word2vecText => {
@@ -180,6 +211,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
             rows += 1;
         }
     }
+    bar.finish_and_clear();
     // Headers with the real row count, same length as the placeholders.
     let mut f = out
         .into_inner()

@@ -47,14 +47,13 @@ impl Target {
     /// `--data-dir` opened read-write (refused while another process has them open). Creates
     /// nothing.
     pub fn connect_existing(&self) -> anyhow::Result<BlockingClient> {
-        if self.cluster.is_some() {
-            return self.connect();
+        if let Some(file) = &self.cluster {
+            let map = ClusterMap::load(file)?;
+            return Ok(BlockingClient::connect(map, tool_client_options())?);
         }
         let dir = &self.data_dir;
-        if !dir.is_dir() {
-            bail!("{}: no such directory", dir.display());
-        }
-        if dir.join("rocksdb").is_dir() {
+        let dirs = shard_dirs(dir)?;
+        if dirs[0] == *dir {
             // One server's shard directory.
             let store = paramdb_server::Store::open(dir, StoreOptions::default())
                 .map_err(|e| in_use(dir, e.into()))?;
@@ -65,15 +64,7 @@ impl Target {
                 ClientOptions::default(),
             )?);
         }
-        let shards = (0..)
-            .take_while(|i| dir.join(format!("shard-{i}")).is_dir())
-            .count();
-        if shards == 0 {
-            bail!(
-                "{} is not a paramdb data directory (no rocksdb/ or shard-0/ inside)",
-                dir.display()
-            );
-        }
+        let shards = dirs.len();
         Target {
             shards,
             ..self.clone()
