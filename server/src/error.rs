@@ -106,6 +106,16 @@ impl StoreError {
         }
     }
 
+    /// A log gap or a vanished file: what a read-only open sees when a running server's
+    /// checkpoint deletes segments under it.
+    pub(crate) fn is_raced_by_checkpoint(&self) -> bool {
+        match self {
+            StoreError::LogGap { .. } => true,
+            StoreError::Io { source, .. } => source.kind() == io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
+
     /// True for errors caused by the request itself: the store is unchanged and healthy.
     pub fn is_bad_input(&self) -> bool {
         matches!(

@@ -247,7 +247,8 @@ impl Store {
         let mut attempt = 0;
         loop {
             match Self::open_impl(dir, opts.clone(), Arc::new(ReadOnlyFs), true) {
-                Err(e @ (StoreError::LogGap { .. } | StoreError::Io { .. })) if attempt < 20 => {
+                // A segment listed, then deleted before it was read, is the same race.
+                Err(e) if attempt < 20 && e.is_raced_by_checkpoint() => {
                     tracing::debug!(error = %e, "log changed under a read-only open; retrying");
                     attempt += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20 * attempt));
