@@ -15,7 +15,7 @@ pub mod routing;
 pub mod staleness;
 pub mod transport;
 
-pub use blocking::{BlockingClient, BlockingClock};
+pub use blocking::{BlockingClient, BlockingClock, BlockingRows};
 pub use client::{Client, ClientOptions, RowStream};
 pub use error::ClientError;
 pub use paramdb_proto::cluster::ClusterMap;

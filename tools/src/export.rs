@@ -11,14 +11,12 @@
 //! Formats whose header holds the row count get a fixed-width header that is filled in at the
 //! end, so nothing is read twice.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use paramdb_client::KeyRange;
-use paramdb_trainer::keys::word_key;
+use paramdb_client::{BlockingRows, KeyRange};
 use paramdb_trainer::vocab;
 
 use crate::target::Target;
@@ -100,6 +98,44 @@ fn w2v_header(rows: u64, dim: usize) -> Vec<u8> {
     format!("{rows:<20} {dim}\n").into_bytes()
 }
 
+/// Words for keys visited in increasing order, read from a vocabulary stream in step.
+struct Labels {
+    rows: Option<BlockingRows>,
+    block: Vec<(u64, String)>,
+    pos: usize,
+}
+
+impl Labels {
+    /// The word of `key`, or the key itself when the vocabulary has no such word. Keys must
+    /// come in increasing order.
+    fn label(&mut self, key: u64) -> anyhow::Result<String> {
+        loop {
+            while self.block.get(self.pos).is_some_and(|(k, _)| *k < key) {
+                self.pos += 1;
+            }
+            if let Some((k, w)) = self.block.get(self.pos) {
+                return Ok(if *k == key {
+                    w.clone()
+                } else {
+                    key.to_string()
+                });
+            }
+            let Some(block) = self.rows.as_mut().and_then(|r| r.next()) else {
+                return Ok(key.to_string());
+            };
+            let block = block?;
+            let dim = block.dim as usize;
+            self.block.clear();
+            self.pos = 0;
+            for (k, row) in block.keys.iter().zip(block.values.chunks(dim)) {
+                let (w, _) = vocab::decode(row)
+                    .with_context(|| format!("vocabulary row {k} does not decode"))?;
+                self.block.push((*k, w));
+            }
+        }
+    }
+}
+
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     if args.start >= args.end {
         bail!("--start {} is not below --end {}", args.start, args.end);
@@ -114,15 +150,19 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
             .iter()
             .find_map(|s| args.table.strip_suffix(&format!(".{s}")).map(String::from))
     });
-    let labels: HashMap<u64, String> = match &model {
-        Some(m) if client.describe_table(&vocab::table(m)).is_ok() => vocab::load(&client, m)?
-            .words
-            .into_iter()
-            .map(|w| (word_key(&w), w))
-            .collect(),
-        _ => HashMap::new(),
+    let range = KeyRange::new(args.start, args.end);
+    // The vocabulary is keyed like the vectors (by word hash), so it is read alongside them
+    // in key order, a block at a time: memory does not grow with the vocabulary.
+    let mut labels = Labels {
+        rows: match &model {
+            Some(m) if client.describe_table(&vocab::table(m)).is_ok() => {
+                Some(client.pull_range(&vocab::table(m), range))
+            }
+            _ => None,
+        },
+        block: Vec::new(),
+        pos: 0,
     };
-    let label = |k: u64| labels.get(&k).cloned().unwrap_or_else(|| k.to_string());
     let io = |e| anyhow::anyhow!("writing {}: {e}", args.out.display());
     let mut out = BufWriter::with_capacity(1 << 20, File::create(&args.out).map_err(io)?);
     let mut side: Option<(PathBuf, BufWriter<File>)> = match args.format {
@@ -177,20 +217,20 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         bar
     };
     let mut rows = 0u64;
-    for block in client.pull_range(&args.table, KeyRange::new(args.start, args.end)) {
+    for block in client.pull_range(&args.table, range) {
         let block = block?;
         bar.inc(block.keys.len() as u64);
         for (k, v) in block.keys.iter().zip(block.values.chunks(dim)) {
             match args.format {
                 Format::Word2vecText => {
-                    write!(out, "{}", label(*k)).map_err(io)?;
+                    write!(out, "{}", labels.label(*k)?).map_err(io)?;
                     for x in v {
                         write!(out, " {x}").map_err(io)?;
                     }
                     out.write_all(b"\n").map_err(io)?;
                 }
                 Format::Word2vecBin => {
-                    write!(out, "{} ", label(*k)).map_err(io)?;
+                    write!(out, "{} ", labels.label(*k)?).map_err(io)?;
                     for x in v {
                         out.write_all(&x.to_le_bytes()).map_err(io)?;
                     }
@@ -205,7 +245,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
                 Format::Tsv => {
                     let line: Vec<String> = v.iter().map(|x| x.to_string()).collect();
                     writeln!(out, "{}", line.join("\t")).map_err(io)?;
-                    writeln!(side.as_mut().expect("metadata").1, "{}", label(*k))?;
+                    writeln!(side.as_mut().expect("metadata").1, "{}", labels.label(*k)?)?;
                 }
             }
             rows += 1;

@@ -120,7 +120,8 @@ fn encode(word: &str, count: u64) -> Vec<f32> {
     row
 }
 
-fn decode(row: &[f32]) -> Option<(String, u64)> {
+/// The word and count a vocabulary row holds.
+pub fn decode(row: &[f32]) -> Option<(String, u64)> {
     let count = f32s_to_u64(&row[..4])?;
     let len = row[4] as usize;
     if len > MAX_WORD_BYTES {
