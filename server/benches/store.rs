@@ -351,7 +351,7 @@ fn main() {
 /// Bytes of one stored AdaGrad row of dim `DIM` (header + weights + accumulator).
 const STORED_ROW: usize = 16 + 2 * DIM * 4;
 /// Bytes of one cache slot of such a row.
-const CACHE_SLOT: u64 = (24 + 2 * DIM * 4) as u64;
+const CACHE_SLOT: u64 = (24 + 2 * DIM * 4 + paramdb_server::cache::SLOT_OVERHEAD) as u64;
 
 fn cache_section(tmp: &Path, secs: f64) {
     println!("\n### Hot-row cache\n");

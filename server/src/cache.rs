@@ -37,6 +37,11 @@ const MAGIC: &[u8; 8] = b"PDBCACHE";
 pub const CACHE_FORMAT_VERSION: u32 = 2;
 const HEADER_BYTES: usize = 4096;
 const SLOT_HEADER: usize = 24;
+/// Memory each slot costs besides its bytes in the file: its index entry (about 32 bytes in a
+/// hash table at its load factor), its key (16), reference bit, free-list entry, and a
+/// doorkeeper entry (up to about 34). Counted in the budget, so the budget is what the cache
+/// costs.
+pub const SLOT_OVERHEAD: usize = 96;
 
 /// Cache counters, as the stats call reports them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -199,7 +204,7 @@ impl RowCache {
     fn rebalance(&mut self) -> Result<()> {
         let share = self.share(self.tables.len());
         for t in self.tables.values_mut() {
-            t.resize(share as usize / t.slot_bytes)?;
+            t.resize(share as usize / (t.slot_bytes + SLOT_OVERHEAD))?;
         }
         Ok(())
     }
@@ -326,7 +331,7 @@ impl TableCache {
         let path = dir.join(format!("t{id}.slots"));
         let floats = spec.dim as usize * (1 + spec.rule.state_slots());
         let slot_bytes = (SLOT_HEADER + floats * 4).next_multiple_of(8);
-        let capacity = share as usize / slot_bytes;
+        let capacity = share as usize / (slot_bytes + SLOT_OVERHEAD);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -624,8 +629,9 @@ mod tests {
         }
     }
 
+    /// Budget per slot of the test table: its bytes in the file plus its memory overhead.
     fn slot_bytes() -> u64 {
-        (SLOT_HEADER + 8 * 4) as u64
+        (SLOT_HEADER + 8 * 4 + SLOT_OVERHEAD) as u64
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod error;
 pub mod init;
 pub mod inspect;
 mod le;
+pub mod memory;
 pub mod options;
 mod rocks;
 pub mod row;

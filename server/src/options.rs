@@ -59,6 +59,12 @@ pub struct StoreOptions {
     pub checkpoint_log_bytes: u64,
     /// Checkpoint when the last one is older than this and rows changed since.
     pub checkpoint_interval: Option<Duration>,
+    /// Checkpoint once the rows changed since the last one hold this many bytes (weights,
+    /// optimizer state and row headers); 0 turns the trigger off. This bounds the memory of the
+    /// dirty layer: a checkpoint holds it about three times over (frozen rows, the RocksDB
+    /// batch, the memtable) while new pushes fill the next, and a push that finds twice the
+    /// budget dirty runs the checkpoint itself before it goes on.
+    pub checkpoint_dirty_bytes: u64,
     /// A segment is sealed and a new one started past this size.
     pub max_segment_bytes: u64,
     /// RocksDB block cache.
@@ -80,6 +86,7 @@ impl Default for StoreOptions {
             sync: SyncPolicy::Sync,
             checkpoint_log_bytes: 256 << 20,
             checkpoint_interval: Some(Duration::from_secs(60)),
+            checkpoint_dirty_bytes: 512 << 20,
             max_segment_bytes: 64 << 20,
             block_cache_bytes: 256 << 20,
             cache_bytes: 1 << 30,

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use rocksdb::{
     BlockBasedOptions, BoundColumnFamily, Cache, ColumnFamilyDescriptor, DBCompressionType,
-    DBWithThreadMode, FlushOptions, MultiThreaded, Options, ReadOptions, WriteBatch, WriteOptions,
+    DBWithThreadMode, FlushOptions, MultiThreaded, Options, ReadOptions, WriteBatch,
+    WriteBufferManager, WriteOptions,
 };
 
 use crate::error::{Result, StoreError};
@@ -54,16 +55,27 @@ pub(crate) fn key_from(b: &[u8]) -> Option<u64> {
 }
 
 impl Rocks {
+    /// Options under which RocksDB's memory stays within `block_cache_bytes`: data blocks,
+    /// index and filter blocks, and memtables (through a write buffer manager that charges
+    /// them to the cache) all share the one block cache.
     fn cf_options(block_cache_bytes: usize) -> Options {
         let cache = Cache::new_lru_cache(block_cache_bytes);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
         table.set_bloom_filter(10.0, false);
-        table.set_cache_index_and_filter_blocks(false);
+        // Index and filter blocks grow with the data (about 1% of it): in the cache, they
+        // count against its budget instead of adding to it. Level 0's stay pinned, as they are
+        // consulted on every read.
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         let mut cf_opts = Options::default();
         cf_opts.set_block_based_table_factory(&table);
         // f32 rows are close to incompressible; compression would cost CPU for nothing.
         cf_opts.set_compression_type(DBCompressionType::None);
+        // A buffer size of 0: no flushes of its own (checkpoints flush), only the charging.
+        cf_opts.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager_with_cache(
+            0, false, cache,
+        ));
         cf_opts
     }
 

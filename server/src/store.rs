@@ -81,6 +81,8 @@ pub(crate) type TableRows = FxHashMap<Key, Row>;
 pub(crate) struct State {
     log: LogWriter,
     pub(crate) dirty: Rows,
+    /// Bytes of the rows in `dirty` (`Row::encoded_len` each).
+    dirty_bytes: u64,
     /// Rows of the checkpoint in progress, until RocksDB has them.
     pub(crate) frozen: Option<Arc<Rows>>,
     /// Clean copies of hot rows (see `cache`).
@@ -162,6 +164,8 @@ pub struct StoreStats {
     pub pulls: u64,
     pub rows_pulled: u64,
     pub dirty_rows: usize,
+    /// Bytes the dirty rows hold (see `StoreOptions::checkpoint_dirty_bytes`).
+    pub dirty_bytes: u64,
     pub log_segments: usize,
     pub log_bytes_since_checkpoint: u64,
     pub last_lsn: u64,
@@ -409,6 +413,11 @@ impl Store {
             catalog: RwLock::new(catalog),
             state: Mutex::new(State {
                 log,
+                dirty_bytes: dirty
+                    .values()
+                    .flat_map(|t| t.values())
+                    .map(|r| r.encoded_len() as u64)
+                    .sum(),
                 dirty,
                 frozen: None,
                 cache,
@@ -616,10 +625,11 @@ impl Store {
     pub fn stats(&self) -> StoreStats {
         let s = &self.shared;
         let c = &s.counters;
-        let (dirty_rows, log_segments, log_bytes, last_lsn, checkpoint_lsn, cache) = {
+        let (dirty_rows, dirty_bytes, log_segments, log_bytes, last_lsn, checkpoint_lsn, cache) = {
             let st = s.lock_state();
             (
                 st.dirty.values().map(|t| t.len()).sum(),
+                st.dirty_bytes,
                 st.log.segments().count(),
                 st.log.bytes_appended() - st.log_bytes_at_checkpoint,
                 st.log.last_lsn(),
@@ -640,6 +650,7 @@ impl Store {
             pulls: c.pulls.load(Ordering::Relaxed),
             rows_pulled: c.rows_pulled.load(Ordering::Relaxed),
             dirty_rows,
+            dirty_bytes,
             log_segments,
             log_bytes_since_checkpoint: log_bytes,
             last_lsn,
@@ -907,6 +918,12 @@ impl Shared {
             return Err(StoreError::InvalidSequence { client: client.0 });
         }
         self.check_poisoned()?;
+        let budget = self.opts.checkpoint_dirty_bytes;
+        if budget > 0 && self.lock_state().dirty_bytes >= 2 * budget {
+            // Pushes outran the background checkpoints: write rows back before adding more,
+            // so the dirty layer's memory stays bounded.
+            self.checkpoint()?;
+        }
         let range_keys: Vec<Key>;
         let key_list: &[Key] = match keys {
             PushKeys::List(k) => k,
@@ -978,6 +995,7 @@ impl Shared {
             };
             let frozen = st.frozen.as_ref().and_then(|f| f.get(&t.id));
             let dirty = st.dirty.entry(t.id).or_default();
+            let mut added = 0u64;
             for (i, &k) in key_list.iter().enumerate() {
                 let row = match dirty.entry(k) {
                     Entry::Occupied(o) => o.into_mut(),
@@ -995,6 +1013,7 @@ impl Shared {
                                 .remove(&k)
                                 .unwrap_or_else(|| Row::initial(&t.spec, k)),
                         };
+                        added += base.encoded_len() as u64;
                         v.insert(base)
                     }
                 };
@@ -1003,8 +1022,10 @@ impl Shared {
             if client != ClientId::ANONYMOUS {
                 st.dedup.entry(client.0).or_default().mark(seq);
             }
+            st.dirty_bytes += added;
             let over = st.log.bytes_appended() - st.log_bytes_at_checkpoint
-                >= self.opts.checkpoint_log_bytes;
+                >= self.opts.checkpoint_log_bytes
+                || (budget > 0 && st.dirty_bytes >= budget);
             drop(guard);
             if over {
                 self.wake.notify_all();
@@ -1253,6 +1274,7 @@ impl Shared {
                 }
             }
             let frozen = Arc::new(std::mem::take(&mut st.dirty));
+            st.dirty_bytes = 0;
             st.frozen = Some(frozen.clone());
             (frozen, lsn, st.dedup.clone())
         };
@@ -1382,8 +1404,10 @@ impl Shared {
                 let st = self.lock_state();
                 let changed = st.log.last_lsn() > st.checkpoint_lsn;
                 let bytes = st.log.bytes_appended() - st.log_bytes_at_checkpoint;
+                let budget = self.opts.checkpoint_dirty_bytes;
                 changed
                     && (bytes >= self.opts.checkpoint_log_bytes
+                        || (budget > 0 && st.dirty_bytes >= budget)
                         || self
                             .opts
                             .checkpoint_interval

@@ -98,6 +98,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    paramdb_server::memory::tune_allocator();
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Demo(args) => demo::run(args),

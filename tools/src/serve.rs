@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// RocksDB block cache in bytes.
     #[arg(long, default_value_t = StoreOptions::default().block_cache_bytes)]
     block_cache_bytes: usize,
+    /// Checkpoint once the rows changed since the last one hold this many bytes (bounds the
+    /// memory they take); 0 turns it off.
+    #[arg(long, default_value_t = StoreOptions::default().checkpoint_dirty_bytes)]
+    checkpoint_dirty_bytes: u64,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -72,6 +76,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             sync: args.sync,
             cache_bytes: args.cache_bytes,
             block_cache_bytes: args.block_cache_bytes,
+            checkpoint_dirty_bytes: args.checkpoint_dirty_bytes,
             ..StoreOptions::default()
         },
         limits,

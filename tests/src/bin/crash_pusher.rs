@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
         // Small triggers so kills also land inside checkpoints and segment rotations.
         checkpoint_log_bytes: 96 << 10,
         max_segment_bytes: 32 << 10,
-        cache_bytes: 32 * (24 + DIM as u64 * 4),
+        cache_bytes: 32 * (24 + DIM as u64 * 4 + paramdb_server::cache::SLOT_OVERHEAD as u64),
         ..StoreOptions::default()
     };
     let store = Arc::new(Store::open(dir, opts).context("opening the store")?);

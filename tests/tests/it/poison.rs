@@ -101,3 +101,62 @@ fn background_checkpoint_runs_when_the_log_grows() {
     let s = store.stats();
     assert!(s.checkpoint_lsn > 0 && s.checkpoint_lsn <= s.last_lsn);
 }
+
+#[test]
+fn dirty_rows_stay_within_their_budget() {
+    // Rows of 64 floats under `add`: 16 + 256 = 272 bytes each; the budget is 100 rows.
+    let row_bytes = 272u64;
+    let budget = 100 * row_bytes;
+    let tmp = tempfile::tempdir().unwrap();
+
+    // Without the background thread a push that finds twice the budget dirty checkpoints
+    // first, so the dirty layer never holds more than 2 × budget + one push.
+    let opts = StoreOptions {
+        checkpoint_dirty_bytes: budget,
+        ..manual_opts()
+    };
+    let store = paramdb_server::Store::open(tmp.path().join("inline"), opts.clone()).unwrap();
+    store.create_table(TableSpec::new("t", 64)).unwrap();
+    let mut most = 0;
+    for seq in 1..=200u64 {
+        let keys: Vec<u64> = (seq * 10..seq * 10 + 10).collect();
+        store
+            .push("t", ClientId(1), seq, &keys, &[1.0; 640])
+            .unwrap();
+        let s = store.stats();
+        assert_eq!(s.dirty_bytes, s.dirty_rows as u64 * row_bytes);
+        most = most.max(s.dirty_bytes);
+    }
+    let s = store.stats();
+    assert!(most <= 2 * budget + 10 * row_bytes, "{most} dirty bytes");
+    assert!(s.checkpoints >= 5, "{} checkpoints", s.checkpoints);
+    // Nothing was lost on the way: every row holds its one push.
+    let all: Vec<u64> = (10..2010).collect();
+    assert!(store.pull("t", &all).unwrap().iter().all(|&v| v == 1.0));
+    drop(store);
+
+    // With it, the budget alone triggers a checkpoint (the log trigger is far away).
+    let opts = StoreOptions {
+        background: true,
+        checkpoint_log_bytes: u64::MAX,
+        checkpoint_interval: None,
+        ..opts
+    };
+    let store = paramdb_server::Store::open(tmp.path().join("background"), opts).unwrap();
+    store.create_table(TableSpec::new("t", 64)).unwrap();
+    for seq in 1..=12u64 {
+        let keys: Vec<u64> = (seq * 10..seq * 10 + 10).collect();
+        store
+            .push("t", ClientId(1), seq, &keys, &[1.0; 640])
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.stats().checkpoints == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint within 10 s of 120 dirty rows over a budget of 100"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(store.stats().dirty_bytes < budget);
+}
