@@ -17,10 +17,11 @@ use paramdb_proto::v1::StatsResponse;
 use paramdb_server::verify::VerifyReport;
 use paramdb_server::{KeyRange, ShardReport, Store, StoreOptions, TableSpec};
 use rand::Rng;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::error::ClientError;
 use crate::routing;
-use crate::transport::{LogDump, RowBlock, Shard, ShardAck};
+use crate::transport::{LogDump, RowBlock, Security, Shard, ShardAck};
 
 /// Timeouts, retries and identity.
 #[derive(Clone, Debug)]
@@ -34,6 +35,9 @@ pub struct ClientOptions {
     pub backoff_max: Duration,
     /// Exactly-once identity; random when `None`.
     pub client_id: Option<u64>,
+    /// Bearer token for servers that require one (else the cluster file's `token_file`, else
+    /// `PARAMDB_TOKEN`).
+    pub token: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -45,6 +49,7 @@ impl Default for ClientOptions {
             backoff_initial: Duration::from_millis(20),
             backoff_max: Duration::from_secs(1),
             client_id: None,
+            token: None,
         }
     }
 }
@@ -97,16 +102,69 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// TLS and token settings from the cluster file; the token may also come from
+/// `ClientOptions::token` or the `PARAMDB_TOKEN` environment variable (in that order).
+fn security(map: &ClusterMap, opts: &ClientOptions) -> Result<Security, ClientError> {
+    let read = |p: &Path, what: &str| {
+        std::fs::read(p)
+            .map_err(|e| ClientError::Invalid(format!("reading the {what} {}: {e}", p.display())))
+    };
+    let tls = match &map.tls {
+        None => None,
+        Some(t) => {
+            let mut c = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read(&t.ca, "TLS CA")?));
+            if let Some(d) = &t.domain {
+                c = c.domain_name(d.clone());
+            }
+            match (&t.cert, &t.key) {
+                (Some(cert), Some(key)) => {
+                    c = c.identity(Identity::from_pem(
+                        read(cert, "client certificate")?,
+                        read(key, "client key")?,
+                    ));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(ClientError::Invalid(
+                        "[tls] needs both cert and key for a client certificate".into(),
+                    ))
+                }
+            }
+            Some(c)
+        }
+    };
+    let token = match (&opts.token, &map.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(f)) => Some(
+            String::from_utf8(read(f, "token file")?)
+                .map_err(|_| ClientError::Invalid(format!("{} is not text", f.display())))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => std::env::var("PARAMDB_TOKEN").ok(),
+    };
+    let token = token
+        .map(|t| {
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| ClientError::Invalid("the token is not printable ASCII".into()))
+        })
+        .transpose()?;
+    Ok(Security { tls, token })
+}
+
 impl Client {
     /// A client of the shard servers listed in `map` (connections are made on first use).
     pub fn connect(map: ClusterMap, opts: ClientOptions) -> Result<Client, ClientError> {
         map.validate()
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let security = security(&map, &opts)?;
         let shards = map
             .shards
             .iter()
             .enumerate()
-            .map(|(i, s)| Shard::grpc(i, &s.address, opts.connect_timeout))
+            .map(|(i, s)| Shard::grpc(i, &s.address, opts.connect_timeout, &security))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self::build(map, shards, opts))
     }

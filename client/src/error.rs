@@ -33,10 +33,22 @@ pub enum ClientError {
 
 impl ClientError {
     pub fn status(shard: usize, s: tonic::Status) -> ClientError {
+        // A transport failure says only "transport error"; its causes (refused connection,
+        // an untrusted certificate, …) are in the source chain.
+        let mut message = s.message().to_string();
+        let mut source = std::error::Error::source(&s);
+        while let Some(e) = source {
+            let text = e.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            source = e.source();
+        }
         ClientError::Status {
             shard,
             code: s.code(),
-            message: s.message().to_string(),
+            message,
         }
     }
 

@@ -74,6 +74,7 @@ mod tests {
         };
         ClusterMap {
             shards: vec![e(0, 100), e(100, 250), e(300, 1000)],
+            ..ClusterMap::default()
         }
     }
 

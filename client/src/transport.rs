@@ -16,7 +16,10 @@ use paramdb_server::rpc::status::code_of;
 use paramdb_server::verify::VerifyReport;
 use paramdb_server::wal::dump::RecordInfo;
 use paramdb_server::{ClientId, KeyRange, ShardReport, Store, StoreError, TableSpec};
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::ClientError;
 
@@ -27,6 +30,26 @@ pub struct RowBlock {
     pub keys: Vec<u64>,
     /// `keys.len() × dim` values, row after row.
     pub values: Vec<f32>,
+}
+
+/// TLS and the bearer token for every gRPC shard.
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    pub tls: Option<ClientTlsConfig>,
+    pub token: Option<AsciiMetadataValue>,
+}
+
+/// Adds the bearer token, if any, to every call.
+#[derive(Clone, Debug)]
+pub struct Auth(Option<AsciiMetadataValue>);
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
 }
 
 /// A shard's log records (no values) and its torn or damaged segments.
@@ -60,7 +83,7 @@ impl From<paramdb_server::PushAck> for ShardAck {
 #[derive(Clone, Debug)]
 pub struct GrpcShard {
     index: usize,
-    client: ParamdbClient<Channel>,
+    client: ParamdbClient<InterceptedService<Channel, Auth>>,
 }
 
 #[derive(Clone, Debug)]
@@ -87,25 +110,38 @@ impl Shard {
         index: usize,
         address: &str,
         connect_timeout: Duration,
+        security: &Security,
     ) -> Result<Shard, ClientError> {
+        let scheme = if security.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let uri = if address.contains("://") {
             address.to_string()
         } else {
-            format!("http://{address}")
+            format!("{scheme}://{address}")
         };
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| ClientError::Connect {
-                shard: index,
-                address: address.to_string(),
-                message: e.to_string(),
-            })?
+        let connect_error = |e: &dyn std::fmt::Display| ClientError::Connect {
+            shard: index,
+            address: address.to_string(),
+            message: e.to_string(),
+        };
+        let mut endpoint = Endpoint::from_shared(uri).map_err(|e| connect_error(&e))?;
+        if let Some(tls) = &security.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| connect_error(&e))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .initial_stream_window_size(STREAM_WINDOW);
-        let client = ParamdbClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
+        let client =
+            ParamdbClient::with_interceptor(endpoint.connect_lazy(), Auth(security.token.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE);
         Ok(Shard::Grpc(GrpcShard { index, client }))
     }
 

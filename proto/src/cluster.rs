@@ -12,8 +12,21 @@
 //!
 //! Shards are numbered in file order. Ranges must be non-empty, sorted, and must not overlap;
 //! gaps are allowed (keys in a gap belong to no shard and are refused).
+//!
+//! Servers that require TLS or bearer tokens are reached with, before the shards:
+//!
+//! ```toml
+//! token_file = "paramdb.token"    # the token to send (a file, so it is not in the cluster file)
+//! [tls]
+//! ca = "ca.pem"                   # the CA that signed the servers' certificates
+//! domain = "paramdb"              # the name to expect in them (default: the address's host)
+//! cert = "client.pem"             # a client certificate and key, for mutual TLS
+//! key = "client.key"
+//! ```
+//!
+//! Relative paths are relative to the cluster file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -26,10 +39,28 @@ pub struct ShardEntry {
     pub address: String,
 }
 
-/// The whole cluster file.
+/// How to reach servers that serve TLS.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    pub ca: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+/// The whole cluster file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClusterMap {
+    /// A file holding the bearer token to send with every call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
     #[serde(rename = "shard")]
     pub shards: Vec<ShardEntry>,
 }
@@ -55,13 +86,28 @@ impl ClusterMap {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text).map_err(|e| match e {
+        let mut map = Self::parse(&text).map_err(|e| match e {
             ClusterError::Parse { message, .. } => ClusterError::Parse {
                 path: path.display().to_string(),
                 message,
             },
             other => other,
-        })
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(t) = &mut map.token_file {
+            resolve(t);
+        }
+        if let Some(tls) = &mut map.tls {
+            resolve(&mut tls.ca);
+            tls.cert.as_mut().map(resolve);
+            tls.key.as_mut().map(resolve);
+        }
+        Ok(map)
     }
 
     pub fn parse(text: &str) -> Result<ClusterMap, ClusterError> {
@@ -97,7 +143,10 @@ impl ClusterMap {
                 }
             })
             .collect();
-        ClusterMap { shards }
+        ClusterMap {
+            shards,
+            ..ClusterMap::default()
+        }
     }
 
     pub fn validate(&self) -> Result<(), ClusterError> {

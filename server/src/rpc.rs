@@ -7,6 +7,7 @@
 //! - `serve`: builds the server (health, reflection, limits) on a caller-owned listener and
 //!   shutdown signal, opens the store while reporting NOT_SERVING, and checkpoints on shutdown.
 
+pub mod auth;
 pub mod serve;
 pub mod service;
 pub mod status;

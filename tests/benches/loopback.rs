@@ -167,6 +167,8 @@ fn main() {
             ..StoreOptions::default()
         },
         limits: Limits::default(),
+        tls: None,
+        tokens: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = rt.spawn(paramdb_server::rpc::serve(listener, config, async {

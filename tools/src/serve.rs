@@ -46,6 +46,18 @@ pub struct ServeArgs {
     /// memory they take); 0 turns it off.
     #[arg(long, default_value_t = StoreOptions::default().checkpoint_dirty_bytes)]
     checkpoint_dirty_bytes: u64,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Require bearer tokens, read from this TOML file: `read = ["…"]`, `write = ["…"]`.
+    #[arg(long)]
+    tokens: Option<PathBuf>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -80,6 +92,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             ..StoreOptions::default()
         },
         limits,
+        tls: tls_config(&args)?,
+        tokens: args
+            .tokens
+            .as_deref()
+            .map(paramdb_server::rpc::auth::Tokens::load)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -114,4 +133,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         paramdb_server::rpc::serve(listener, config, shutdown).await?;
         Ok(())
     })
+}
+
+fn read(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
+}
+
+fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let identity =
+        tonic::transport::Identity::from_pem(read(cert, "TLS certificate")?, read(key, "TLS key")?);
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &args.tls_client_ca {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(
+            ca,
+            "client CA",
+        )?));
+    }
+    Ok(Some(tls))
 }

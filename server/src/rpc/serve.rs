@@ -27,6 +27,10 @@ pub struct ServeConfig {
     pub range: KeyRange,
     pub store: StoreOptions,
     pub limits: Limits,
+    /// TLS on the port (with client certificates required when it names a client CA).
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Bearer tokens every request must carry; `None` accepts all.
+    pub tokens: Option<super::auth::Tokens>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +83,7 @@ pub async fn serve(
         config.shard,
         config.range,
         config.limits.clone(),
+        config.tokens.clone(),
     );
     // The service answers RESOURCE_EXHAUSTED above the limit; tonic's own cap is a backstop.
     let hard_cap = config.limits.max_message_bytes.saturating_mul(4);
@@ -91,7 +96,11 @@ pub async fn serve(
     // Windows sized for batches of hundreds of KB, so several in flight do not stall on
     // WINDOW_UPDATE round trips.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = config.tls.clone() {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .max_frame_size(Some(MAX_FRAME))

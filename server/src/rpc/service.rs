@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::auth::{Access, Tokens};
 use super::status::to_status;
 use crate::inspect::{ShardReport, TableReport};
 use crate::store::{Store, StoreStats, TableInfo};
@@ -51,6 +52,8 @@ pub struct ShardService {
     range: KeyRange,
     limits: Limits,
     permits: Arc<Semaphore>,
+    /// Accepted bearer tokens; `None` lets every request through.
+    tokens: Option<Arc<Tokens>>,
 }
 
 impl ShardService {
@@ -59,6 +62,7 @@ impl ShardService {
         shard: u32,
         range: KeyRange,
         limits: Limits,
+        tokens: Option<Tokens>,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(limits.max_concurrent_requests));
         ShardService {
@@ -67,6 +71,14 @@ impl ShardService {
             range,
             limits,
             permits,
+            tokens: tokens.map(Arc::new),
+        }
+    }
+
+    fn authorize(&self, md: &tonic::metadata::MetadataMap, need: Access) -> Result<(), Status> {
+        match &self.tokens {
+            Some(t) => t.check(md, need),
+            None => Ok(()),
         }
     }
 
@@ -394,6 +406,7 @@ impl Paramdb for ShardService {
         &self,
         req: Request<v1::CreateTableRequest>,
     ) -> Result<Response<v1::TableInfo>, Status> {
+        self.authorize(req.metadata(), Access::Write)?;
         let _p = self.permit()?;
         let store = self.store()?;
         let spec = spec_from_wire(
@@ -409,6 +422,7 @@ impl Paramdb for ShardService {
         &self,
         req: Request<v1::DropTableRequest>,
     ) -> Result<Response<v1::DropTableResponse>, Status> {
+        self.authorize(req.metadata(), Access::Write)?;
         let _p = self.permit()?;
         let store = self.store()?;
         let name = req.into_inner().name;
@@ -418,8 +432,9 @@ impl Paramdb for ShardService {
 
     async fn list_tables(
         &self,
-        _req: Request<v1::ListTablesRequest>,
+        req: Request<v1::ListTablesRequest>,
     ) -> Result<Response<v1::ListTablesResponse>, Status> {
+        self.authorize(req.metadata(), Access::Read)?;
         let store = self.store()?;
         let tables = store.list_tables().into_iter().map(info_to_wire).collect();
         Ok(Response::new(v1::ListTablesResponse { tables }))
@@ -429,6 +444,7 @@ impl Paramdb for ShardService {
         &self,
         req: Request<v1::DescribeTableRequest>,
     ) -> Result<Response<v1::TableInfo>, Status> {
+        self.authorize(req.metadata(), Access::Read)?;
         let store = self.store()?;
         let info = store
             .describe_table(&req.into_inner().name)
@@ -440,6 +456,7 @@ impl Paramdb for ShardService {
         &self,
         req: Request<v1::PullRequest>,
     ) -> Result<Response<v1::PullResponse>, Status> {
+        self.authorize(req.metadata(), Access::Read)?;
         let _p = self.permit()?;
         let store = self.store()?;
         let r = req.into_inner();
@@ -460,6 +477,7 @@ impl Paramdb for ShardService {
         &self,
         req: Request<v1::PushRequest>,
     ) -> Result<Response<v1::PushResponse>, Status> {
+        self.authorize(req.metadata(), Access::Write)?;
         let _p = self.permit()?;
         let store = self.store()?;
         let r = req.into_inner();
@@ -481,6 +499,7 @@ impl Paramdb for ShardService {
         &self,
         req: Request<v1::PullRangeRequest>,
     ) -> Result<Response<Self::PullRangeStream>, Status> {
+        self.authorize(req.metadata(), Access::Read)?;
         let permit = self.permit()?;
         let store = self.store()?;
         let r = req.into_inner();
@@ -546,6 +565,7 @@ impl Paramdb for ShardService {
         &self,
         req: Request<v1::PushRangeRequest>,
     ) -> Result<Response<v1::PushResponse>, Status> {
+        self.authorize(req.metadata(), Access::Write)?;
         let _p = self.permit()?;
         let store = self.store()?;
         let r = req.into_inner();
@@ -588,8 +608,9 @@ impl Paramdb for ShardService {
 
     async fn checkpoint(
         &self,
-        _req: Request<v1::CheckpointRequest>,
+        req: Request<v1::CheckpointRequest>,
     ) -> Result<Response<v1::CheckpointResponse>, Status> {
+        self.authorize(req.metadata(), Access::Write)?;
         let _p = self.permit()?;
         let store = self.store()?;
         let info = blocking(move || store.checkpoint()).await?;
@@ -604,6 +625,7 @@ impl Paramdb for ShardService {
         &self,
         req: Request<v1::InspectRequest>,
     ) -> Result<Response<v1::InspectResponse>, Status> {
+        self.authorize(req.metadata(), Access::Read)?;
         let _p = self.permit()?;
         let store = self.store()?;
         let exact = req.into_inner().exact_rows;
@@ -615,8 +637,9 @@ impl Paramdb for ShardService {
 
     async fn compact(
         &self,
-        _req: Request<v1::CompactRequest>,
+        req: Request<v1::CompactRequest>,
     ) -> Result<Response<v1::CompactResponse>, Status> {
+        self.authorize(req.metadata(), Access::Write)?;
         let _p = self.permit()?;
         let store = self.store()?;
         blocking(move || store.compact()).await?;
@@ -625,8 +648,9 @@ impl Paramdb for ShardService {
 
     async fn verify(
         &self,
-        _req: Request<v1::VerifyRequest>,
+        req: Request<v1::VerifyRequest>,
     ) -> Result<Response<v1::VerifyResponse>, Status> {
+        self.authorize(req.metadata(), Access::Read)?;
         let _p = self.permit()?;
         let store = self.store()?;
         let report = blocking(move || store.verify()).await?;
@@ -637,6 +661,7 @@ impl Paramdb for ShardService {
         &self,
         req: Request<v1::LogDumpRequest>,
     ) -> Result<Response<v1::LogDumpResponse>, Status> {
+        self.authorize(req.metadata(), Access::Read)?;
         let _p = self.permit()?;
         let store = self.store()?;
         let r = req.into_inner();
@@ -651,8 +676,9 @@ impl Paramdb for ShardService {
 
     async fn stats(
         &self,
-        _req: Request<v1::StatsRequest>,
+        req: Request<v1::StatsRequest>,
     ) -> Result<Response<v1::StatsResponse>, Status> {
+        self.authorize(req.metadata(), Access::Read)?;
         let store = self.store()?;
         Ok(Response::new(stats_to_wire(
             self.shard,

@@ -66,6 +66,7 @@ fn grpc_three_shards_route_pull_push_and_ranges() {
             range: [0, u64::MAX],
             address: cluster.map.shards[0].address.clone(),
         }],
+        ..ClusterMap::default()
     };
     let stale_client = BlockingClient::connect(stale, ClientOptions::default()).unwrap();
     let err = stale_client
@@ -200,6 +201,7 @@ fn grpc_bad_input_gets_its_status_and_the_server_keeps_serving() {
             range: [0, 1_000_000],
             address: "127.0.0.1:0".into(),
         }],
+        ..ClusterMap::default()
     };
     let cluster = Cluster::start_with(
         map,
@@ -357,6 +359,7 @@ fn grpc_concurrency_limit_refuses_with_resource_exhausted() {
             range: [0, 1_000_000],
             address: "127.0.0.1:0".into(),
         }],
+        ..ClusterMap::default()
     };
     let cluster = Cluster::start_with(map, &["--max-concurrent", "1"]);
     let client = cluster.client();

@@ -13,6 +13,7 @@ mod model;
 mod poison;
 mod process_crash;
 mod python;
+mod security;
 mod tables;
 mod tools;
 mod word2vec;
