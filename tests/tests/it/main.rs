@@ -7,6 +7,7 @@ mod embedded_client;
 mod exactly_once;
 mod fault_crash;
 mod grpc;
+mod kill_loop;
 mod linreg;
 mod log_recovery;
 mod model;
