@@ -409,3 +409,81 @@ fn export_formats_read_back_by_independent_readers() {
         String::from_utf8_lossy(&py.stderr)
     );
 }
+
+/// The word vectors of a model as (word, bits), sorted: for exact comparison.
+fn vector_bits(client: &BlockingClient, model: &str) -> Vec<(String, Vec<u32>)> {
+    let e = export::from_server(client, model).unwrap();
+    let mut v: Vec<(String, Vec<u32>)> = e
+        .words
+        .iter()
+        .zip(e.vectors.chunks(e.dim))
+        .map(|(w, x)| (w.clone(), x.iter().map(|f| f.to_bits()).collect()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A one-worker trainer against a 3-shard cluster; SIGKILLs a shard every `kill_every` while
+/// it runs (cycling through the shards) and restarts it. Returns the model's vector bits and
+/// the kills made.
+fn train_through_kills(
+    corpus: &Path,
+    kill_every: Option<Duration>,
+) -> (Vec<(String, Vec<u32>)>, usize) {
+    let mut cluster = crate::cluster::Cluster::start(3, &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("cluster.toml");
+    std::fs::write(&file, cluster.map.to_toml()).unwrap();
+    let mut trainer = Command::new(paramdb_bin())
+        .args(["train", "word2vec", "--corpus"])
+        .arg(corpus)
+        .arg("--cluster")
+        .arg(&file)
+        .args(["--threads", "1", "--dim", "16", "--epochs", "3"])
+        .args(["--batch-words", "4000", "--quiet"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut kills = 0;
+    if let Some(every) = kill_every {
+        loop {
+            std::thread::sleep(every);
+            if trainer.try_wait().unwrap().is_some() {
+                break;
+            }
+            let i = kills % 3;
+            cluster.kill(i);
+            cluster.restart(i);
+            kills += 1;
+        }
+    }
+    let out = trainer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "trainer failed after {kills} shard kills: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (vector_bits(&cluster.client(), "w2v"), kills)
+}
+
+#[test]
+fn word2vec_survives_shard_crashes_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    synth::topic_corpus(&corpus, 30, 60_000, 10, 5).unwrap();
+    let (calm, _) = train_through_kills(&corpus, None);
+    let (crashed, kills) = train_through_kills(&corpus, Some(Duration::from_millis(300)));
+    assert!(
+        kills >= 2,
+        "training ended before the shards could be killed ({kills} kills)"
+    );
+    assert_eq!(calm.len(), crashed.len());
+    let differing = calm.iter().zip(&crashed).filter(|(a, b)| a != b).count();
+    println!(
+        "word2vec through {kills} shard SIGKILLs: {} word vectors, {differing} differ from an uninterrupted run",
+        calm.len()
+    );
+    assert_eq!(differing, 0);
+}
