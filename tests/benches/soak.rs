@@ -55,6 +55,9 @@ fn log_bytes(wal: &Path) -> u64 {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// One server at one second: RSS bytes, open file descriptors, log bytes.
+type Sample = (u64, u64, u64);
+
 fn main() {
     let secs = arg("--secs", 600);
     let clients = arg("--clients", 16);
@@ -77,8 +80,8 @@ fn main() {
 
     let stop = AtomicBool::new(false);
     let (rows, errors) = (AtomicU64::new(0), AtomicU64::new(0));
-    // Per second: (t, [(rss, fds, log bytes) per server]).
-    let mut samples: Vec<(f64, Vec<(u64, u64, u64)>)> = Vec::new();
+    // Per second: (seconds since the start, a sample per server).
+    let mut samples: Vec<(f64, Vec<Sample>)> = Vec::new();
     let started = Instant::now();
     std::thread::scope(|s| {
         for c in 0..clients {
@@ -114,7 +117,7 @@ fn main() {
         }
         while started.elapsed() < Duration::from_secs(secs) {
             std::thread::sleep(Duration::from_secs(1));
-            let per: Vec<(u64, u64, u64)> = pids
+            let per: Vec<Sample> = pids
                 .iter()
                 .enumerate()
                 .map(|(i, &pid)| {
