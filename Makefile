@@ -31,6 +31,9 @@ bench: deps pydeps
 	$(CARGO) bench -p paramdb-tests --bench linreg
 	$(CARGO) bench -p paramdb-tests --bench export
 	PARAMDB_PYTHON=$(PYTHON) $(CARGO) bench -p paramdb-tests --bench word2vec
+	$(CARGO) bench -p paramdb-server --bench bounded_memory   # needs about 6 GB of free disk
+	$(CARGO) bench -p paramdb-tests --bench soak              # 10 minutes
+	PARAMDB_KILLS=1000 $(CARGO) test --release -p paramdb-tests --test it kill_loop -- --nocapture
 
 lint: deps
 	$(CARGO) fmt --all -- --check
