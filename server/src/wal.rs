@@ -20,5 +20,5 @@ pub mod writer;
 pub mod fault;
 
 pub use format::{Record, RecordKeys, WAL_FORMAT_VERSION};
-pub use fs::{LogFile, LogFs, ReadOnlyFs, StdFs};
+pub use fs::{LogFile, LogFs, ReadOnlyFs, StdFs, SyncJournalFs};
 pub use recovery::{RecoveryMode, RecoveryReport};

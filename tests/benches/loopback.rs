@@ -169,6 +169,7 @@ fn main() {
         limits: Limits::default(),
         tls: None,
         tokens: None,
+        sync_journal: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = rt.spawn(paramdb_server::rpc::serve(listener, config, async {

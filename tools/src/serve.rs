@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// Require bearer tokens, read from this TOML file: `read = ["…"]`, `write = ["…"]`.
     #[arg(long)]
     tokens: Option<PathBuf>,
+    /// Crash testing: journal the log's synced lengths to this file, so a test can cut the
+    /// log back to what a power cut would have left.
+    #[arg(long, hide = true)]
+    sync_journal: Option<PathBuf>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -99,6 +103,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .map(paramdb_server::rpc::auth::Tokens::load)
             .transpose()
             .map_err(anyhow::Error::msg)?,
+        sync_journal: args.sync_journal.clone(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -31,6 +31,8 @@ pub struct ServeConfig {
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     /// Bearer tokens every request must carry; `None` accepts all.
     pub tokens: Option<super::auth::Tokens>,
+    /// Crash testing: journal the log's synced lengths here (see `wal::SyncJournalFs`).
+    pub sync_journal: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +119,16 @@ pub async fn serve(
     let server = tokio::spawn(server);
 
     let (dir, opts, shard) = (config.data_dir.clone(), config.store.clone(), config.shard);
-    let opened = tokio::task::spawn_blocking(move || Store::open(&dir, opts)).await;
+    let journal = config.sync_journal.clone();
+    let opened = tokio::task::spawn_blocking(move || match journal {
+        None => Store::open(&dir, opts),
+        Some(j) => {
+            let fs = crate::wal::SyncJournalFs::new(&j)
+                .map_err(|e| StoreError::io(format!("opening {}", j.display()), e))?;
+            Store::open_with_fs(&dir, opts, Arc::new(fs))
+        }
+    })
+    .await;
     let open_result = match opened {
         Ok(Ok(store)) => {
             let r = store.recovery_report();

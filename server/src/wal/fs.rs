@@ -199,6 +199,107 @@ impl LogFs for ReadOnlyFs {
     }
 }
 
+/// The real file system, noting in a journal how long each log file was at each successful
+/// fsync (`<length> <path>` lines). After a SIGKILL, cutting every segment back to its last
+/// journaled length leaves exactly what a power cut at that moment would have left: how the
+/// cluster's power-loss test makes a killed shard lose its unsynced log tail.
+#[derive(Debug, Clone)]
+pub struct SyncJournalFs {
+    journal: Arc<std::sync::Mutex<File>>,
+}
+
+impl SyncJournalFs {
+    pub fn new(journal: &Path) -> io::Result<SyncJournalFs> {
+        let f = OpenOptions::new().create(true).append(true).open(journal)?;
+        Ok(SyncJournalFs {
+            journal: Arc::new(std::sync::Mutex::new(f)),
+        })
+    }
+
+    fn note(&self, path: &Path, len: u64) -> io::Result<()> {
+        let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        writeln!(j, "{len} {}", path.display())
+    }
+}
+
+#[derive(Debug)]
+struct JournaledFile {
+    file: File,
+    path: PathBuf,
+    fs: SyncJournalFs,
+}
+
+impl LogFile for JournaledFile {
+    fn append(&self, buf: &[u8]) -> io::Result<()> {
+        (&self.file).write_all(buf)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        // The length before the sync: bytes appended while it runs may not be covered.
+        let len = self.file.metadata()?.len();
+        self.file.sync_data()?;
+        self.fs.note(&self.path, len)
+    }
+}
+
+impl LogFs for SyncJournalFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        StdFs.create_dir_all(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        StdFs.list(dir)
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        StdFs.read(path)
+    }
+
+    fn read_into(&self, path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
+        StdFs.read_into(path, buf)
+    }
+
+    fn read_prefix(&self, path: &Path, n: usize) -> io::Result<Vec<u8>> {
+        StdFs.read_prefix(path, n)
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(path)?;
+        self.note(path, 0)?;
+        Ok(Arc::new(JournaledFile {
+            file,
+            path: path.to_path_buf(),
+            fs: self.clone(),
+        }))
+    }
+
+    fn write_new(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        StdFs.write_new(path, data)?;
+        self.note(path, data.len() as u64)
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        StdFs.truncate(path, len)?;
+        self.note(path, len)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        StdFs.rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        StdFs.remove(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        StdFs.sync_dir(dir)
+    }
+}
+
 /// `<dir>/<segment number, 20 digits>.log`: names sort in segment order.
 pub fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:020}.log"))

@@ -12,6 +12,7 @@ mod linreg;
 mod log_recovery;
 mod model;
 mod poison;
+mod power_loss;
 mod process_crash;
 mod python;
 mod security;
