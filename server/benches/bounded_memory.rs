@@ -69,7 +69,7 @@ fn main() {
     let block = arg("--block-mib", 128) << 20;
     let dirty = arg("--dirty-mib", 8) << 20;
     // As `paramdb` does.
-    paramdb_server::memory::tune_allocator();
+    paramdb_server::process::tune_allocator();
     let tmp = tempfile::tempdir().expect("tempdir");
     let opts = StoreOptions {
         sync: SyncPolicy::Interval(Duration::from_millis(10)),

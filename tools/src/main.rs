@@ -98,7 +98,8 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    paramdb_server::memory::tune_allocator();
+    paramdb_server::process::tune_allocator();
+    paramdb_server::process::ignore_file_size_signal();
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Demo(args) => demo::run(args),

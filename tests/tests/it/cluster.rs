@@ -43,6 +43,11 @@ impl Cluster {
         }
     }
 
+    /// Shard `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self._dir.path().join(format!("shard-{i}"))
+    }
+
     /// SIGKILLs shard `i`'s server.
     pub fn kill(&mut self, i: usize) {
         self.procs[i].kill().expect("kill");

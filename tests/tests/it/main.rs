@@ -3,6 +3,7 @@
 mod bad_input;
 mod cluster;
 mod common;
+mod disk_trouble;
 mod embedded_client;
 mod exactly_once;
 mod fault_crash;

@@ -2,8 +2,8 @@
 //! length at the last fsync (journaled by the server's `--sync-journal` file system), which is
 //! what a power cut would have left, and restart. Clients retry failed pushes with the same
 //! sequence number. Under `sync` no acknowledged push may be lost; under `interval=<ms>` the
-//! acknowledged pushes lost must be from the last moments before a cut. Nothing is ever applied
-//! twice.
+//! acknowledged pushes lost must be from the last moments before a cut; under `none` the loss
+//! (everything since the last sealed segment) is reported. Nothing is ever applied twice.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -174,4 +174,18 @@ fn power_cuts_lose_nothing_under_sync_and_only_the_last_interval_otherwise() {
         worst < Duration::from_millis(2 * 200 + 150),
         "a push acknowledged {worst:?} before a cut was lost"
     );
+
+    // `none`: the log is synced only when a segment is sealed (and at checkpoints), so a cut
+    // takes everything since. Reported; nothing may be applied twice.
+    let none = run("none", 6);
+    println!(
+        "power loss, none: {} cuts, {} bytes of unsynced log cut, {} pushes acknowledged, lost {}, duplicated {}",
+        none.cuts,
+        none.bytes_cut,
+        none.acked,
+        none.lost.len(),
+        none.duplicated
+    );
+    assert!(none.bytes_cut > 0, "no cut ever found an unsynced tail");
+    assert_eq!(none.duplicated, 0);
 }
