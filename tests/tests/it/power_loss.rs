@@ -59,8 +59,8 @@ fn run(policy: &str, cuts: usize) -> Outcome {
         .unwrap();
     let next_key = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    // key → when its push was acknowledged.
-    let acked = Arc::new(Mutex::new(HashMap::<u64, Instant>::new()));
+    // key → (when its push was first sent, when the client saw it acknowledged).
+    let acked = Arc::new(Mutex::new(HashMap::<u64, (Instant, Instant)>::new()));
     let clients: Vec<_> = (0..2u64)
         .map(|c| {
             let (map, stop, acked, next_key) = (
@@ -81,6 +81,7 @@ fn run(policy: &str, cuts: usize) -> Outcome {
                 while !stop.load(Ordering::SeqCst) {
                     let k = next_key.fetch_add(1, Ordering::SeqCst);
                     let seq = client.next_seq();
+                    let sent = Instant::now();
                     let deadline = Instant::now() + Duration::from_secs(60);
                     while client.push_with_seq("t", seq, &[k], &[1.0]).is_err() {
                         assert!(
@@ -89,7 +90,7 @@ fn run(policy: &str, cuts: usize) -> Outcome {
                         );
                         std::thread::sleep(Duration::from_millis(5));
                     }
-                    acked.lock().unwrap().insert(k, Instant::now());
+                    acked.lock().unwrap().insert(k, (sent, Instant::now()));
                 }
             })
         })
@@ -119,13 +120,15 @@ fn run(policy: &str, cuts: usize) -> Outcome {
             duplicated += 1;
         }
         if v == 0.0 {
-            if let Some(&at) = acked.get(&k) {
-                // Lost by the first cut after its acknowledgement.
+            if let Some(&(sent, at)) = acked.get(&k) {
+                // Lost by the first cut after it was sent. The client notes the acknowledgement
+                // a moment after the server sent it, so a cut may fall in between: then it was
+                // lost at once (0).
                 let cut = cut_times
                     .iter()
-                    .find(|&&t| t >= at)
-                    .expect("a lost push was acknowledged after the last cut");
-                lost.push((k, *cut - at));
+                    .find(|&&t| t >= sent)
+                    .expect("a push sent after the last cut was lost");
+                lost.push((k, cut.saturating_duration_since(at)));
             }
         }
     }
