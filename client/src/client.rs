@@ -154,6 +154,19 @@ fn security(map: &ClusterMap, opts: &ClientOptions) -> Result<Security, ClientEr
     Ok(Security { tls, token })
 }
 
+/// The shard directories of a data directory: `dir` itself when it is one shard's (it holds
+/// `rocksdb/`), else its `shard-0`, `shard-1`, … as `open_embedded` lays them out; empty when
+/// it is neither.
+pub fn embedded_shard_dirs(dir: &Path) -> Vec<std::path::PathBuf> {
+    if dir.join("rocksdb").is_dir() {
+        return vec![dir.to_path_buf()];
+    }
+    (0..)
+        .map(|i| dir.join(format!("shard-{i}")))
+        .take_while(|d| d.is_dir())
+        .collect()
+}
+
 impl Client {
     /// A client of the shard servers listed in `map` (connections are made on first use).
     pub fn connect(map: ClusterMap, opts: ClientOptions) -> Result<Client, ClientError> {
@@ -235,17 +248,16 @@ impl Client {
                     message: e.to_string(),
                 })
         };
-        if dir.join("rocksdb").is_dir() || !dir.join("shard-0").is_dir() {
-            // One shard (or not a store at all, which the open reports).
-            let map = ClusterMap::even(&["read-only".to_string()]);
-            return Self::embedded(map, vec![open(0, dir)?], opts);
+        let mut dirs = embedded_shard_dirs(dir);
+        if dirs.is_empty() {
+            // Not a store at all: the open says why.
+            dirs.push(dir.to_path_buf());
         }
-        let shards = (0..)
-            .take_while(|i| dir.join(format!("shard-{i}")).is_dir())
-            .count();
-        let names: Vec<String> = (0..shards).map(|i| format!("embedded-{i}")).collect();
-        let stores = (0..shards)
-            .map(|i| open(i, &dir.join(format!("shard-{i}"))))
+        let names: Vec<String> = (0..dirs.len()).map(|i| format!("embedded-{i}")).collect();
+        let stores = dirs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| open(i, d))
             .collect::<Result<Vec<_>, _>>()?;
         Self::embedded(ClusterMap::even(&names), stores, opts)
     }

@@ -16,7 +16,7 @@ pub mod staleness;
 pub mod transport;
 
 pub use blocking::{BlockingClient, BlockingClock, BlockingRows};
-pub use client::{Client, ClientOptions, RowStream};
+pub use client::{embedded_shard_dirs, Client, ClientOptions, RowStream};
 pub use error::ClientError;
 pub use paramdb_proto::cluster::ClusterMap;
 pub use paramdb_server::{Initializer, KeyRange, StoreOptions, SyncPolicy, TableSpec, UpdateRule};

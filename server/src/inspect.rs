@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cache::{CacheStats, CACHE_FORMAT_VERSION};
 use crate::error::Result;
+use crate::rocks::Rocks;
 use crate::row::ROW_FORMAT_VERSION;
 use crate::scan::RangeScan;
 use crate::store::{Store, STORE_FORMAT_VERSION};
@@ -145,6 +146,19 @@ impl Store {
             tables,
         })
     }
+}
+
+/// The ids and names of the tables of the shard in `dir`, from RocksDB alone (opened as a
+/// secondary, so safe beside a server), without replaying the log: for tools that only need
+/// to label tables, such as `log dump`.
+pub fn table_names(dir: &Path) -> Result<Vec<(u32, String)>> {
+    let (rocks, _) = Rocks::open_secondary(&dir.join("rocksdb"), 1 << 20)?;
+    let catalog = crate::store::load_catalog(&rocks)?;
+    Ok(catalog
+        .by_id
+        .values()
+        .map(|t| (t.id, t.spec.name.clone()))
+        .collect())
 }
 
 /// (segments, bytes, highest format version) of the log's segment files. Files a running

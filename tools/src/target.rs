@@ -134,13 +134,7 @@ pub fn shard_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         bail!("{}: no such directory", dir.display());
     }
-    if dir.join("rocksdb").is_dir() {
-        return Ok(vec![dir.to_path_buf()]);
-    }
-    let dirs: Vec<PathBuf> = (0..)
-        .map(|i| dir.join(format!("shard-{i}")))
-        .take_while(|d| d.is_dir())
-        .collect();
+    let dirs = paramdb_client::embedded_shard_dirs(dir);
     if dirs.is_empty() {
         bail!(
             "{} is not a paramdb data directory (no rocksdb/ or shard-0/ inside)",

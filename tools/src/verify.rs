@@ -8,7 +8,6 @@ use std::io::{BufWriter, Write};
 use anyhow::{bail, Context};
 use paramdb_server::verify::verify_dir;
 use paramdb_server::wal::dump::dump;
-use paramdb_server::{Store, StoreOptions};
 use serde_json::json;
 
 use crate::target::{shard_dirs, Target};
@@ -124,16 +123,10 @@ pub fn log_dump(args: LogDumpArgs) -> anyhow::Result<()> {
                 args.shard
             )
         })?;
-        // Table names when the store can be read; ids otherwise (it may be the broken one).
-        let names: HashMap<u32, String> = match Store::open_read_only(dir, StoreOptions::default())
-        {
-            Ok(s) => s
-                .list_tables()
-                .into_iter()
-                .map(|t| (t.id, t.spec.name))
-                .collect(),
-            Err(_) => HashMap::new(),
-        };
+        // Table names when the catalog can be read; ids otherwise (it may be the broken one).
+        let names: HashMap<u32, String> = paramdb_server::inspect::table_names(dir)
+            .map(|v| v.into_iter().collect())
+            .unwrap_or_default();
         let wal = dir.join("wal");
         let dump = dump(&wal, args.from, args.limit as usize)
             .with_context(|| format!("reading {}", wal.display()))?;
