@@ -128,9 +128,12 @@ impl Labels {
             self.block.clear();
             self.pos = 0;
             for (k, row) in block.keys.iter().zip(block.values.chunks(dim)) {
-                let (w, _) = vocab::decode(row)
+                let (w, count) = vocab::decode(row)
                     .with_context(|| format!("vocabulary row {k} does not decode"))?;
-                self.block.push((*k, w));
+                // A zeroed row is a word that fell below the minimum count.
+                if count > 0 {
+                    self.block.push((*k, w));
+                }
             }
         }
     }

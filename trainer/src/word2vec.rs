@@ -4,13 +4,20 @@
 //! Each worker thread reads its own part of the corpus (see `corpus`) and works in minibatches
 //! of about `batch_words` words:
 //!
-//! 1. plan the batch: subsample, draw each position's reduced window, and draw a pool of
+//! 1. plan the batch: look its words up (see below), subsample, draw each position's reduced
+//!    window, and draw a pool of
 //!    `negative_pool` noise words from unigram^0.75 (each training example then takes its
 //!    `negative` negatives uniformly from that pool, so the noise distribution is unchanged in
 //!    expectation while the batch touches a bounded number of output rows);
 //! 2. pull the input rows of the batch's words and the output rows of its targets and pool;
 //! 3. train on those local copies, without locks;
 //! 4. push the deltas (`add` rule), so concurrent workers' updates add up on the servers.
+//!
+//! A trainer's memory does not grow with the vocabulary. Words are identified by their keys
+//! (stable hashes), counts live in the server (`vocab`), and a process holds only the
+//! `cached_words` most frequent words (with their subsampling probabilities) and a fixed-size
+//! noise table. A word outside that cache is looked up in the server, once per batch, and
+//! only when the cache is not the whole vocabulary.
 //!
 //! A model `<m>` is four tables: `<m>.in` (word vectors), `<m>.out` (context vectors),
 //! `<m>.vocab` (see `vocab`) and `<m>.state` (configuration and each worker's position). A
@@ -30,12 +37,13 @@ use std::time::{Duration, Instant};
 use paramdb_client::{BlockingClient, Initializer, TableSpec};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use rustc_hash::FxHashMap;
 
 use crate::corpus::{part_range, PartReader};
 use crate::error::{Result, TrainError};
 use crate::kernel::{axpy, scale, Kernel, SigmoidTable};
-use crate::keys::{f32s_to_u64, u64_to_f32s};
-use crate::vocab::{self, Vocab};
+use crate::keys::{f32s_to_u64, u64_to_f32s, word_key};
+use crate::vocab::{self, NoiseTable};
 
 /// Training configuration (the flags of `paramdb train word2vec`).
 #[derive(Debug, Clone)]
@@ -63,8 +71,14 @@ pub struct Config {
     pub batch_words: usize,
     /// Noise words drawn per minibatch.
     pub negative_pool: usize,
-    /// Most distinct words held while counting before rare ones are pruned.
-    pub max_vocab_entries: usize,
+    /// Most distinct words held in memory while counting; then their counts are added to the
+    /// server and counting goes on with an empty table.
+    pub count_spill_words: usize,
+    /// Most frequent words whose counts a process keeps in memory; other words are looked up
+    /// in the server when a batch meets them.
+    pub cached_words: usize,
+    /// Entries of the unigram^0.75 noise table.
+    pub noise_table: usize,
     pub seed: u64,
     /// How often each worker records its position.
     pub checkpoint_secs: f64,
@@ -89,7 +103,9 @@ impl Default for Config {
             init_wait: Duration::from_secs(1800),
             batch_words: 50_000,
             negative_pool: 8192,
-            max_vocab_entries: 30_000_000,
+            count_spill_words: 1 << 20,
+            cached_words: 1 << 20,
+            noise_table: 1 << 22,
             seed: 1,
             checkpoint_secs: 10.0,
         }
@@ -264,7 +280,7 @@ pub fn train(
         .map(|t| 1 + (first_part + t) as u64)
         .collect();
 
-    let (vocab, meta, positions, resumed) = match existing {
+    let (summary, meta, positions, resumed) = match existing {
         Some(meta) => {
             let want = Meta {
                 threads: cfg.threads as u64,
@@ -291,7 +307,8 @@ pub fn train(
                     ),
                 });
             }
-            let vocab = vocab::load(client, &cfg.model)?;
+            // Words below the minimum count were zeroed when the model was created.
+            let summary = vocab::summarize(client, &cfg.model, 1, cfg.cached_words)?;
             let rows = client.pull(&state_t, &my_keys)?;
             let positions: Vec<Position> = rows
                 .chunks(STATE_DIM)
@@ -302,7 +319,7 @@ pub fn train(
                     })
                 })
                 .collect::<Result<_>>()?;
-            (vocab, meta, positions, true)
+            (summary, meta, positions, true)
         }
         None => {
             // Tables left by a run that died before recording its configuration.
@@ -316,9 +333,16 @@ pub fn train(
                     client.drop_table(&t)?;
                 }
             }
-            let counts = vocab::count(corpus, cfg.max_vocab_entries)?;
-            let vocab = Vocab::from_counts(counts, cfg.min_count);
-            if vocab.is_empty() {
+            let counted = vocab::count_into(client, &cfg.model, corpus, cfg.count_spill_words)?;
+            let summary =
+                vocab::summarize(client, &cfg.model, cfg.min_count.max(1), cfg.cached_words)?;
+            tracing::info!(
+                tokens = counted.tokens,
+                spills = counted.spills,
+                words = summary.words,
+                "counted the vocabulary"
+            );
+            if summary.words == 0 {
                 return Err(TrainError::Invalid(format!(
                     "no word of {} occurs at least {} times",
                     corpus.display(),
@@ -335,13 +359,12 @@ pub fn train(
                     .with_seed(cfg.seed),
             )?;
             client.create_table(TableSpec::new(out_table(&cfg.model), cfg.dim))?;
-            vocab::store(client, &cfg.model, &vocab)?;
             client.create_table(TableSpec::new(&state_t, STATE_DIM as u32))?;
             let meta = Meta {
                 threads: cfg.threads as u64,
                 epochs: cfg.epochs as u64,
                 corpus_len,
-                train_words: vocab.total(),
+                train_words: summary.total,
                 processes: cfg.processes as u64,
             };
             // Every process's parts start at their beginning.
@@ -359,7 +382,7 @@ pub fn train(
             client.push(&state_t, &[META_KEY], &meta.encode())?;
             client.checkpoint()?;
             let mine = all[first_part..first_part + cfg.threads].to_vec();
-            (vocab, meta, mine, false)
+            (summary, meta, mine, false)
         }
     };
 
@@ -367,7 +390,7 @@ pub fn train(
     let words_total = meta.train_words * meta.epochs * cfg.threads as u64 / parts as u64;
     let done_before: u64 = positions.iter().map(|p| p.words).sum();
     let mut report = Report {
-        vocab_size: vocab.len(),
+        vocab_size: summary.words as usize,
         train_words: meta.train_words,
         resumed_from: resumed.then(|| done_before as f64 / words_total.max(1) as f64),
         ..Report::default()
@@ -377,14 +400,21 @@ pub fn train(
         return Ok(report);
     }
 
+    let noise = vocab::noise_table(client, &cfg.model, &summary, cfg.noise_table)?;
+    let complete = summary.complete();
+    let known = summary
+        .top
+        .into_iter()
+        .map(|(k, c)| (k, keep_probability(c, meta.train_words, cfg.sample)))
+        .collect();
     let shared = Shared {
         cfg,
         corpus,
         corpus_len,
-        vocab: &vocab,
-        keys: vocab.keys(),
-        keep: keep_probabilities(&vocab, cfg.sample),
-        noise: Alias::new(&vocab.counts),
+        train_words: meta.train_words,
+        known,
+        complete,
+        noise,
         words_total,
         words_done: AtomicU64::new(done_before),
         loss: Mutex::new((0.0, 0)),
@@ -462,70 +492,28 @@ fn validate(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Probability of keeping each word under frequent-word subsampling (word2vec's formula).
-fn keep_probabilities(vocab: &Vocab, sample: f64) -> Vec<f32> {
-    let total = vocab.total() as f64;
-    vocab
-        .counts
-        .iter()
-        .map(|&c| {
-            if sample <= 0.0 {
-                return 1.0;
-            }
-            let t = sample * total;
-            let c = c as f64;
-            (((c / t).sqrt() + 1.0) * t / c).min(1.0) as f32
-        })
-        .collect()
-}
-
-/// Walker's alias table: O(1) draws of word `i` with probability ∝ count^0.75.
-#[derive(Debug)]
-struct Alias {
-    prob: Vec<f32>,
-    alias: Vec<u32>,
-}
-
-impl Alias {
-    fn new(counts: &[u64]) -> Alias {
-        let n = counts.len();
-        let w: Vec<f64> = counts.iter().map(|&c| (c as f64).powf(0.75)).collect();
-        let sum: f64 = w.iter().sum();
-        let mut scaled: Vec<f64> = w.iter().map(|x| x * n as f64 / sum).collect();
-        let (mut small, mut large): (Vec<usize>, Vec<usize>) =
-            (0..n).partition(|&i| scaled[i] < 1.0);
-        let mut prob = vec![1.0f32; n];
-        let mut alias: Vec<u32> = (0..n as u32).collect();
-        while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
-            prob[s] = scaled[s] as f32;
-            alias[s] = l as u32;
-            scaled[l] -= 1.0 - scaled[s];
-            if scaled[l] < 1.0 {
-                large.pop();
-                small.push(l);
-            }
-        }
-        Alias { prob, alias }
+/// Probability of keeping a word seen `count` times in `total` under frequent-word subsampling
+/// (word2vec's formula).
+fn keep_probability(count: u64, total: u64, sample: f64) -> f32 {
+    if sample <= 0.0 {
+        return 1.0;
     }
-
-    fn sample(&self, rng: &mut SmallRng) -> u32 {
-        let i = rng.random_range(0..self.prob.len());
-        if rng.random::<f32>() < self.prob[i] {
-            i as u32
-        } else {
-            self.alias[i]
-        }
-    }
+    let t = sample * total as f64;
+    let c = count as f64;
+    (((c / t).sqrt() + 1.0) * t / c).min(1.0) as f32
 }
 
 struct Shared<'a> {
     cfg: &'a Config,
     corpus: &'a Path,
     corpus_len: u64,
-    vocab: &'a Vocab,
-    keys: Vec<u64>,
-    keep: Vec<f32>,
-    noise: Alias,
+    /// Words one epoch trains on (over every process).
+    train_words: u64,
+    /// The most frequent words: key → probability of keeping it under subsampling.
+    known: FxHashMap<u64, f32>,
+    /// `known` is the whole vocabulary: a word not in it is not trained on.
+    complete: bool,
+    noise: NoiseTable,
     words_total: u64,
     words_done: AtomicU64,
     loss: Mutex<(f64, u64)>,
@@ -551,75 +539,51 @@ impl Shared<'_> {
             loss: if n == 0 { f64::NAN } else { sum / n as f64 },
             words_per_sec: (words_done - done_before) as f64
                 / started.elapsed().as_secs_f64().max(1e-9),
-            epoch: (words_done / self.vocab.total().max(1)) as u32,
+            epoch: (words_done / self.train_words.max(1)) as u32,
         }
     }
 }
 
-/// Rows of one minibatch: global word index → local slot, and the pulled values.
+/// Rows of one minibatch: word key → local slot, and the pulled values.
 #[derive(Default)]
 struct LocalRows {
-    slot: Vec<u32>,
-    words: Vec<u32>,
+    slot: FxHashMap<u64, u32>,
+    keys: Vec<u64>,
     values: Vec<f32>,
     pulled: Vec<f32>,
 }
 
 impl LocalRows {
-    fn new(vocab: usize) -> Self {
-        LocalRows {
-            slot: vec![u32::MAX; vocab],
-            ..Default::default()
-        }
+    fn local(&mut self, key: u64) -> u32 {
+        let keys = &mut self.keys;
+        *self.slot.entry(key).or_insert_with(|| {
+            keys.push(key);
+            keys.len() as u32 - 1
+        })
     }
 
-    fn local(&mut self, word: u32) -> u32 {
-        let s = &mut self.slot[word as usize];
-        if *s == u32::MAX {
-            *s = self.words.len() as u32;
-            self.words.push(word);
-        }
-        *s
-    }
-
-    fn pull(
-        &mut self,
-        client: &BlockingClient,
-        table: &str,
-        keys: &[u64],
-        dim: usize,
-    ) -> Result<()> {
+    fn pull(&mut self, client: &BlockingClient, table: &str, dim: usize) -> Result<()> {
         self.values.clear();
-        for chunk in self.words.chunks(PULL_CHUNK) {
-            let k: Vec<u64> = chunk.iter().map(|&w| keys[w as usize]).collect();
-            self.values.extend(client.pull(table, &k)?);
+        for chunk in self.keys.chunks(PULL_CHUNK) {
+            self.values.extend(client.pull(table, chunk)?);
         }
-        debug_assert_eq!(self.values.len(), self.words.len() * dim);
+        debug_assert_eq!(self.values.len(), self.keys.len() * dim);
         self.pulled.clear();
         self.pulled.extend_from_slice(&self.values);
         Ok(())
     }
 
     /// Pushes `values − pulled` and forgets the batch.
-    fn push_deltas(
-        &mut self,
-        client: &BlockingClient,
-        table: &str,
-        keys: &[u64],
-        dim: usize,
-    ) -> Result<()> {
+    fn push_deltas(&mut self, client: &BlockingClient, table: &str, dim: usize) -> Result<()> {
         for (v, p) in self.values.iter_mut().zip(&self.pulled) {
             *v -= p;
         }
-        for (i, chunk) in self.words.chunks(PULL_CHUNK).enumerate() {
-            let k: Vec<u64> = chunk.iter().map(|&w| keys[w as usize]).collect();
+        for (i, chunk) in self.keys.chunks(PULL_CHUNK).enumerate() {
             let from = i * PULL_CHUNK * dim;
-            client.push(table, &k, &self.values[from..from + k.len() * dim])?;
+            client.push(table, chunk, &self.values[from..from + chunk.len() * dim])?;
         }
-        for &w in &self.words {
-            self.slot[w as usize] = u32::MAX;
-        }
-        self.words.clear();
+        self.slot.clear();
+        self.keys.clear();
         Ok(())
     }
 }
@@ -649,8 +613,8 @@ impl<'a> Worker<'a> {
             part,
             pos,
             rng: SmallRng::seed_from_u64(seed),
-            inputs: LocalRows::new(s.vocab.len()),
-            outputs: LocalRows::new(s.vocab.len()),
+            inputs: LocalRows::default(),
+            outputs: LocalRows::default(),
         }
     }
 
@@ -704,27 +668,53 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    /// Reads about `batch_words` in-vocabulary words: sentences of vocabulary indices after
+    /// Reads lines until about `batch_words` candidate words: sentences of word keys after
     /// subsampling, the number of in-vocabulary words read, and whether the part goes on.
-    fn read_batch(&mut self, reader: &mut PartReader) -> Result<(Vec<Vec<u32>>, u64, bool)> {
+    fn read_batch(&mut self, reader: &mut PartReader) -> Result<(Vec<Vec<u64>>, u64, bool)> {
+        let s = self.s;
+        // Candidate keys of each line (flat, with line ends), and the words the cache of
+        // frequent words does not know: key → keep probability, 0 when not in the vocabulary.
+        let (mut keys, mut ends) = (Vec::new(), Vec::new());
+        let mut unknown: FxHashMap<u64, f32> = FxHashMap::default();
+        let mut more = true;
+        while keys.len() < s.cfg.batch_words {
+            let Some(line) = reader.next_line()? else {
+                more = false;
+                break;
+            };
+            for w in line.split_whitespace().filter(|w| vocab::acceptable(w)) {
+                let k = word_key(w);
+                if !s.known.contains_key(&k) {
+                    if s.complete {
+                        continue;
+                    }
+                    unknown.insert(k, 0.0);
+                }
+                keys.push(k);
+            }
+            ends.push(keys.len());
+        }
+        if !unknown.is_empty() {
+            self.look_up(&mut unknown)?;
+        }
         let mut sentences = Vec::new();
         let mut seen = 0u64;
-        while (seen as usize) < self.s.cfg.batch_words {
-            let Some(line) = reader.next_line()? else {
-                return Ok((sentences, seen, false));
-            };
+        let mut from = 0;
+        for end in ends {
             let mut sent = Vec::new();
-            for w in line.split_whitespace() {
-                let Some(i) = self.s.vocab.get(w) else {
-                    continue;
+            for &k in &keys[from..end] {
+                let keep = match s.known.get(&k) {
+                    Some(&p) => p,
+                    None => match unknown.get(&k) {
+                        Some(&p) if p > 0.0 => p,
+                        _ => continue,
+                    },
                 };
                 seen += 1;
-                if self.s.keep[i as usize] < 1.0
-                    && self.s.keep[i as usize] < self.rng.random::<f32>()
-                {
+                if keep < 1.0 && keep < self.rng.random::<f32>() {
                     continue;
                 }
-                sent.push(i);
+                sent.push(k);
                 if sent.len() == MAX_SENTENCE {
                     sentences.push(std::mem::take(&mut sent));
                 }
@@ -732,11 +722,35 @@ impl<'a> Worker<'a> {
             if sent.len() > 1 {
                 sentences.push(sent);
             }
+            from = end;
         }
-        Ok((sentences, seen, true))
+        Ok((sentences, seen, more))
     }
 
-    fn train_batch(&mut self, sentences: &[Vec<u32>]) -> Result<()> {
+    /// Sets the keep probability of each word in `words` from its count in the server (0 for
+    /// words not in the vocabulary).
+    fn look_up(&mut self, words: &mut FxHashMap<u64, f32>) -> Result<()> {
+        let t = vocab::table(&self.s.cfg.model);
+        let keys: Vec<u64> = words.keys().copied().collect();
+        for chunk in keys.chunks(PULL_CHUNK) {
+            let rows = self.client.pull(&t, chunk)?;
+            for (k, row) in chunk.iter().zip(rows.chunks(vocab::VOCAB_DIM as usize)) {
+                let count = vocab::decode_count(row).ok_or_else(|| TrainError::Mismatch {
+                    model: self.s.cfg.model.clone(),
+                    reason: format!("vocabulary row {k} does not decode"),
+                })?;
+                if count > 0 {
+                    words.insert(
+                        *k,
+                        keep_probability(count, self.s.train_words, self.s.cfg.sample),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn train_batch(&mut self, sentences: &[Vec<u64>]) -> Result<()> {
         let cfg = self.s.cfg;
         let dim = cfg.dim as usize;
         let alpha = self.s.alpha();
@@ -757,8 +771,8 @@ impl<'a> Worker<'a> {
             .collect();
         let in_t = in_table(&cfg.model);
         let out_t = out_table(&cfg.model);
-        self.inputs.pull(self.client, &in_t, &self.s.keys, dim)?;
-        self.outputs.pull(self.client, &out_t, &self.s.keys, dim)?;
+        self.inputs.pull(self.client, &in_t, dim)?;
+        self.outputs.pull(self.client, &out_t, dim)?;
 
         let sig = &self.s.sigmoid;
         let (win, out) = (&mut self.inputs.values, &mut self.outputs.values);
@@ -830,10 +844,8 @@ impl<'a> Worker<'a> {
             l.0 += loss;
             l.1 += examples;
         }
-        self.inputs
-            .push_deltas(self.client, &in_t, &self.s.keys, dim)?;
-        self.outputs
-            .push_deltas(self.client, &out_t, &self.s.keys, dim)?;
+        self.inputs.push_deltas(self.client, &in_t, dim)?;
+        self.outputs.push_deltas(self.client, &out_t, dim)?;
         Ok(())
     }
 }
@@ -843,22 +855,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn alias_table_draws_in_proportion_to_count_to_the_three_quarters() {
-        let counts = [1000u64, 100, 10, 1];
-        let a = Alias::new(&counts);
-        let mut rng = SmallRng::seed_from_u64(1);
-        let mut seen = [0u64; 4];
-        let n = 400_000;
-        for _ in 0..n {
-            seen[a.sample(&mut rng) as usize] += 1;
-        }
-        let w: Vec<f64> = counts.iter().map(|&c| (c as f64).powf(0.75)).collect();
-        let sum: f64 = w.iter().sum();
-        for i in 0..4 {
-            let want = w[i] / sum;
-            let got = seen[i] as f64 / n as f64;
-            assert!((got - want).abs() < 0.01, "word {i}: {got} vs {want}");
-        }
+    fn subsampling_keeps_rare_words_and_thins_frequent_ones() {
+        assert_eq!(keep_probability(10, 1_000_000, 1e-3), 1.0);
+        let p = keep_probability(100_000, 1_000_000, 1e-3);
+        assert!((p - 0.1 - 0.01).abs() < 1e-6, "{p}");
+        assert_eq!(keep_probability(100_000, 1_000_000, 0.0), 1.0);
     }
 
     #[test]
