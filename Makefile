@@ -31,6 +31,7 @@ bench: deps pydeps
 	$(CARGO) bench -p paramdb-tests --bench linreg
 	$(CARGO) bench -p paramdb-tests --bench export
 	PARAMDB_PYTHON=$(PYTHON) $(CARGO) bench -p paramdb-tests --bench word2vec
+	$(CARGO) bench -p paramdb-tests --bench vocab_scale -- --sizes 1000000,3000000,10000000   # about 8 GB of free disk
 	$(CARGO) bench -p paramdb-server --bench bounded_memory   # needs about 6 GB of free disk
 	$(CARGO) bench -p paramdb-tests --bench soak              # 10 minutes
 	PARAMDB_KILLS=1000 $(CARGO) test --release -p paramdb-tests --test it kill_loop -- --nocapture
@@ -46,8 +47,11 @@ deps:
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev protobuf-compiler >/dev/null; \
 	fi
 
-# A virtual environment with the gRPC Python packages the tests use (from PyPI).
+# A virtual environment with the Python packages the tests use (from PyPI), and paramdb's own
+# Python client (client/python) installed into it with pip, rebuilt each run so its stubs
+# match proto/.
 pydeps:
 	@[ -x $(PYTHON) ] || python3 -m venv $(VENV)
-	@$(PYTHON) -c "import grpc_tools, grpc_health, grpc_reflection, gensim, safetensors" 2>/dev/null || \
-		$(PYTHON) -m pip install -q grpcio grpcio-tools grpcio-health-checking grpcio-reflection gensim safetensors
+	@$(PYTHON) -c "import grpc_tools, grpc_health, grpc_reflection, gensim, safetensors, kubernetes_validate, setuptools" 2>/dev/null || \
+		$(PYTHON) -m pip install -q grpcio grpcio-tools grpcio-health-checking grpcio-reflection gensim safetensors kubernetes-validate setuptools
+	@$(PYTHON) -m pip install -q --no-build-isolation ./client/python

@@ -8,9 +8,10 @@
 //!   shutdown signal, opens the store while reporting NOT_SERVING, and checkpoints on shutdown.
 
 pub mod auth;
+pub mod metrics;
 pub mod serve;
 pub mod service;
 pub mod status;
 
-pub use serve::{serve, ServeConfig, ServeError};
+pub use serve::{serve, serve_with_metrics, ServeConfig, ServeError};
 pub use service::Limits;

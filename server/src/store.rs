@@ -173,6 +173,10 @@ pub struct StoreStats {
     pub checkpoint_lsn: u64,
     pub checkpoints: u64,
     pub fsyncs: u64,
+    /// Log bytes written since the store was opened.
+    pub log_bytes_written: u64,
+    /// Time since the last checkpoint (or since the store was opened).
+    pub checkpoint_age: std::time::Duration,
     pub poisoned: Option<String>,
     pub cache: CacheStats,
 }
@@ -625,18 +629,18 @@ impl Store {
     pub fn stats(&self) -> StoreStats {
         let s = &self.shared;
         let c = &s.counters;
-        let (dirty_rows, dirty_bytes, log_segments, log_bytes, last_lsn, checkpoint_lsn, cache) = {
-            let st = s.lock_state();
-            (
-                st.dirty.values().map(|t| t.len()).sum(),
-                st.dirty_bytes,
-                st.log.segments().count(),
-                st.log.bytes_appended() - st.log_bytes_at_checkpoint,
-                st.log.last_lsn(),
-                st.checkpoint_lsn,
-                st.cache.stats(),
-            )
-        };
+        let st = s.lock_state();
+        let dirty_rows = st.dirty.values().map(|t| t.len()).sum();
+        let (dirty_bytes, log_segments, log_bytes_written) = (
+            st.dirty_bytes,
+            st.log.segments().count(),
+            st.log.bytes_appended(),
+        );
+        let log_bytes = log_bytes_written - st.log_bytes_at_checkpoint;
+        let (last_lsn, checkpoint_lsn, cache) =
+            (st.log.last_lsn(), st.checkpoint_lsn, st.cache.stats());
+        let checkpoint_age = st.last_checkpoint.elapsed();
+        drop(st);
         StoreStats {
             tables: s
                 .catalog
@@ -658,6 +662,8 @@ impl Store {
             checkpoint_lsn,
             checkpoints: c.checkpoints.load(Ordering::Relaxed),
             fsyncs: c.fsyncs.load(Ordering::Relaxed),
+            log_bytes_written,
+            checkpoint_age,
             poisoned: s.poison_reason(),
             cache,
         }
@@ -819,7 +825,10 @@ impl Shared {
                 let st = self.lock_state();
                 (st.log.file(), st.log.last_lsn())
             };
+            let started = Instant::now();
             let r = file.sync();
+            // A no-op unless the binary installed a recorder (`paramdb serve --metrics-listen`).
+            metrics::histogram!("paramdb_fsync_duration_seconds").record(started.elapsed());
             self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
             g = self.dur.lock().unwrap_or_else(|e| e.into_inner());
             g.syncing = false;

@@ -25,6 +25,12 @@ pub struct DemoArgs {
     sentences: usize,
     #[arg(long, default_value_t = 5)]
     epochs: u32,
+    /// Train through a running cluster (its cluster file) instead of 2 embedded shards.
+    #[arg(long)]
+    cluster: Option<PathBuf>,
+    /// Model name (the prefix of its tables).
+    #[arg(long, default_value = "demo")]
+    model: String,
 }
 
 const PER_TOPIC: usize = 40;
@@ -47,15 +53,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let target = Target {
         data_dir: dir.join("shards"),
         shards: 2,
-        cluster: None,
+        cluster: args.cluster.clone(),
     };
-    println!(
-        "training skip-gram (dim 50, window 5, negative 5) against 2 embedded shards in {}",
-        target.data_dir.display()
-    );
+    let against = match &args.cluster {
+        Some(f) => format!("the cluster in {}", f.display()),
+        None => format!("2 embedded shards in {}", target.data_dir.display()),
+    };
+    println!("training skip-gram (dim 50, window 5, negative 5) against {against}");
     let train = Word2VecArgs {
         corpus: corpus.clone(),
-        model: "demo".into(),
+        model: args.model.clone(),
         dim: 50,
         window: 5,
         negative: 5,
@@ -78,7 +85,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     crate::train::word2vec(train)?;
 
     let client = target.connect()?;
-    let e = export::from_server(&client, "demo")?;
+    let e = export::from_server(&client, &args.model)?;
     let index = Index::new(&e, usize::MAX);
     for name in TOPICS.iter().take(3) {
         let w = format!("{name}0");
@@ -101,10 +108,18 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             if binary { "binary" } else { "text" }
         );
     }
-    println!(
-        "try: paramdb neighbours fruit3 --model demo --data-dir {} --shards 2",
-        target.data_dir.display()
-    );
+    match &args.cluster {
+        Some(f) => println!(
+            "try: paramdb neighbours fruit3 --model {} --cluster {}",
+            args.model,
+            f.display()
+        ),
+        None => println!(
+            "try: paramdb neighbours fruit3 --model {} --data-dir {} --shards 2",
+            args.model,
+            target.data_dir.display()
+        ),
+    }
     if frac < 0.8 {
         bail!(
             "the planted structure was not learned ({:.1}% < 80%)",

@@ -23,6 +23,10 @@ use clap::{Parser, Subcommand};
     about = "paramdb: a sharded parameter database"
 )]
 struct Cli {
+    /// Log lines on stderr as text or as JSON objects (levels and targets filtered with
+    /// RUST_LOG, e.g. `RUST_LOG=paramdb_server=info`).
+    #[arg(long, global = true, env = "PARAMDB_LOG_FORMAT", value_enum)]
+    log_format: Option<serve::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -89,18 +93,27 @@ enum TrainCommand {
     Linreg(train::LinregArgs),
 }
 
+fn init_logging(format: serve::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        serve::LogFormat::Json => fmt.json().init(),
+        serve::LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     paramdb_server::process::tune_allocator();
     paramdb_server::process::ignore_file_size_signal();
     let cli = Cli::parse();
+    // A server's log format can also come from its configuration file: it starts logging
+    // once that is read.
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logging(cli.log_format.unwrap_or_default());
+    }
     let r = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Train(TrainCommand::Word2vec(args)) => train::word2vec(args),
@@ -116,7 +129,10 @@ fn main() -> std::process::ExitCode {
         Command::Checkpoint(args) => inspect::checkpoint(args),
         Command::Compact(args) => inspect::compact(args),
         Command::CrashDemo(args) => crash_demo::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::resolve(args, cli.log_format).and_then(|r| {
+            init_logging(r.log_format());
+            serve::run(r)
+        }),
         Command::DemoPusher {
             data_dir,
             start_seq,

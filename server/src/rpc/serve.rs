@@ -51,11 +51,31 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("building the reflection service: {0}")]
     Reflection(String),
+    #[error("starting the metrics recorder: {0}")]
+    Metrics(String),
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Serves one shard on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    serve_with_metrics(listener, None, config, shutdown).await
+}
+
+/// Like `serve`, with Prometheus metrics on `metrics` (`GET /metrics`) if given.
+pub async fn serve_with_metrics(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -80,6 +100,20 @@ pub async fn serve(
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
     let cell: Arc<OnceLock<Arc<Store>>> = Arc::new(OnceLock::new());
+    let metrics_task = match metrics {
+        Some(l) => {
+            let handle = super::metrics::recorder().map_err(ServeError::Metrics)?;
+            Some(tokio::spawn(super::metrics::serve(
+                l,
+                handle,
+                config.shard,
+                cell.clone(),
+            )))
+        }
+        None => None,
+    };
+    // Aborts the metrics endpoint however `serve` returns.
+    let _metrics_task = metrics_task.map(AbortOnDrop);
     let service = ShardService::new(
         cell.clone(),
         config.shard,
@@ -106,6 +140,7 @@ pub async fn serve(
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .max_frame_size(Some(MAX_FRAME))
+        .layer(super::metrics::MetricsLayer)
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)

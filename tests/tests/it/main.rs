@@ -12,6 +12,8 @@ mod kill_loop;
 mod linreg;
 mod log_recovery;
 mod model;
+mod multihost;
+mod ops;
 mod poison;
 mod power_loss;
 mod process_crash;
