@@ -55,11 +55,24 @@ pub enum ServeError {
     Metrics(String),
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// The metrics endpoint's task: aborted when dropped (an early return), or stopped and
+/// awaited so that its hold on the store is gone before the store is closed.
+struct MetricsTask(Option<tokio::task::JoinHandle<()>>);
 
-impl Drop for AbortOnDrop {
+impl MetricsTask {
+    async fn stop(mut self) {
+        if let Some(t) = self.0.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for MetricsTask {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
     }
 }
 
@@ -100,7 +113,7 @@ pub async fn serve_with_metrics(
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
     let cell: Arc<OnceLock<Arc<Store>>> = Arc::new(OnceLock::new());
-    let metrics_task = match metrics {
+    let metrics_task = MetricsTask(match metrics {
         Some(l) => {
             let handle = super::metrics::recorder().map_err(ServeError::Metrics)?;
             Some(tokio::spawn(super::metrics::serve(
@@ -111,9 +124,7 @@ pub async fn serve_with_metrics(
             )))
         }
         None => None,
-    };
-    // Aborts the metrics endpoint however `serve` returns.
-    let _metrics_task = metrics_task.map(AbortOnDrop);
+    });
     let service = ShardService::new(
         cell.clone(),
         config.shard,
@@ -205,7 +216,10 @@ pub async fn serve_with_metrics(
     served?;
 
     // In-flight calls are done; range streams may still hold the store for a moment.
-    let store = Arc::try_unwrap(cell).ok().and_then(|c| c.into_inner());
+    metrics_task.stop().await;
+    // Whoever else still holds the cell, the store itself is closed (shared if need be).
+    let store = cell.get().cloned();
+    drop(cell);
     match store.map(Arc::try_unwrap) {
         Some(Ok(store)) => store.close().map_err(ServeError::Close)?,
         Some(Err(shared)) => {
