@@ -672,9 +672,10 @@ impl<'a> Worker<'a> {
     /// subsampling, the number of in-vocabulary words read, and whether the part goes on.
     fn read_batch(&mut self, reader: &mut PartReader) -> Result<(Vec<Vec<u64>>, u64, bool)> {
         let s = self.s;
-        // Candidate keys of each line (flat, with line ends), and the words the cache of
-        // frequent words does not know: key → keep probability, 0 when not in the vocabulary.
-        let (mut keys, mut ends) = (Vec::new(), Vec::new());
+        // Candidate words of each line (flat, with line ends) with their keep probability,
+        // NaN for words the cache of frequent words does not know; those are looked up:
+        // key → keep probability, 0 when not in the vocabulary.
+        let (mut keys, mut ends): (Vec<(u64, f32)>, Vec<usize>) = (Vec::new(), Vec::new());
         let mut unknown: FxHashMap<u64, f32> = FxHashMap::default();
         let mut more = true;
         while keys.len() < s.cfg.batch_words {
@@ -684,13 +685,15 @@ impl<'a> Worker<'a> {
             };
             for w in line.split_whitespace().filter(|w| vocab::acceptable(w)) {
                 let k = word_key(w);
-                if !s.known.contains_key(&k) {
-                    if s.complete {
-                        continue;
+                let keep = match s.known.get(&k) {
+                    Some(&p) => p,
+                    None if s.complete => continue,
+                    None => {
+                        unknown.insert(k, 0.0);
+                        f32::NAN
                     }
-                    unknown.insert(k, 0.0);
-                }
-                keys.push(k);
+                };
+                keys.push((k, keep));
             }
             ends.push(keys.len());
         }
@@ -702,13 +705,14 @@ impl<'a> Worker<'a> {
         let mut from = 0;
         for end in ends {
             let mut sent = Vec::new();
-            for &k in &keys[from..end] {
-                let keep = match s.known.get(&k) {
-                    Some(&p) => p,
-                    None => match unknown.get(&k) {
+            for &(k, keep) in &keys[from..end] {
+                let keep = if keep.is_nan() {
+                    match unknown.get(&k) {
                         Some(&p) if p > 0.0 => p,
                         _ => continue,
-                    },
+                    }
+                } else {
+                    keep
                 };
                 seen += 1;
                 if keep < 1.0 && keep < self.rng.random::<f32>() {
