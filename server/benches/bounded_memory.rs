@@ -68,8 +68,6 @@ fn main() {
     let cache = arg("--cache-mib", 512) << 20;
     let block = arg("--block-mib", 128) << 20;
     let dirty = arg("--dirty-mib", 8) << 20;
-    // As `paramdb` does.
-    paramdb_server::process::tune_allocator();
     let tmp = tempfile::tempdir().expect("tempdir");
     let opts = StoreOptions {
         sync: SyncPolicy::Interval(Duration::from_millis(10)),

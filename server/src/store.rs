@@ -1376,6 +1376,8 @@ impl Shared {
             ms = started.elapsed().as_millis() as u64,
             "checkpoint"
         );
+        drop(frozen);
+        crate::process::release_free_memory();
         Ok(CheckpointInfo {
             lsn,
             rows_written: rows,

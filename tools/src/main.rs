@@ -106,7 +106,6 @@ fn init_logging(format: serve::LogFormat) {
 }
 
 fn main() -> std::process::ExitCode {
-    paramdb_server::process::tune_allocator();
     paramdb_server::process::ignore_file_size_signal();
     let cli = Cli::parse();
     // A server's log format can also come from its configuration file: it starts logging
