@@ -21,23 +21,14 @@ const BATCH: usize = 1000;
 const KEYS: u64 = 2_000_000;
 
 fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
+    paramdb_tests::bench::flag(name)
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
 
 /// (RSS bytes, open file descriptors) of process `pid`.
 fn proc_stats(pid: u32) -> (u64, u64) {
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024);
+    let rss = paramdb_tests::bench::status_kib(pid, "VmRSS:").map_or(0, |kib| kib * 1024);
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64);
     (rss, fds)
 }

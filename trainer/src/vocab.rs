@@ -86,10 +86,6 @@ impl Vocab {
     pub fn total(&self) -> u64 {
         self.counts.iter().sum()
     }
-
-    pub fn keys(&self) -> Vec<u64> {
-        self.words.iter().map(|w| word_key(w)).collect()
-    }
 }
 
 /// Name of a model's vocabulary table.
@@ -131,7 +127,8 @@ pub fn decode_count(row: &[f32]) -> Option<u64> {
     f32s_to_u64(&row[..4])
 }
 
-fn undecodable(model: &str, key: u64) -> TrainError {
+/// The error for a vocabulary row that does not decode.
+pub(crate) fn undecodable(model: &str, key: u64) -> TrainError {
     TrainError::Mismatch {
         model: model.to_string(),
         reason: format!("vocabulary row {key} does not decode"),

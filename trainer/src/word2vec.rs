@@ -739,10 +739,8 @@ impl<'a> Worker<'a> {
         for chunk in keys.chunks(PULL_CHUNK) {
             let rows = self.client.pull(&t, chunk)?;
             for (k, row) in chunk.iter().zip(rows.chunks(vocab::VOCAB_DIM as usize)) {
-                let count = vocab::decode_count(row).ok_or_else(|| TrainError::Mismatch {
-                    model: self.s.cfg.model.clone(),
-                    reason: format!("vocabulary row {k} does not decode"),
-                })?;
+                let count = vocab::decode_count(row)
+                    .ok_or_else(|| vocab::undecodable(&self.s.cfg.model, *k))?;
                 if count > 0 {
                     words.insert(
                         *k,
