@@ -6,6 +6,7 @@ mod crash_demo;
 mod demo;
 mod export;
 mod inspect;
+mod lm;
 mod serve;
 mod target;
 mod train;
@@ -91,6 +92,9 @@ enum TrainCommand {
     /// The classic ps/worker example: linear regression, workers pushing gradients, SGD on
     /// the servers; async, bulk-synchronous or bounded-staleness.
     Linreg(train::LinregArgs),
+    /// n-gram language model: Kneser-Ney counts in the servers and a neural n-gram model
+    /// trained with noise-contrastive estimation; resumable.
+    NgramLm(lm::NgramLmArgs),
 }
 
 fn init_logging(format: serve::LogFormat) {
@@ -117,6 +121,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Train(TrainCommand::Word2vec(args)) => train::word2vec(args),
         Command::Train(TrainCommand::Linreg(args)) => train::linreg(args),
+        Command::Train(TrainCommand::NgramLm(args)) => lm::train(args),
         Command::Eval(cmd) => train::eval(cmd),
         Command::Neighbours(args) => train::neighbours(args),
         Command::Export(args) => export::run(args),

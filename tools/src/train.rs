@@ -183,6 +183,9 @@ impl VectorsArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum EvalCommand {
+    /// Perplexity of an n-gram language model (KenLM's conventions: one </s> per line, <s>
+    /// not scored, unknown words scored as <unk>).
+    Perplexity(crate::lm::PerplexityArgs),
     /// Word analogies (questions-words.txt format), over the most frequent words.
     Analogy {
         #[arg(long)]
@@ -206,6 +209,7 @@ pub enum EvalCommand {
 
 pub fn eval(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
+        EvalCommand::Perplexity(args) => return crate::lm::perplexity(args),
         EvalCommand::Analogy {
             questions,
             limit,

@@ -27,6 +27,41 @@ pub fn f32s_to_u64(v: &[f32]) -> Option<u64> {
     Some(x)
 }
 
+/// Floats in a state row: five u64 fields of four 16-bit pieces.
+pub(crate) const STATE_DIM: usize = 20;
+
+/// A state row holding `fields`, 4 floats each.
+pub(crate) fn state_row(fields: &[u64]) -> Vec<f32> {
+    let mut r = vec![0.0; STATE_DIM];
+    for (chunk, &f) in r.chunks_mut(4).zip(fields) {
+        chunk.copy_from_slice(&u64_to_f32s(f));
+    }
+    r
+}
+
+/// The first `N` fields of a state row.
+pub(crate) fn state_fields<const N: usize>(r: &[f32]) -> Option<[u64; N]> {
+    let mut out = [0u64; N];
+    for (o, chunk) in out.iter_mut().zip(r.chunks(4)) {
+        *o = f32s_to_u64(chunk)?;
+    }
+    Some(out)
+}
+
+/// Sets a row of an `add` table to `new`, given that it holds `old`: pushes the difference.
+/// Exact for the 16-bit integer pieces used in state rows.
+pub(crate) fn set_row(
+    client: &paramdb_client::BlockingClient,
+    table: &str,
+    key: u64,
+    old: &[f32],
+    new: &[f32],
+) -> crate::error::Result<()> {
+    let delta: Vec<f32> = new.iter().zip(old).map(|(n, o)| n - o).collect();
+    client.push(table, &[key], &delta)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

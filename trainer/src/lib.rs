@@ -6,6 +6,8 @@
 //! - `corpus`: reading a corpus in byte-range parts, one per worker thread.
 //! - `vocab`: streaming word counts with pruning, and the vocabulary table in the server.
 //! - `word2vec`: skip-gram and CBOW with negative sampling, asynchronous SGD, resumable.
+//! - `ngram`: n-gram counts in the servers and interpolated modified Kneser-Ney on them.
+//! - `nlm`: a feed-forward neural n-gram model (sampled softmax), and its interpolation.
 //! - `export`: word2vec text and binary formats.
 //! - `eval`: word analogies, word similarity (Spearman), nearest neighbours.
 //! - `linreg`: the classic dense ps/worker example (linear regression, SGD on the servers).
@@ -17,7 +19,10 @@ pub mod eval;
 pub mod export;
 mod kernel;
 pub mod keys;
+mod linalg;
 pub mod linreg;
+pub mod ngram;
+pub mod nlm;
 pub mod synth;
 pub mod vocab;
 pub mod word2vec;

@@ -42,7 +42,7 @@ use rustc_hash::FxHashMap;
 use crate::corpus::{part_range, PartReader};
 use crate::error::{Result, TrainError};
 use crate::kernel::{axpy, scale, Kernel, SigmoidTable};
-use crate::keys::{f32s_to_u64, u64_to_f32s, word_key};
+use crate::keys::{set_row, state_fields, state_row, word_key, STATE_DIM};
 use crate::vocab::{self, NoiseTable};
 
 /// Training configuration (the flags of `paramdb train word2vec`).
@@ -152,7 +152,6 @@ fn state_table(model: &str) -> String {
     format!("{model}.state")
 }
 
-const STATE_DIM: usize = 20;
 const META_KEY: u64 = 0;
 
 /// The `.state` meta row: what a resumed run must agree with.
@@ -163,24 +162,6 @@ struct Meta {
     corpus_len: u64,
     train_words: u64,
     processes: u64,
-}
-
-/// A `.state` row holding `fields`, 4 floats each.
-fn state_row(fields: &[u64]) -> Vec<f32> {
-    let mut r = vec![0.0; STATE_DIM];
-    for (chunk, &f) in r.chunks_mut(4).zip(fields) {
-        chunk.copy_from_slice(&u64_to_f32s(f));
-    }
-    r
-}
-
-/// The first `N` fields of a `.state` row.
-fn state_fields<const N: usize>(r: &[f32]) -> Option<[u64; N]> {
-    let mut out = [0u64; N];
-    for (o, chunk) in out.iter_mut().zip(r.chunks(4)) {
-        *o = f32s_to_u64(chunk)?;
-    }
-    Some(out)
 }
 
 impl Meta {
@@ -228,14 +209,6 @@ impl Position {
             words,
         })
     }
-}
-
-/// Sets a row of an `add` table to `new`, given that it holds `old`: pushes the difference.
-/// Exact for the 16-bit integer pieces used here.
-fn set_row(client: &BlockingClient, table: &str, key: u64, old: &[f32], new: &[f32]) -> Result<()> {
-    let delta: Vec<f32> = new.iter().zip(old).map(|(n, o)| n - o).collect();
-    client.push(table, &[key], &delta)?;
-    Ok(())
 }
 
 /// Trains (or resumes training) `cfg.model` on `corpus`. `on_progress` is called about four

@@ -10,6 +10,7 @@ mod fault_crash;
 mod grpc;
 mod kill_loop;
 mod linreg;
+mod lm;
 mod log_recovery;
 mod model;
 mod multihost;

@@ -1,0 +1,440 @@
+//! The n-gram language model: counts kept as increments in the servers equal a direct count,
+//! however many spills; every Kneser-Ney context and every neural softmax sums to 1; and a
+//! trainer SIGKILLed while counting or while training the network resumes.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use paramdb_client::{BlockingClient, ClientOptions};
+use paramdb_server::StoreOptions;
+use paramdb_trainer::keys::word_key;
+use paramdb_trainer::ngram::{self, CountConfig, Kn, Row, BOS, EOS, UNK};
+use paramdb_trainer::nlm::{self, Neural, NeuralConfig};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::cluster::paramdb_bin;
+
+/// Sentences from a small Markov chain, so that n-grams repeat (counts of 1, 2, 3 and more),
+/// with an empty line and one-word lines among them.
+fn markov_corpus(path: &Path, sentences: usize, vocab: usize, seed: u64) -> Vec<Vec<String>> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut out = vec![Vec::new()];
+    for i in 0..sentences {
+        let len = if i % 50 == 0 {
+            1
+        } else {
+            rng.random_range(2..14)
+        };
+        let mut prev = rng.random_range(0..vocab);
+        let mut s = Vec::new();
+        for _ in 0..len {
+            // Mostly one of three successors of the previous word.
+            let next = if rng.random_bool(0.8) {
+                (prev * 7 + rng.random_range(0..3)) % vocab
+            } else {
+                rng.random_range(0..vocab)
+            };
+            s.push(format!("w{next}"));
+            prev = next;
+        }
+        out.push(s);
+    }
+    let text: String = out.iter().map(|s| s.join(" ") + "\n").collect();
+    std::fs::write(path, text).unwrap();
+    out
+}
+
+fn client(dir: &Path) -> BlockingClient {
+    BlockingClient::open_embedded(dir, 2, StoreOptions::default(), ClientOptions::default())
+        .unwrap()
+}
+
+/// KenLM's counts, computed directly from their definition: raw counts for the highest order
+/// and for n-grams starting with `<s>`, otherwise the number of distinct words seen to the
+/// left; `<s>` alone has none.
+fn direct_counts(sentences: &[Vec<String>], n: usize) -> Vec<HashMap<Vec<u64>, u64>> {
+    let mut raw: Vec<HashMap<Vec<u64>, u64>> = vec![HashMap::new(); n + 1];
+    let mut left: Vec<HashMap<Vec<u64>, HashSet<u64>>> = vec![HashMap::new(); n + 1];
+    let bos = word_key(BOS);
+    for s in sentences {
+        let mut t = vec![bos];
+        t.extend(s.iter().map(|w| word_key(w)));
+        t.push(word_key(EOS));
+        for k in 1..=n {
+            for i in 0..t.len().saturating_sub(k - 1) {
+                let g = t[i..i + k].to_vec();
+                *raw[k].entry(g.clone()).or_default() += 1;
+                if i > 0 {
+                    left[k].entry(g).or_default().insert(t[i - 1]);
+                }
+            }
+        }
+    }
+    (0..=n)
+        .map(|k| {
+            raw[k]
+                .iter()
+                .map(|(g, &c)| {
+                    let a = if k == n || (g[0] == bos && k > 1) {
+                        c
+                    } else if g[0] == bos {
+                        0
+                    } else {
+                        left[k][g].len() as u64
+                    };
+                    (g.clone(), a)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A context's statistics: Σ counts of its extensions, and extensions with 1, 2, 3+.
+type Stats = HashMap<Vec<u64>, (u64, [u64; 3])>;
+
+/// Each context's statistics from the direct counts.
+fn context_stats(counts: &[HashMap<Vec<u64>, u64>]) -> Vec<Stats> {
+    let mut out: Vec<Stats> = vec![HashMap::new(); counts.len()];
+    for (k, level) in counts.iter().enumerate().skip(1) {
+        for (g, &a) in level {
+            if a == 0 {
+                continue;
+            }
+            let e = out[k - 1].entry(g[..k - 1].to_vec()).or_default();
+            e.0 += a;
+            e.1[a.min(3) as usize - 1] += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn kneser_ney_counts_match_a_direct_count_and_each_context_sums_to_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    let sentences = markov_corpus(&corpus, 600, 60, 11);
+    let client = client(&tmp.path().join("shards"));
+    let n = 4;
+    let want = direct_counts(&sentences, n);
+    let stats = context_stats(&want);
+    // One spill, and a spill every 7 distinct 4-grams (hundreds of spills).
+    for (model, spill) in [("one", 1 << 20), ("many", 7)] {
+        let cfg = CountConfig {
+            order: n,
+            dev_every: 0,
+            spill_grams: spill,
+        };
+        let r = ngram::count(&client, model, &corpus, &cfg, &|_, _| {}).unwrap();
+        assert!(spill > 1000 || r.spills > 100, "{} spills", r.spills);
+        for k in 1..=n {
+            let grams: Vec<&Vec<u64>> = want[k].keys().collect();
+            let keys: Vec<u64> = grams.iter().map(|g| ngram::ngram_key(g)).collect();
+            let rows = ngram::rows(&client, model, k, &keys).unwrap();
+            for (g, row) in grams.iter().zip(&rows) {
+                let (sum, nk) = stats[k].get(*g).copied().unwrap_or_default();
+                let expect = Row {
+                    count: want[k][*g],
+                    sum: if k < n { sum } else { 0 },
+                    n: if k < n { nk } else { [0; 3] },
+                };
+                assert_eq!(*row, expect, "{model}: order {k} n-gram {g:?}");
+            }
+            // Count-of-counts for the discounts.
+            let mut t = [0u64; 4];
+            for &a in want[k].values() {
+                if (1..=4).contains(&a) {
+                    t[a as usize - 1] += 1;
+                }
+            }
+            assert_eq!(r.coc[k].t, t, "{model}: order {k}");
+        }
+        let empty = ngram::rows(&client, model, 0, &[0]).unwrap()[0];
+        assert_eq!((empty.sum, empty.n), stats[0][&Vec::new()], "{model}");
+    }
+
+    // Every context's distribution sums to 1 over the vocabulary (words, </s>, <unk>): the
+    // contexts of the corpus's first sentences, and contexts never seen, with <unk> in them.
+    let kn = Kn::load(&client, "many").unwrap();
+    let vocab: Vec<u64> = kn
+        .vocabulary(&client)
+        .unwrap()
+        .iter()
+        .map(|v| v.0)
+        .collect();
+    assert_eq!(vocab.len() as u64, kn.vocab_size);
+    assert!(vocab.contains(&word_key(UNK)) && vocab.contains(&word_key(EOS)));
+    let bos = word_key(BOS);
+    let mut histories: Vec<Vec<u64>> = Vec::new();
+    for s in sentences.iter().take(12) {
+        let mut h = vec![bos];
+        histories.push(h.clone());
+        for w in s {
+            h.push(word_key(w));
+            histories.push(h.clone());
+        }
+    }
+    histories.push(vec![bos, word_key("w3"), kn.unk()]);
+    histories.push(vec![
+        bos,
+        word_key("w59"),
+        word_key("w1"),
+        word_key("w58"),
+        word_key("w2"),
+    ]);
+    histories.push(vec![bos, kn.unk(), kn.unk()]);
+    for h in &histories {
+        let q: Vec<(&[u64], u64)> = vocab.iter().map(|&w| (h.as_slice(), w)).collect();
+        let total: f64 = kn
+            .log_probs(&client, &q)
+            .unwrap()
+            .iter()
+            .map(|l| l.exp())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-9, "history {h:?}: Σ p = {total}");
+    }
+}
+
+#[test]
+fn neural_softmax_sums_to_one_and_the_interpolation_beats_both_models() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    let test = tmp.path().join("test.txt");
+    markov_corpus(&corpus, 6000, 300, 5);
+    let held_out = markov_corpus(&test, 500, 300, 6);
+    let client = client(&tmp.path().join("shards"));
+    let cfg = CountConfig {
+        order: 3,
+        dev_every: 0,
+        spill_grams: 1 << 20,
+    };
+    ngram::count(&client, "m", &corpus, &cfg, &|_, _| {}).unwrap();
+    let kn = Kn::load(&client, "m").unwrap();
+    let net = NeuralConfig {
+        emb_dim: 16,
+        hidden: 32,
+        out_dim: 16,
+        samples: 64,
+        batch: 256,
+        epochs: 3,
+        lr: 0.1,
+        dense_lr: 0.05,
+        threads: 2,
+        ..NeuralConfig::default()
+    };
+    let report = nlm::train(&client, &kn, &corpus, &net, &|_| {}).unwrap();
+    assert_eq!(report.tokens_done, kn.meta.tokens * 3);
+    let neural = Neural::load(&client, &kn, 2).unwrap().unwrap();
+    assert_eq!(neural.vocab_size() as u64, kn.vocab_size);
+
+    let bos = word_key(BOS);
+    let w = |i: usize| word_key(&format!("w{i}"));
+    for h in [
+        vec![bos],
+        vec![bos, w(3)],
+        vec![bos, w(3), w(21)],
+        vec![bos, kn.unk(), w(7)],
+    ] {
+        let dist = neural.distribution(&client, &h).unwrap();
+        let total: f64 = dist.iter().map(|l| l.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5, "history {h:?}: Σ p = {total}");
+        // The batched, tiled path gives the same numbers.
+        let vocab: Vec<u64> = kn
+            .vocabulary(&client)
+            .unwrap()
+            .iter()
+            .map(|v| v.0)
+            .collect();
+        let q: Vec<(&[u64], u64)> = vocab.iter().map(|&v| (h.as_slice(), v)).collect();
+        for (a, b) in neural.log_probs(&client, &q).unwrap().iter().zip(&dist) {
+            assert!((a - b).abs() < 1e-4, "{a} against {b}");
+        }
+    }
+
+    // On held-out text the network learned the chain (far better than uniform), and the
+    // interpolation is better than either model alone.
+    let mut queries = Vec::new();
+    let sents: Vec<Vec<u64>> = held_out
+        .iter()
+        .map(|s| {
+            let mut t = vec![bos];
+            t.extend(s.iter().map(|x| word_key(x)));
+            t.push(word_key(EOS));
+            t
+        })
+        .collect();
+    for s in &sents {
+        for j in 1..s.len() {
+            queries.push((&s[..j], s[j]));
+        }
+    }
+    let a = neural.log_probs(&client, &queries).unwrap();
+    let b = kn.log_probs(&client, &queries).unwrap();
+    let ppl = |lp: &[f64]| (-lp.iter().sum::<f64>() / lp.len() as f64).exp();
+    let lambda = nlm::tune_lambda(&a, &b);
+    let mixed: Vec<f64> = a
+        .iter()
+        .zip(&b)
+        .map(|(&x, &y)| nlm::mix(lambda, x, y))
+        .collect();
+    let (pn, pk, pm) = (ppl(&a), ppl(&b), ppl(&mixed));
+    assert!(
+        pn < kn.vocab_size as f64 / 5.0,
+        "neural {pn}, vocabulary {}",
+        kn.vocab_size
+    );
+    assert!(
+        pm < pn && pm < pk,
+        "interpolated {pm}, neural {pn}, Kneser-Ney {pk}"
+    );
+}
+
+fn train_cmd(corpus: &Path, data: &Path) -> Command {
+    let mut c = Command::new(paramdb_bin());
+    c.args(["train", "ngram-lm", "--train"])
+        .arg(corpus)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--order", "3", "--dev-every", "20", "--spill-grams", "5000"])
+        .args(["--emb-dim", "16", "--hidden", "64", "--out-dim", "16"])
+        .args(["--samples", "128", "--batch", "256", "--epochs", "3"])
+        .args(["--checkpoint-secs", "0.1", "--quiet"]);
+    c
+}
+
+/// Starts the trainer and SIGKILLs it once a line of its output contains `when` (or at once
+/// if `when` is empty), after `delay`. Returns the output seen.
+fn kill_during(corpus: &Path, data: &Path, when: &str, delay: Duration) -> String {
+    let mut child = train_cmd(corpus, data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    if !when.is_empty() {
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for l in lines.by_ref() {
+            let l = l.unwrap();
+            seen.push_str(&l);
+            seen.push('\n');
+            if l.contains(when) || Instant::now() > deadline {
+                break;
+            }
+        }
+    }
+    std::thread::sleep(delay);
+    let running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(running, "the trainer finished before the kill: {seen}");
+    seen
+}
+
+fn run_to_end(corpus: &Path, data: &Path) -> String {
+    let out = train_cmd(corpus, data).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+fn perplexities(data: &Path, test: &Path) -> String {
+    let out = Command::new(paramdb_bin())
+        .args(["eval", "perplexity", "--test"])
+        .arg(test)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn line_with<'a>(text: &'a str, what: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no {what:?} in: {text}"))
+}
+
+/// The perplexity on a line that has one.
+fn ppl_of(line: &str) -> f64 {
+    line.split("perplexity ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no perplexity in {line:?}"))
+}
+
+#[test]
+fn ngram_lm_killed_while_counting_or_training_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    let test = tmp.path().join("test.txt");
+    markov_corpus(&corpus, 60_000, 2000, 21);
+    markov_corpus(&test, 2000, 2000, 22);
+
+    // Uninterrupted.
+    let calm = tmp.path().join("calm");
+    let out = run_to_end(&corpus, &calm);
+    assert!(
+        out.contains("counted") && out.contains("trained the neural model"),
+        "{out}"
+    );
+    let calm_ppl = perplexities(&calm, &test);
+
+    // Killed while counting (the counts start over), then while training the network (it
+    // continues from its last recorded position).
+    let data = tmp.path().join("killed");
+    kill_during(&corpus, &data, "", Duration::from_millis(400));
+    let seen = kill_during(&corpus, &data, "vocabulary", Duration::from_millis(1500));
+    assert!(seen.contains("counted"), "{seen}");
+    let out = run_to_end(&corpus, &data);
+    assert!(
+        out.contains("already complete"),
+        "counted again after the network started: {out}"
+    );
+    let pct: f64 = line_with(&out, "resumed the neural model")
+        .split("checkpoint at ")
+        .nth(1)
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no resume point in: {out}"));
+    assert!(pct > 0.0 && pct < 100.0, "resumed at {pct}%: {out}");
+    let again = run_to_end(&corpus, &data);
+    assert!(again.contains("already trained"), "{again}");
+
+    // The counts are exactly those of the uninterrupted run; the network, trained in two
+    // parts, is as good within a few percent.
+    let killed_ppl = perplexities(&data, &test);
+    let kn = "Kneser-Ney 3-gram";
+    assert_eq!(line_with(&killed_ppl, kn), line_with(&calm_ppl, kn));
+    for what in ["neural", "interpolated"] {
+        let (a, b) = (
+            ppl_of(line_with(&killed_ppl, what)),
+            ppl_of(line_with(&calm_ppl, what)),
+        );
+        assert!(
+            (a / b - 1.0).abs() < 0.05,
+            "{what}: {a} after the kill, {b} without"
+        );
+    }
+    let (mixed, kn_ppl) = (
+        ppl_of(line_with(&killed_ppl, "interpolated")),
+        ppl_of(line_with(&killed_ppl, kn)),
+    );
+    assert!(
+        mixed < kn_ppl,
+        "interpolated {mixed} against Kneser-Ney {kn_ppl}"
+    );
+}

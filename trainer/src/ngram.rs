@@ -1,0 +1,879 @@
+//! n-gram counts in the parameter server, and interpolated modified Kneser-Ney on them, with
+//! KenLM's conventions.
+//!
+//! **Sentences.** A line `w1 … wm` is `<s> w1 … wm </s>`. `<s>` is context only, never
+//! predicted; `</s>` is predicted once per line; a word never seen in training is `<unk>`.
+//!
+//! **Counts.** Order `k`'s n-grams live in `<m>.kn<k>`, keyed by `ngram_key` of their word
+//! keys. The highest order `N` keeps raw counts, as do the n-grams that begin with `<s>`
+//! (they have no left context); every other n-gram keeps its *adjusted* count, the number of
+//! distinct words seen to its left (Chen & Goodman; KenLM's `adjust_counts`). A row of order
+//! `k < N` also holds the n-gram's statistics *as a context* of order `k + 1`: the sum of its
+//! extensions' counts and how many extensions have count 1, 2 and 3 or more. `<m>.kn0` holds
+//! the empty context's (the unigrams'). Rows are `add` rows of exact integers (`Counter`).
+//!
+//! **Counting** streams over the corpus holding at most `spill_grams` distinct n-grams, then
+//! adds them to the server as increments, highest order first. Each level reads the rows it
+//! touches first: an n-gram seen for the first time adds 1 to its suffix's adjusted count, and
+//! a count moving between 1, 2 and 3+ moves its context's statistics. So adjusted counts,
+//! context statistics and each order's count-of-counts (for the discounts) stay exact under
+//! increments, however many spills the corpus takes. One process counts; if it dies, the next
+//! run counts again (the model is only marked complete at the end).
+//!
+//! **Probabilities** (`Kn`): for an n-gram `c w` of order `k`, with `a` its count,
+//! `p(w|c) = max(a − D_k(a), 0)/S(c) + γ(c)·p(w|c′)`, `γ(c) = (D1·N1(c) + D2·N2(c) +
+//! D3·N3+(c))/S(c)`, `c′` the context without its first word, and a context never seen backs off
+//! with weight 1. Unigrams interpolate with the uniform distribution over the vocabulary
+//! (`<unk>` included, `<s>` not), so `<unk>` gets exactly that share.
+
+use std::path::Path;
+
+use rustc_hash::FxHashMap;
+
+use paramdb_client::{BlockingClient, KeyRange, TableSpec, UpdateRule};
+
+use crate::corpus::PartReader;
+use crate::error::{Result, TrainError};
+use crate::keys::{state_fields, state_row, word_key, STATE_DIM};
+
+pub const BOS: &str = "<s>";
+pub const EOS: &str = "</s>";
+pub const UNK: &str = "<unk>";
+/// Highest order supported.
+pub const MAX_ORDER: usize = 8;
+/// Keys per pull or push.
+const CHUNK: usize = 65_536;
+
+/// The key of an n-gram: a unigram's is its word's key (`keys::word_key`), a longer n-gram's
+/// the XXH3-64 of its word keys (little-endian). Every tool finds a row from the words alone.
+pub fn ngram_key(words: &[u64]) -> u64 {
+    if let [w] = words {
+        return *w;
+    }
+    let mut buf = [0u8; 8 * MAX_ORDER];
+    for (i, w) in words.iter().enumerate() {
+        buf[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
+    }
+    xxhash_rust::xxh3::xxh3_64(&buf[..8 * words.len()])
+}
+
+/// The key of the empty context's row in `<m>.kn0`.
+const EMPTY: u64 = 0;
+
+pub fn count_table(model: &str, order: usize) -> String {
+    format!("{model}.kn{order}")
+}
+
+/// The model's state table (configuration, count-of-counts, the neural trainer's positions).
+pub fn state_table(model: &str) -> String {
+    format!("{model}.lm")
+}
+
+pub(crate) const META_KEY: u64 = 0;
+/// Row `COC_KEY + k`: order `k`'s count-of-counts.
+const COC_KEY: u64 = 100;
+
+/// Fields of a count row: the n-gram's count, then its statistics as a context.
+const A: usize = 0;
+const SUM: usize = 1;
+const N1: usize = 2;
+const FIELDS: usize = 5;
+
+/// Counters in rows: an integer below 2^40 as two exact floats, 16 low bits then the rest.
+struct Counter;
+
+impl Counter {
+    const LOW: u64 = 1 << 16;
+
+    fn put(row: &mut [f32], field: usize, x: u64) {
+        row[2 * field] = (x % Self::LOW) as f32;
+        row[2 * field + 1] = (x / Self::LOW) as f32;
+    }
+
+    fn get(row: &[f32], field: usize) -> Option<u64> {
+        let (lo, hi) = (row[2 * field], row[2 * field + 1]);
+        let ok = |v: f32, max: f32| (0.0..max).contains(&v) && v.fract() == 0.0;
+        (ok(lo, Self::LOW as f32) && ok(hi, (1u64 << 24) as f32))
+            .then(|| lo as u64 + hi as u64 * Self::LOW)
+    }
+}
+
+/// What a count row holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Row {
+    /// The n-gram's count (raw or adjusted, see the module docs).
+    pub count: u64,
+    /// As a context: the sum of its extensions' counts.
+    pub sum: u64,
+    /// As a context: extensions with count 1, 2 and 3 or more.
+    pub n: [u64; 3],
+}
+
+impl Row {
+    fn decode(r: &[f32]) -> Option<Row> {
+        let f = |i| Counter::get(r, i);
+        if r.len() == 2 {
+            return Some(Row {
+                count: f(A)?,
+                ..Row::default()
+            });
+        }
+        Some(Row {
+            count: f(A)?,
+            sum: f(SUM)?,
+            n: [f(N1)?, f(N1 + 1)?, f(N1 + 2)?],
+        })
+    }
+
+    fn encode(&self, dim: usize) -> Vec<f32> {
+        let mut r = vec![0.0; dim];
+        Counter::put(&mut r, A, self.count);
+        if dim > 2 {
+            Counter::put(&mut r, SUM, self.sum);
+            for (i, &n) in self.n.iter().enumerate() {
+                Counter::put(&mut r, N1 + i, n);
+            }
+        }
+        r
+    }
+}
+
+fn dim_of(order: usize, max: usize) -> usize {
+    if order == max {
+        2
+    } else {
+        2 * FIELDS
+    }
+}
+
+/// A context's statistics changing: one extension's count went from `old` to `new`.
+#[derive(Clone, Copy, Debug, Default)]
+struct CtxDelta {
+    sum: i64,
+    n: [i64; 3],
+}
+
+impl CtxDelta {
+    fn add(&mut self, old: u64, new: u64) {
+        self.sum += new as i64 - old as i64;
+        if old > 0 {
+            self.n[old.min(3) as usize - 1] -= 1;
+        }
+        if new > 0 {
+            self.n[new.min(3) as usize - 1] += 1;
+        }
+    }
+}
+
+/// How many n-grams of one order have count 1, 2, 3 and 4, and how many have any.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CountOfCounts {
+    pub t: [u64; 4],
+    pub distinct: u64,
+}
+
+impl CountOfCounts {
+    fn add(&mut self, old: u64, new: u64) {
+        if (1..=4).contains(&old) {
+            self.t[old as usize - 1] -= 1;
+        }
+        if (1..=4).contains(&new) {
+            self.t[new as usize - 1] += 1;
+        }
+        if old == 0 && new > 0 {
+            self.distinct += 1;
+        }
+    }
+
+    /// Modified Kneser-Ney discounts for counts 1, 2 and 3+ (Chen & Goodman's estimates).
+    /// Where they are undefined or out of range (tiny corpora), KenLM's fallback 0.5, 1, 1.5.
+    pub fn discounts(&self) -> [f64; 3] {
+        let t = self.t.map(|x| x as f64);
+        let y = t[0] / (t[0] + 2.0 * t[1]);
+        let d: [f64; 3] = std::array::from_fn(|i| {
+            let k = i as f64 + 1.0;
+            k - (k + 1.0) * y * t[i + 1] / t[i]
+        });
+        if d.iter()
+            .enumerate()
+            .all(|(i, &d)| d > 0.0 && d <= i as f64 + 1.0)
+        {
+            d
+        } else {
+            [0.5, 1.0, 1.5]
+        }
+    }
+}
+
+/// One order's n-grams of a spill: keys, their words and increments.
+#[derive(Default)]
+struct Level {
+    index: FxHashMap<u64, u32>,
+    keys: Vec<u64>,
+    words: Vec<u64>,
+    inc: Vec<u64>,
+}
+
+impl Level {
+    fn add(&mut self, words: &[u64], inc: u64) {
+        let key = ngram_key(words);
+        match self.index.get(&key) {
+            Some(&i) => self.inc[i as usize] += inc,
+            None => {
+                self.index.insert(key, self.keys.len() as u32);
+                self.keys.push(key);
+                self.words.extend_from_slice(words);
+                self.inc.push(inc);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+/// The model's configuration row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub order: u64,
+    pub corpus_len: u64,
+    /// About one line in `dev_every` is held out (chosen by a hash of its byte offset, so any
+    /// reader of any part of the file agrees); 0: none.
+    pub dev_every: u64,
+    /// Lines and predicted tokens (words and `</s>`) counted.
+    pub lines: u64,
+    pub tokens: u64,
+}
+
+impl Meta {
+    fn encode(&self) -> Vec<f32> {
+        state_row(&[
+            self.order,
+            self.corpus_len,
+            self.dev_every,
+            self.lines,
+            self.tokens,
+        ])
+    }
+
+    fn decode(r: &[f32]) -> Option<Meta> {
+        let [order, corpus_len, dev_every, lines, tokens] = state_fields(r)?;
+        (order > 0).then_some(Meta {
+            order,
+            corpus_len,
+            dev_every,
+            lines,
+            tokens,
+        })
+    }
+
+    /// Whether the line starting at byte `offset` of the corpus is in the dev split.
+    pub fn is_dev(&self, offset: u64) -> bool {
+        is_dev(self.dev_every, offset)
+    }
+}
+
+pub(crate) fn is_dev(dev_every: u64, offset: u64) -> bool {
+    dev_every > 0 && xxhash_rust::xxh3::xxh3_64(&offset.to_le_bytes()) % dev_every == 0
+}
+
+/// The stored configuration of `model`, if its counts are complete.
+pub fn meta(client: &BlockingClient, model: &str) -> Option<Meta> {
+    client
+        .pull(&state_table(model), &[META_KEY])
+        .ok()
+        .and_then(|r| Meta::decode(&r))
+}
+
+/// Word keys of a line as the model sees it: `<s> w1 … wm </s>`.
+pub fn sentence(line: &str, out: &mut Vec<u64>) {
+    out.clear();
+    out.push(word_key(BOS));
+    out.extend(line.split_whitespace().map(word_key));
+    out.push(word_key(EOS));
+}
+
+/// What counting did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CountReport {
+    pub meta: Option<Meta>,
+    pub spills: u64,
+    pub coc: Vec<CountOfCounts>,
+    pub seconds: f64,
+}
+
+/// Counting settings.
+#[derive(Clone, Debug)]
+pub struct CountConfig {
+    pub order: usize,
+    pub dev_every: u64,
+    /// Distinct highest-order n-grams held in memory before they are added to the server.
+    pub spill_grams: usize,
+}
+
+/// Counts `corpus` into `model`'s tables (created here; any left by an unfinished count are
+/// dropped first) and marks the model complete.
+pub fn count(
+    client: &BlockingClient,
+    model: &str,
+    corpus: &Path,
+    cfg: &CountConfig,
+    on_progress: &dyn Fn(u64, u64),
+) -> Result<CountReport> {
+    let n = cfg.order;
+    if !(1..=MAX_ORDER).contains(&n) {
+        return Err(TrainError::Invalid(format!(
+            "--order {n}: expected 1 to {MAX_ORDER}"
+        )));
+    }
+    let started = std::time::Instant::now();
+    for k in 0..=MAX_ORDER {
+        drop_if_present(client, &count_table(model, k))?;
+    }
+    drop_if_present(client, &state_table(model))?;
+    for k in 0..=n {
+        client.create_table(
+            TableSpec::new(count_table(model, k), dim_of(k, n) as u32).with_rule(UpdateRule::Add),
+        )?;
+    }
+    client.create_table(TableSpec::new(state_table(model), STATE_DIM as u32))?;
+
+    let len = std::fs::metadata(corpus)
+        .map_err(|e| TrainError::io(format!("reading {}", corpus.display()), e))?
+        .len();
+    let mut reader = PartReader::open(corpus, 0, len, None)?;
+    let mut levels: Vec<Level> = (0..=n).map(|_| Level::default()).collect();
+    let mut coc = vec![CountOfCounts::default(); n + 1];
+    let mut report = CountReport::default();
+    let (mut lines, mut tokens) = (0u64, 0u64);
+    let mut s = Vec::new();
+    loop {
+        let at = reader.position();
+        let Some(line) = reader.next_line()? else {
+            break;
+        };
+        if is_dev(cfg.dev_every, at) {
+            continue;
+        }
+        sentence(line, &mut s);
+        lines += 1;
+        tokens += s.len() as u64 - 1;
+        // The highest order's windows, and the shorter n-grams that begin with <s>.
+        // (A unigram model counts words and </s>, not <s>.)
+        for w in s[usize::from(n == 1)..].windows(n) {
+            levels[n].add(w, 1);
+        }
+        for k in 2..n.min(s.len() + 1) {
+            levels[k].add(&s[..k], 1);
+        }
+        if levels[n].len() >= cfg.spill_grams.max(1) {
+            spill(client, model, n, &mut levels, &mut coc)?;
+            report.spills += 1;
+            on_progress(reader.position(), len);
+        }
+    }
+    spill(client, model, n, &mut levels, &mut coc)?;
+    report.spills += 1;
+    on_progress(len, len);
+
+    let meta = Meta {
+        order: n as u64,
+        corpus_len: len,
+        dev_every: cfg.dev_every,
+        lines,
+        tokens,
+    };
+    let st = state_table(model);
+    let keys: Vec<u64> = (1..=n as u64).map(|k| COC_KEY + k).collect();
+    let rows: Vec<f32> = coc[1..]
+        .iter()
+        .flat_map(|c| state_row(&[c.t[0], c.t[1], c.t[2], c.t[3], c.distinct]))
+        .collect();
+    client.push(&st, &keys, &rows)?;
+    // The meta row last: it marks the counts complete.
+    client.push(&st, &[META_KEY], &meta.encode())?;
+    client.checkpoint()?;
+    report.meta = Some(meta);
+    report.coc = coc;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn drop_if_present(client: &BlockingClient, table: &str) -> Result<()> {
+    if client.describe_table(table).is_ok() {
+        client.drop_table(table)?;
+    }
+    Ok(())
+}
+
+fn undecodable(table: &str, key: u64) -> TrainError {
+    TrainError::Invalid(format!("count row {key} of {table} does not decode"))
+}
+
+/// Adds one spill's increments to the server, highest order first, and empties `levels`.
+fn spill(
+    client: &BlockingClient,
+    model: &str,
+    n: usize,
+    levels: &mut [Level],
+    coc: &mut [CountOfCounts],
+) -> Result<()> {
+    // Statistics changes of order-k contexts, found while applying order k + 1.
+    let mut ctx: Vec<FxHashMap<u64, CtxDelta>> = (0..=n).map(|_| FxHashMap::default()).collect();
+    for k in (1..=n).rev() {
+        let (lower, rest) = levels.split_at_mut(k);
+        let level = &mut rest[0];
+        let table = count_table(model, k);
+        let dim = dim_of(k, n);
+        let mut keys = level.keys.clone();
+        keys.extend(
+            ctx[k]
+                .keys()
+                .filter(|key| !level.index.contains_key(key))
+                .copied(),
+        );
+        for chunk in keys.chunks(CHUNK) {
+            let old = client.pull(&table, chunk)?;
+            let mut delta = Vec::with_capacity(old.len());
+            for (&key, old) in chunk.iter().zip(old.chunks(dim)) {
+                let before = Row::decode(old).ok_or_else(|| undecodable(&table, key))?;
+                let mut after = before;
+                if let Some(&i) = level.index.get(&key) {
+                    let i = i as usize;
+                    after.count += level.inc[i];
+                    coc[k].add(before.count, after.count);
+                    let words = &level.words[i * k..(i + 1) * k];
+                    let c = if k == 1 {
+                        EMPTY
+                    } else {
+                        ngram_key(&words[..k - 1])
+                    };
+                    ctx[k - 1]
+                        .entry(c)
+                        .or_default()
+                        .add(before.count, after.count);
+                    if before.count == 0 && k > 1 {
+                        lower[k - 1].add(&words[1..], 1);
+                    }
+                }
+                if let Some(d) = ctx[k].get(&key) {
+                    apply(&mut after, d).ok_or_else(|| undecodable(&table, key))?;
+                }
+                let new = after.encode(dim);
+                delta.extend(new.iter().zip(old).map(|(n, o)| n - o));
+            }
+            client.push(&table, chunk, &delta)?;
+        }
+        *level = Level::default();
+    }
+    // The empty context.
+    let table = count_table(model, 0);
+    if let Some(d) = ctx[0].get(&EMPTY) {
+        let old = client.pull(&table, &[EMPTY])?;
+        let mut after = Row::decode(&old).ok_or_else(|| undecodable(&table, EMPTY))?;
+        apply(&mut after, d).ok_or_else(|| undecodable(&table, EMPTY))?;
+        let delta: Vec<f32> = after
+            .encode(2 * FIELDS)
+            .iter()
+            .zip(&old)
+            .map(|(n, o)| n - o)
+            .collect();
+        client.push(&table, &[EMPTY], &delta)?;
+    }
+    Ok(())
+}
+
+fn apply(row: &mut Row, d: &CtxDelta) -> Option<()> {
+    row.sum = row.sum.checked_add_signed(d.sum)?;
+    for (n, &dn) in row.n.iter_mut().zip(&d.n) {
+        *n = n.checked_add_signed(dn)?;
+    }
+    Some(())
+}
+
+/// The stored rows of order-`order` n-grams of `model` by key (the empty context is order 0,
+/// key 0), for tools and checks.
+pub fn rows(client: &BlockingClient, model: &str, order: usize, keys: &[u64]) -> Result<Vec<Row>> {
+    let t = count_table(model, order);
+    let dim = client.describe_table(&t)?.dim as usize;
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(CHUNK) {
+        let r = client.pull(&t, chunk)?;
+        for (&k, r) in chunk.iter().zip(r.chunks(dim)) {
+            out.push(Row::decode(r).ok_or_else(|| undecodable(&t, k))?);
+        }
+    }
+    Ok(out)
+}
+
+/// A Kneser-Ney model read from the server: its order, discounts, vocabulary size and the
+/// empty context. Rows are pulled per batch of queries (`log_probs`).
+#[derive(Clone, Debug)]
+pub struct Kn {
+    pub model: String,
+    pub meta: Meta,
+    pub coc: Vec<CountOfCounts>,
+    /// `discounts[k]`: order k's D1, D2, D3+.
+    pub discounts: Vec<[f64; 3]>,
+    /// Words with a unigram count, `</s>` and `<unk>` (not `<s>`).
+    pub vocab_size: u64,
+    empty: Row,
+    unk: u64,
+}
+
+/// What a query batch needs: rows by (order, key).
+type Rows = Vec<FxHashMap<u64, Row>>;
+
+impl Kn {
+    pub fn load(client: &BlockingClient, model: &str) -> Result<Kn> {
+        let meta = meta(client, model).ok_or_else(|| {
+            TrainError::Invalid(format!(
+                "no complete n-gram counts for model {model:?} (train it with `paramdb train \
+                 ngram-lm --model {model}`)"
+            ))
+        })?;
+        let n = meta.order as usize;
+        let keys: Vec<u64> = (1..=n as u64).map(|k| COC_KEY + k).collect();
+        let rows = client.pull(&state_table(model), &keys)?;
+        let mut coc = vec![CountOfCounts::default()];
+        for r in rows.chunks(STATE_DIM) {
+            let [t1, t2, t3, t4, distinct] = state_fields(r).ok_or_else(|| {
+                TrainError::Invalid(format!("count-of-counts of {model:?} do not decode"))
+            })?;
+            coc.push(CountOfCounts {
+                t: [t1, t2, t3, t4],
+                distinct,
+            });
+        }
+        let discounts = coc.iter().map(|c| c.discounts()).collect();
+        let t0 = count_table(model, 0);
+        let empty =
+            Row::decode(&client.pull(&t0, &[EMPTY])?).ok_or_else(|| undecodable(&t0, EMPTY))?;
+        let unk = word_key(UNK);
+        // The unigrams with a count are the words and </s>; <unk> joins them unless the
+        // corpus had it as a word.
+        let unk_seen =
+            Row::decode(&client.pull(&count_table(model, 1), &[unk])?).is_some_and(|r| r.count > 0);
+        Ok(Kn {
+            model: model.to_string(),
+            vocab_size: coc[1].distinct + u64::from(!unk_seen),
+            meta,
+            coc,
+            discounts,
+            empty,
+            unk,
+        })
+    }
+
+    pub fn order(&self) -> usize {
+        self.meta.order as usize
+    }
+
+    pub fn unk(&self) -> u64 {
+        self.unk
+    }
+
+    /// Which of `words` are in the vocabulary (have a unigram count).
+    pub fn known(&self, client: &BlockingClient, words: &[u64]) -> Result<Vec<bool>> {
+        let t = count_table(&self.model, 1);
+        let mut out = Vec::with_capacity(words.len());
+        for chunk in words.chunks(CHUNK) {
+            let rows = client.pull(&t, chunk)?;
+            for (&k, r) in chunk.iter().zip(rows.chunks(2 * FIELDS)) {
+                let row = Row::decode(r).ok_or_else(|| undecodable(&t, k))?;
+                out.push(row.count > 0 || k == self.unk);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every word the model can predict with its unigram count, `<unk>` last (count 0 unless
+    /// the corpus had it): one pass over the unigram table.
+    pub fn vocabulary(&self, client: &BlockingClient) -> Result<Vec<(u64, u64)>> {
+        let t = count_table(&self.model, 1);
+        let mut out = Vec::new();
+        let mut unk = 0;
+        for block in client.pull_range(&t, KeyRange::all()) {
+            let block = block?;
+            for (&k, r) in block.keys.iter().zip(block.values.chunks(2 * FIELDS)) {
+                let row = Row::decode(r).ok_or_else(|| undecodable(&t, k))?;
+                if k == self.unk {
+                    unk = row.count;
+                } else if row.count > 0 {
+                    out.push((k, row.count));
+                }
+            }
+        }
+        out.push((self.unk, unk));
+        Ok(out)
+    }
+
+    /// Natural-log probabilities of `queries`: (history, word), the history being the words
+    /// before `word` in its sentence (starting with `<s>`), unknown words already `<unk>`.
+    /// Only the last `order − 1` words of a history are used.
+    pub fn log_probs(
+        &self,
+        client: &BlockingClient,
+        queries: &[(&[u64], u64)],
+    ) -> Result<Vec<f64>> {
+        let n = self.order();
+        let mut want: Vec<Vec<u64>> = vec![Vec::new(); n + 1];
+        let mut grams = Vec::with_capacity(n);
+        for &(h, w) in queries {
+            self.grams(h, w, &mut grams);
+            for (k, &(g, c)) in grams.iter().enumerate() {
+                want[k + 1].push(g);
+                if k > 0 {
+                    want[k].push(c);
+                }
+            }
+        }
+        let mut rows: Rows = vec![FxHashMap::default(); n + 1];
+        for (k, keys) in want.iter_mut().enumerate().skip(1) {
+            keys.sort_unstable();
+            keys.dedup();
+            let t = count_table(&self.model, k);
+            let dim = dim_of(k, n);
+            for chunk in keys.chunks(CHUNK) {
+                let r = client.pull(&t, chunk)?;
+                for (&key, r) in chunk.iter().zip(r.chunks(dim)) {
+                    let row = Row::decode(r).ok_or_else(|| undecodable(&t, key))?;
+                    if row != Row::default() {
+                        rows[k].insert(key, row);
+                    }
+                }
+            }
+        }
+        Ok(queries
+            .iter()
+            .map(|&(h, w)| {
+                self.grams(h, w, &mut grams);
+                self.prob(&grams, &rows).ln()
+            })
+            .collect())
+    }
+
+    /// The keys of `w`'s n-grams of order 1, 2, … with `h` (and of their contexts).
+    fn grams(&self, h: &[u64], w: u64, out: &mut Vec<(u64, u64)>) {
+        out.clear();
+        let n = self.order();
+        let h = &h[h.len().saturating_sub(n - 1)..];
+        let mut buf = [0u64; MAX_ORDER];
+        for k in 1..=h.len() + 1 {
+            let ctx = &h[h.len() + 1 - k..];
+            buf[..k - 1].copy_from_slice(ctx);
+            buf[k - 1] = w;
+            let c = if k == 1 { EMPTY } else { ngram_key(ctx) };
+            out.push((ngram_key(&buf[..k]), c));
+        }
+    }
+
+    fn prob(&self, grams: &[(u64, u64)], rows: &Rows) -> f64 {
+        let none = Row::default();
+        let uniform = 1.0 / self.vocab_size as f64;
+        let mut p = uniform;
+        for (i, &(g, c)) in grams.iter().enumerate() {
+            let k = i + 1;
+            let ctx = if k == 1 {
+                &self.empty
+            } else {
+                rows[k - 1].get(&c).unwrap_or(&none)
+            };
+            if ctx.sum == 0 {
+                // Never a context: this and every longer context back off with weight 1.
+                break;
+            }
+            let count = rows[k].get(&g).map_or(0, |r| r.count);
+            let d = &self.discounts[k];
+            let disc = |a: u64| {
+                if a == 0 {
+                    0.0
+                } else {
+                    d[a.min(3) as usize - 1]
+                }
+            };
+            let s = ctx.sum as f64;
+            let gamma =
+                (d[0] * ctx.n[0] as f64 + d[1] * ctx.n[1] as f64 + d[2] * ctx.n[2] as f64) / s;
+            p = (count as f64 - disc(count)).max(0.0) / s + gamma * p;
+        }
+        p
+    }
+}
+
+/// Perplexity of a test file, KenLM's way.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Perplexity {
+    /// Predicted tokens: words and one `</s>` per line.
+    pub tokens: u64,
+    pub oov: u64,
+    /// Σ ln p over all tokens, and over the in-vocabulary ones.
+    pub log_prob: f64,
+    pub log_prob_known: f64,
+}
+
+impl Perplexity {
+    pub fn add(&mut self, lp: f64, oov: bool) {
+        self.tokens += 1;
+        self.log_prob += lp;
+        if oov {
+            self.oov += 1;
+        } else {
+            self.log_prob_known += lp;
+        }
+    }
+
+    pub fn including_oov(&self) -> f64 {
+        (-self.log_prob / self.tokens.max(1) as f64).exp()
+    }
+
+    pub fn excluding_oov(&self) -> f64 {
+        (-self.log_prob_known / (self.tokens - self.oov).max(1) as f64).exp()
+    }
+}
+
+/// Sentences of a file in batches of about `batch_tokens` predicted tokens, words as keys with
+/// unknown words replaced by `<unk>`, each with its OOV flags. `pick(offset)` chooses lines by
+/// the byte offset they start at.
+pub struct Sentences<'a> {
+    client: &'a BlockingClient,
+    kn: &'a Kn,
+    reader: PartReader,
+    pick: Box<dyn Fn(u64) -> bool + 'a>,
+    batch_tokens: usize,
+}
+
+impl std::fmt::Debug for Sentences<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sentences")
+            .field("reader", &self.reader)
+            .finish()
+    }
+}
+
+/// One batch: sentences (`<s> … </s>` as keys) and, per sentence, which tokens were OOV.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub sentences: Vec<Vec<u64>>,
+    pub oov: Vec<Vec<bool>>,
+}
+
+impl<'a> Sentences<'a> {
+    pub fn open(
+        client: &'a BlockingClient,
+        kn: &'a Kn,
+        path: &Path,
+        pick: impl Fn(u64) -> bool + 'a,
+        batch_tokens: usize,
+    ) -> Result<Sentences<'a>> {
+        let len = std::fs::metadata(path)
+            .map_err(|e| TrainError::io(format!("reading {}", path.display()), e))?
+            .len();
+        Ok(Sentences {
+            client,
+            kn,
+            reader: PartReader::open(path, 0, len, None)?,
+            pick: Box::new(pick),
+            batch_tokens,
+        })
+    }
+
+    pub fn next_batch(&mut self) -> Result<Option<Batch>> {
+        let mut b = Batch::default();
+        let mut tokens = 0;
+        let mut s = Vec::new();
+        while tokens < self.batch_tokens {
+            let at = self.reader.position();
+            let Some(line) = self.reader.next_line()? else {
+                break;
+            };
+            if !(self.pick)(at) {
+                continue;
+            }
+            sentence(line, &mut s);
+            tokens += s.len() - 1;
+            b.sentences.push(s.clone());
+        }
+        if b.sentences.is_empty() {
+            return Ok(None);
+        }
+        let mut words: Vec<u64> = b.sentences.iter().flatten().copied().collect();
+        words.sort_unstable();
+        words.dedup();
+        let known: FxHashMap<u64, bool> = words
+            .iter()
+            .copied()
+            .zip(self.kn.known(self.client, &words)?)
+            .collect();
+        let bos = word_key(BOS);
+        for s in &mut b.sentences {
+            let mut flags = Vec::with_capacity(s.len());
+            for w in s.iter_mut() {
+                let oov = *w != bos && !known[w];
+                if oov {
+                    *w = self.kn.unk;
+                }
+                flags.push(oov);
+            }
+            b.oov.push(flags);
+        }
+        Ok(Some(b))
+    }
+}
+
+/// The perplexity of `model`'s Kneser-Ney on the lines of `path` that `pick` chooses.
+pub fn perplexity(
+    client: &BlockingClient,
+    kn: &Kn,
+    path: &Path,
+    pick: impl Fn(u64) -> bool,
+) -> Result<Perplexity> {
+    let mut out = Perplexity::default();
+    let mut lines = Sentences::open(client, kn, path, pick, 200_000)?;
+    while let Some(b) = lines.next_batch()? {
+        let mut q = Vec::new();
+        let mut flags = Vec::new();
+        for (s, oov) in b.sentences.iter().zip(&b.oov) {
+            for j in 1..s.len() {
+                q.push((&s[..j], s[j]));
+                flags.push(oov[j]);
+            }
+        }
+        for (lp, oov) in kn.log_probs(client, &q)?.into_iter().zip(flags) {
+            out.add(lp, oov);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_exact_to_2_pow_40() {
+        for x in [0u64, 1, 65_535, 65_536, 123_456_789, (1 << 40) - 1] {
+            let mut r = [0.0f32; 2];
+            Counter::put(&mut r, 0, x);
+            assert_eq!(Counter::get(&r, 0), Some(x));
+        }
+        assert_eq!(Counter::get(&[0.5, 0.0], 0), None);
+        assert_eq!(Counter::get(&[70_000.0, 0.0], 0), None);
+    }
+
+    #[test]
+    fn discounts_follow_chen_and_goodman() {
+        let c = CountOfCounts {
+            t: [1000, 400, 200, 100],
+            distinct: 2000,
+        };
+        let y = 1000.0 / 1800.0;
+        let d = c.discounts();
+        assert!((d[0] - (1.0 - 2.0 * y * 0.4)).abs() < 1e-12);
+        assert!((d[1] - (2.0 - 3.0 * y * 0.5)).abs() < 1e-12);
+        assert!((d[2] - (3.0 - 4.0 * y * 0.5)).abs() < 1e-12);
+        let empty = CountOfCounts::default();
+        assert_eq!(empty.discounts(), [0.5, 1.0, 1.5]);
+    }
+}
