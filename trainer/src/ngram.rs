@@ -286,11 +286,16 @@ pub fn meta(client: &BlockingClient, model: &str) -> Option<Meta> {
         .and_then(|r| Meta::decode(&r))
 }
 
-/// Word keys of a line as the model sees it: `<s> w1 … wm </s>`.
+/// Word keys of a line as the model sees it: `<s> w1 … wm </s>`. `<s>` and `</s>` written in
+/// the text are skipped (KenLM's `--skip_symbols`): they only mark sentence boundaries.
 pub fn sentence(line: &str, out: &mut Vec<u64>) {
     out.clear();
     out.push(word_key(BOS));
-    out.extend(line.split_whitespace().map(word_key));
+    out.extend(
+        line.split_whitespace()
+            .filter(|w| *w != BOS && *w != EOS)
+            .map(word_key),
+    );
     out.push(word_key(EOS));
 }
 
@@ -433,38 +438,69 @@ fn spill(
                 .filter(|key| !level.index.contains_key(key))
                 .copied(),
         );
-        for chunk in keys.chunks(CHUNK) {
-            let old = client.pull(&table, chunk)?;
-            let mut delta = Vec::with_capacity(old.len());
-            for (&key, old) in chunk.iter().zip(old.chunks(dim)) {
-                let before = Row::decode(old).ok_or_else(|| undecodable(&table, key))?;
-                let mut after = before;
-                if let Some(&i) = level.index.get(&key) {
-                    let i = i as usize;
-                    after.count += level.inc[i];
-                    coc[k].add(before.count, after.count);
-                    let words = &level.words[i * k..(i + 1) * k];
-                    let c = if k == 1 {
-                        EMPTY
-                    } else {
-                        ngram_key(&words[..k - 1])
-                    };
-                    ctx[k - 1]
-                        .entry(c)
-                        .or_default()
-                        .add(before.count, after.count);
-                    if before.count == 0 && k > 1 {
-                        lower[k - 1].add(&words[1..], 1);
+        // Pull the next chunk and push the last one while this one is worked out: a chunk's
+        // keys are distinct from every other chunk's of the same order.
+        let chunks: Vec<&[u64]> = keys.chunks(CHUNK).collect();
+        let (table, chunks) = (&table, &chunks);
+        std::thread::scope(|s| -> Result<()> {
+            let (pulled_tx, pulled) = std::sync::mpsc::sync_channel::<Result<Vec<f32>>>(1);
+            let (to_push, push_rx) = std::sync::mpsc::sync_channel::<(usize, Vec<f32>)>(1);
+            s.spawn(move || {
+                for c in chunks {
+                    let r = client.pull(table, c).map_err(TrainError::from);
+                    let failed = r.is_err();
+                    if pulled_tx.send(r).is_err() || failed {
+                        break;
                     }
                 }
-                if let Some(d) = ctx[k].get(&key) {
-                    apply(&mut after, d).ok_or_else(|| undecodable(&table, key))?;
+            });
+            let pusher = s.spawn(move || -> Result<()> {
+                for (i, delta) in push_rx {
+                    client.push(table, chunks[i], &delta)?;
                 }
-                let new = after.encode(dim);
-                delta.extend(new.iter().zip(old).map(|(n, o)| n - o));
+                Ok(())
+            });
+            for (i, chunk) in chunks.iter().enumerate() {
+                let old = pulled
+                    .recv()
+                    .map_err(|_| TrainError::Invalid("the count reader stopped".into()))??;
+                let mut delta = Vec::with_capacity(old.len());
+                for (&key, old) in chunk.iter().zip(old.chunks(dim)) {
+                    let before = Row::decode(old).ok_or_else(|| undecodable(table, key))?;
+                    let mut after = before;
+                    if let Some(&i) = level.index.get(&key) {
+                        let i = i as usize;
+                        after.count += level.inc[i];
+                        coc[k].add(before.count, after.count);
+                        let words = &level.words[i * k..(i + 1) * k];
+                        let c = if k == 1 {
+                            EMPTY
+                        } else {
+                            ngram_key(&words[..k - 1])
+                        };
+                        ctx[k - 1]
+                            .entry(c)
+                            .or_default()
+                            .add(before.count, after.count);
+                        if before.count == 0 && k > 1 {
+                            lower[k - 1].add(&words[1..], 1);
+                        }
+                    }
+                    if let Some(d) = ctx[k].get(&key) {
+                        apply(&mut after, d).ok_or_else(|| undecodable(table, key))?;
+                    }
+                    let new = after.encode(dim);
+                    delta.extend(new.iter().zip(old).map(|(n, o)| n - o));
+                }
+                if to_push.send((i, delta)).is_err() {
+                    break; // the pusher failed: its error is returned below
+                }
             }
-            client.push(&table, chunk, &delta)?;
-        }
+            drop(to_push);
+            pusher
+                .join()
+                .unwrap_or_else(|_| Err(TrainError::Invalid("the count writer panicked".into())))
+        })?;
         *level = Level::default();
     }
     // The empty context.
@@ -860,6 +896,16 @@ mod tests {
         }
         assert_eq!(Counter::get(&[0.5, 0.0], 0), None);
         assert_eq!(Counter::get(&[70_000.0, 0.0], 0), None);
+    }
+
+    #[test]
+    fn sentences_are_bracketed_and_markers_in_the_text_skipped() {
+        let mut s = Vec::new();
+        sentence(" a <s> b\t</s> ", &mut s);
+        let k = word_key;
+        assert_eq!(s, vec![k(BOS), k("a"), k("b"), k(EOS)]);
+        sentence("", &mut s);
+        assert_eq!(s, vec![k(BOS), k(EOS)]);
     }
 
     #[test]
