@@ -31,6 +31,7 @@ bench: deps pydeps
 	$(CARGO) bench -p paramdb-tests --bench linreg
 	$(CARGO) bench -p paramdb-tests --bench export
 	PARAMDB_PYTHON=$(PYTHON) $(CARGO) bench -p paramdb-tests --bench word2vec
+	$(CARGO) bench -p paramdb-tests --bench ngram_lm          # about 90 minutes; needs about 8 GB of free disk
 	$(CARGO) bench -p paramdb-tests --bench vocab_scale -- --sizes 1000000,3000000,10000000   # about 8 GB of free disk
 	$(CARGO) bench -p paramdb-server --bench bounded_memory   # needs about 6 GB of free disk
 	$(CARGO) bench -p paramdb-tests --bench soak              # 10 minutes

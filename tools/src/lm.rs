@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use paramdb_client::BlockingClient;
 use paramdb_trainer::ngram::{self, CountConfig, Kn, Perplexity, Sentences};
@@ -107,6 +108,23 @@ pub fn train(args: NgramLmArgs) -> anyhow::Result<()> {
     let existing = ngram::meta(&client, &args.model);
     let meta = match existing {
         Some(m) => {
+            let len = std::fs::metadata(&args.train)
+                .with_context(|| format!("reading {}", args.train.display()))?
+                .len();
+            if (m.order, m.corpus_len, m.dev_every) != (args.order as u64, len, args.dev_every) {
+                bail!(
+                    "model {:?} was counted with --order {} --dev-every {} from a corpus of {} \
+                     bytes; this run has --order {} --dev-every {} and {} bytes (use the same \
+                     flags and corpus to go on, or another --model)",
+                    args.model,
+                    m.order,
+                    m.dev_every,
+                    m.corpus_len,
+                    args.order,
+                    args.dev_every,
+                    len
+                );
+            }
             println!(
                 "model {:?}: n-gram counts already complete ({} lines, {} tokens); not counting again",
                 args.model, m.lines, m.tokens

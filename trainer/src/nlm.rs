@@ -299,7 +299,11 @@ pub fn train(
     let existing = Shape::decode(&client.pull(&st, &[NEURAL_KEY])?);
     let (positions, resumed) = match existing {
         Some(shape) => {
-            if shape != want {
+            let same_network = Shape {
+                epochs: want.epochs,
+                ..shape
+            } == want;
+            if !same_network {
                 return Err(TrainError::Mismatch {
                     model: model.clone(),
                     reason: format!(
@@ -307,6 +311,10 @@ pub fn train(
                          the same flags to resume, or another --model)"
                     ),
                 });
+            }
+            if shape.epochs != want.epochs {
+                // Another number of epochs: the workers carry on from where they are.
+                set_row(client, &st, NEURAL_KEY, &shape.encode(), &want.encode())?;
             }
             let rows = client.pull(&st, &pos_keys)?;
             let p = rows

@@ -293,6 +293,10 @@ fn neural_softmax_sums_to_one_and_the_interpolation_beats_both_models() {
 }
 
 fn train_cmd(corpus: &Path, data: &Path) -> Command {
+    train_epochs(corpus, data, 3)
+}
+
+fn train_epochs(corpus: &Path, data: &Path, epochs: u32) -> Command {
     let mut c = Command::new(paramdb_bin());
     c.args(["train", "ngram-lm", "--train"])
         .arg(corpus)
@@ -300,7 +304,8 @@ fn train_cmd(corpus: &Path, data: &Path) -> Command {
         .arg(data)
         .args(["--order", "3", "--dev-every", "20", "--spill-grams", "5000"])
         .args(["--emb-dim", "16", "--hidden", "64", "--out-dim", "16"])
-        .args(["--samples", "128", "--batch", "256", "--epochs", "3"])
+        .args(["--samples", "128", "--batch", "256", "--epochs"])
+        .arg(epochs.to_string())
         .args(["--checkpoint-secs", "0.1", "--quiet"]);
     c
 }
@@ -386,11 +391,12 @@ fn ngram_lm_killed_while_counting_or_training_resumes() {
 
     // Uninterrupted.
     let calm = tmp.path().join("calm");
-    let out = run_to_end(&corpus, &calm);
+    let calm_out = run_to_end(&corpus, &calm);
     assert!(
-        out.contains("counted") && out.contains("trained the neural model"),
-        "{out}"
+        calm_out.contains("counted") && calm_out.contains("trained the neural model"),
+        "{calm_out}"
     );
+    let three_epochs = number_after(line_with(&calm_out, "trained the neural model"), ", ");
     let calm_ppl = perplexities(&calm, &test);
 
     // Killed while counting (the counts start over), then while training the network (it
@@ -415,17 +421,19 @@ fn ngram_lm_killed_while_counting_or_training_resumes() {
     assert!(again.contains("already trained"), "{again}");
 
     // The counts are exactly those of the uninterrupted run; the network, trained in two
-    // parts, is as good within a few percent.
+    // parts, is as good.
     let killed_ppl = perplexities(&data, &test);
     let kn = "Kneser-Ney 3-gram";
     assert_eq!(line_with(&killed_ppl, kn), line_with(&calm_ppl, kn));
-    for what in ["neural", "interpolated"] {
+    // Two asynchronous workers make every run of the network a little different (uninterrupted
+    // runs of this test have scored 65 to 71); the interpolation varies far less (37.6–37.8).
+    for (what, tolerance) in [("neural", 0.12), ("interpolated", 0.03)] {
         let (a, b) = (
             ppl_of(line_with(&killed_ppl, what)),
             ppl_of(line_with(&calm_ppl, what)),
         );
         assert!(
-            (a / b - 1.0).abs() < 0.05,
+            (a / b - 1.0).abs() < tolerance,
             "{what}: {a} after the kill, {b} without"
         );
     }
@@ -437,4 +445,128 @@ fn ngram_lm_killed_while_counting_or_training_resumes() {
         mixed < kn_ppl,
         "interpolated {mixed} against Kneser-Ney {kn_ppl}"
     );
+
+    // A fourth epoch on request: the network trains on from where it stopped.
+    let out = train_epochs(&corpus, &data, 4).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let pct = number_after(
+        line_with(&text, "resumed the neural model"),
+        "checkpoint at ",
+    );
+    assert!(
+        (pct - 75.0).abs() < 0.5,
+        "a 4th epoch after 3 resumes at {pct}%: {text}"
+    );
+    let tokens = number_after(line_with(&text, "trained the neural model"), ", ");
+    assert!(
+        (tokens / (three_epochs / 3.0) - 1.0).abs() < 0.01,
+        "one more epoch trained {tokens} tokens, three trained {three_epochs}: {text}"
+    );
+}
+
+fn number_after(line: &str, before: &str) -> f64 {
+    line.split(before)
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !(c.is_ascii_digit() || c == '.')).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {before:?} in {line:?}"))
+}
+
+#[test]
+fn ngram_lm_bad_input_gets_one_line_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    markov_corpus(&corpus, 300, 50, 3);
+    let data = tmp.path().join("data");
+    let paramdb = |args: &[&str]| {
+        let out = Command::new(paramdb_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let c = corpus.to_str().unwrap();
+    for (args, want) in [
+        (
+            vec!["train", "ngram-lm", "--train", c, "--order", "0"],
+            "--order 0",
+        ),
+        (
+            vec!["train", "ngram-lm", "--train", c, "--order", "9"],
+            "--order 9",
+        ),
+        (
+            vec!["train", "ngram-lm", "--train", "/nonexistent.txt"],
+            "/nonexistent.txt",
+        ),
+        (
+            vec![
+                "train",
+                "ngram-lm",
+                "--train",
+                c,
+                "--kn-only",
+                "--dev-every",
+                "0",
+            ],
+            "",
+        ),
+        (
+            vec!["eval", "perplexity", "--test", c, "--model", "nope"],
+            "no complete n-gram counts",
+        ),
+        (
+            vec![
+                "train",
+                "ngram-lm",
+                "--train",
+                c,
+                "--dev-every",
+                "0",
+                "--hidden",
+                "0",
+            ],
+            "must be positive",
+        ),
+    ] {
+        let (ok, err) = paramdb(&args);
+        if want.is_empty() {
+            assert!(ok, "{args:?}: {err}");
+        } else {
+            assert!(!ok && err.contains(want), "{args:?}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        }
+    }
+    // A model goes on only with the corpus and settings it was counted with.
+    let other = tmp.path().join("other.txt");
+    markov_corpus(&other, 100, 50, 4);
+    let o = other.to_str().unwrap();
+    for args in [
+        vec!["train", "ngram-lm", "--train", o, "--dev-every", "0"],
+        vec![
+            "train",
+            "ngram-lm",
+            "--train",
+            c,
+            "--dev-every",
+            "0",
+            "--order",
+            "3",
+        ],
+    ] {
+        let (ok, err) = paramdb(&args);
+        assert!(
+            !ok && err.contains("was counted with --order 5 --dev-every 0"),
+            "{err}"
+        );
+    }
+    // The counts are still there and still score.
+    let (ok, err) = paramdb(&["eval", "perplexity", "--test", c]);
+    assert!(ok, "{err}");
 }
