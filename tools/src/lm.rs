@@ -1,16 +1,15 @@
 //! `paramdb train ngram-lm` and `paramdb eval perplexity`.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
 use paramdb_client::BlockingClient;
 use paramdb_trainer::ngram::{self, CountConfig, Kn, Perplexity, Sentences};
 use paramdb_trainer::nlm::{self, Neural, NeuralConfig};
 
 use crate::target::Target;
+use crate::train::progress_bar;
 
 #[derive(clap::Args, Debug)]
 pub struct NgramLmArgs {
@@ -89,20 +88,6 @@ impl NgramLmArgs {
     }
 }
 
-fn bar(quiet: bool, len: u64) -> Option<ProgressBar> {
-    (!quiet && std::io::stderr().is_terminal()).then(|| {
-        let b = ProgressBar::new(len);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] {percent:>3}% {msg} (eta {eta})",
-            )
-            .expect("template")
-            .progress_chars("=> "),
-        );
-        b
-    })
-}
-
 pub fn train(args: NgramLmArgs) -> anyhow::Result<()> {
     let client = args.target.connect()?;
     let existing = ngram::meta(&client, &args.model);
@@ -132,7 +117,7 @@ pub fn train(args: NgramLmArgs) -> anyhow::Result<()> {
             m
         }
         None => {
-            let b = bar(args.quiet, 1000);
+            let b = progress_bar(args.quiet, 1000);
             let cfg = CountConfig {
                 order: args.order,
                 dev_every: args.dev_every,
@@ -174,7 +159,7 @@ pub fn train(args: NgramLmArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let cfg = args.neural();
-    let b = bar(args.quiet, 1000);
+    let b = progress_bar(args.quiet, 1000);
     let plain = !args.quiet && b.is_none();
     let last_line = std::sync::Mutex::new(Instant::now() - Duration::from_secs(60));
     let show = |p: &nlm::Progress| {

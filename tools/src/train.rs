@@ -95,11 +95,10 @@ impl Word2VecArgs {
     }
 }
 
-pub fn word2vec(args: Word2VecArgs) -> anyhow::Result<()> {
-    let client = args.target.connect()?;
-    let cfg = args.config();
-    let bar = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
-        let b = ProgressBar::new(1000);
+/// A progress bar on stderr when it is a terminal (and not `--quiet`).
+pub(crate) fn progress_bar(quiet: bool, len: u64) -> Option<ProgressBar> {
+    (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let b = ProgressBar::new(len);
         b.set_style(
             ProgressStyle::with_template(
                 "{elapsed_precise} [{bar:30}] {percent:>3}% {msg} (eta {eta})",
@@ -108,7 +107,13 @@ pub fn word2vec(args: Word2VecArgs) -> anyhow::Result<()> {
             .progress_chars("=> "),
         );
         b
-    });
+    })
+}
+
+pub fn word2vec(args: Word2VecArgs) -> anyhow::Result<()> {
+    let client = args.target.connect()?;
+    let cfg = args.config();
+    let bar = progress_bar(args.quiet, 1000);
     let plain = !args.quiet && bar.is_none();
     let last_line = std::sync::Mutex::new(Instant::now() - Duration::from_secs(60));
     let show = |p: &Progress| {

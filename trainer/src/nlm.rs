@@ -654,33 +654,7 @@ impl<'a> Worker<'a> {
         for (xr, slots) in x.chunks_exact_mut(e).zip(&ctx_slots) {
             xr.copy_from_slice(&emb_rows[slots * e..(slots + 1) * e]);
         }
-        let mut hid = vec![0.0f32; b * h];
-        for r in hid.chunks_exact_mut(h) {
-            for (j, v) in r.iter_mut().enumerate() {
-                *v = w1[j * w1s + i_dim];
-            }
-        }
-        gemm(
-            1.0,
-            M::new(&x, b, i_dim),
-            M::strided(&w1, h, i_dim, w1s).t(),
-            1.0,
-            &mut hid,
-        );
-        linalg::tanh_in_place(&mut hid);
-        let mut z = vec![0.0f32; b * d];
-        for r in z.chunks_exact_mut(d) {
-            for (j, v) in r.iter_mut().enumerate() {
-                *v = w2[j * w2s + h];
-            }
-        }
-        gemm(
-            1.0,
-            M::new(&hid, b, h),
-            M::strided(&w2, d, h, w2s).t(),
-            1.0,
-            &mut z,
-        );
+        let (hid, z) = forward(&x, b, &w1, &w2, h, d);
 
         // Noise rows as one matrix, and logits against them.
         let mut on = vec![0.0f32; k * d];
@@ -817,6 +791,40 @@ impl<'a> Worker<'a> {
     }
 }
 
+/// The network from its input `x` (`b` rows of context embeddings) to the hidden layer
+/// `tanh(W1·x + b1)` (`b × h`) and the projection `W2·hid + b2` (`b × d`). `w1` and `w2` are
+/// the layers' rows as stored, weights then bias.
+fn forward(
+    x: &[f32],
+    b: usize,
+    w1: &[f32],
+    w2: &[f32],
+    h: usize,
+    d: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let i_dim = x.len() / b.max(1);
+    let layer = |input: &[f32], w: &[f32], rows: usize, cols: usize| {
+        let mut out = vec![0.0f32; b * rows];
+        for r in out.chunks_exact_mut(rows) {
+            for (j, v) in r.iter_mut().enumerate() {
+                *v = w[j * (cols + 1) + cols];
+            }
+        }
+        gemm(
+            1.0,
+            M::new(input, b, cols),
+            M::strided(w, rows, cols, cols + 1).t(),
+            1.0,
+            &mut out,
+        );
+        out
+    };
+    let mut hid = layer(x, w1, h, i_dim);
+    linalg::tanh_in_place(&mut hid);
+    let z = layer(&hid, w2, d, h);
+    (hid, z)
+}
+
 /// Sums of the columns of a row-major matrix with `cols` columns.
 fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
     let mut s = vec![0.0f32; cols];
@@ -930,34 +938,7 @@ impl Neural {
         for (xr, &slot) in x.chunks_exact_mut(e).zip(&slots) {
             xr.copy_from_slice(&rows[slot * e..(slot + 1) * e]);
         }
-        let (w1s, w2s) = (i_dim + 1, h + 1);
-        let mut hid = vec![0.0f32; b * h];
-        for r in hid.chunks_exact_mut(h) {
-            for (j, v) in r.iter_mut().enumerate() {
-                *v = self.w1[j * w1s + i_dim];
-            }
-        }
-        gemm(
-            1.0,
-            M::new(&x, b, i_dim),
-            M::strided(&self.w1, h, i_dim, w1s).t(),
-            1.0,
-            &mut hid,
-        );
-        linalg::tanh_in_place(&mut hid);
-        let mut z = vec![0.0f32; b * d];
-        for r in z.chunks_exact_mut(d) {
-            for (j, v) in r.iter_mut().enumerate() {
-                *v = self.w2[j * w2s + h];
-            }
-        }
-        gemm(
-            1.0,
-            M::new(&hid, b, h),
-            M::strided(&self.w2, d, h, w2s).t(),
-            1.0,
-            &mut z,
-        );
+        let (_, z) = forward(&x, b, &self.w1, &self.w2, h, d);
         Ok(z)
     }
 

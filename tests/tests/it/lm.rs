@@ -374,11 +374,7 @@ fn line_with<'a>(text: &'a str, what: &str) -> &'a str {
 
 /// The perplexity on a line that has one.
 fn ppl_of(line: &str) -> f64 {
-    line.split("perplexity ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no perplexity in {line:?}"))
+    number_after(line, "perplexity ")
 }
 
 #[test]
