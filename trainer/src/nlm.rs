@@ -12,7 +12,8 @@
 //! ```
 //!
 //! **Training.** A worker takes a minibatch of `batch` tokens, draws `samples` noise words
-//! from the unigram^`noise_power` distribution `q` (one set shared by the batch), and
+//! from `q` ∝ count^`noise_power`, the counts being the unigram rows' (Kneser-Ney's adjusted
+//! counts: distinct left neighbours; one set shared by the batch), and
 //! minimizes the sampled-softmax loss: each token's softmax runs over its own word and the
 //! noise words, every logit corrected by `−ln E[times drawn]` and a noise word equal to the
 //! token's masked (Jean et al., 2015). So a token costs the same whatever the vocabulary's
