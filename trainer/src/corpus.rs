@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::Path;
 
 use crate::error::{Result, TrainError};
+use crate::keys::{state_fields, state_row};
 
 /// Byte ranges of `parts` parts of a file of `len` bytes.
 pub fn part_range(len: u64, part: usize, parts: usize) -> (u64, u64) {
@@ -80,6 +81,31 @@ impl PartReader {
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
         };
         Ok(Some(self.line.trim_end_matches(['\n', '\r'])))
+    }
+}
+
+/// A trainer worker's recorded position in its part of a corpus: epochs finished, the offset
+/// of its next line, and the units (words, tokens) it has processed over all epochs. Stored
+/// as a state row; a resumed run continues from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Position {
+    pub epoch: u64,
+    pub offset: u64,
+    pub done: u64,
+}
+
+impl Position {
+    pub fn encode(&self) -> Vec<f32> {
+        state_row(&[self.epoch, self.offset, self.done])
+    }
+
+    pub fn decode(r: &[f32]) -> Option<Position> {
+        let [epoch, offset, done] = state_fields(r)?;
+        Some(Position {
+            epoch,
+            offset,
+            done,
+        })
     }
 }
 

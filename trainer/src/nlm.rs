@@ -38,7 +38,7 @@ use rand_distr::weighted::WeightedAliasIndex;
 use rand_distr::Distribution;
 use rustc_hash::FxHashMap;
 
-use crate::corpus::{part_range, PartReader};
+use crate::corpus::{part_range, PartReader, Position};
 use crate::error::{Result, TrainError};
 use crate::keys::{set_row, state_fields, state_row, word_key, STATE_DIM};
 use crate::linalg::{self, gemm, M};
@@ -144,29 +144,6 @@ impl Shape {
             out_dim,
             epochs,
             threads,
-        })
-    }
-}
-
-/// A worker's recorded position: epochs finished, the offset of its next line, tokens done.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-struct Position {
-    epoch: u64,
-    offset: u64,
-    tokens: u64,
-}
-
-impl Position {
-    fn encode(&self) -> Vec<f32> {
-        state_row(&[self.epoch, self.offset, self.tokens])
-    }
-
-    fn decode(r: &[f32]) -> Option<Position> {
-        let [epoch, offset, tokens] = state_fields(r)?;
-        Some(Position {
-            epoch,
-            offset,
-            tokens,
         })
     }
 }
@@ -373,7 +350,7 @@ pub fn train(
                 .map(|i| Position {
                     epoch: 0,
                     offset: part_range(corpus_len, i, cfg.threads).0,
-                    tokens: 0,
+                    done: 0,
                 })
                 .collect();
             let values: Vec<f32> = p.iter().flat_map(|p| p.encode()).collect();
@@ -388,7 +365,7 @@ pub fn train(
         }
     };
     let tokens_total = kn.meta.tokens * cfg.epochs as u64;
-    let done_before: u64 = positions.iter().map(|p| p.tokens).sum();
+    let done_before: u64 = positions.iter().map(|p| p.done).sum();
     let vocab = kn.vocabulary(client)?;
     let mut report = Report {
         vocab_size: vocab.len(),
@@ -543,7 +520,7 @@ impl<'a> Worker<'a> {
             written: pos.encode(),
             pos,
             rng: SmallRng::seed_from_u64(
-                s.cfg.seed ^ (part as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ pos.tokens,
+                s.cfg.seed ^ (part as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ pos.done,
             ),
             last_record: Instant::now(),
         }
@@ -593,7 +570,7 @@ impl<'a> Worker<'a> {
                 }
                 let loss = self.train_batch(&ex)?;
                 self.pos.offset = reader.position();
-                self.pos.tokens += ex.len() as u64;
+                self.pos.done += ex.len() as u64;
                 self.s.done.fetch_add(ex.len() as u64, Ordering::Relaxed);
                 {
                     let mut l = self.s.loss.lock().unwrap_or_else(|e| e.into_inner());

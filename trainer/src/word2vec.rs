@@ -39,7 +39,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rustc_hash::FxHashMap;
 
-use crate::corpus::{part_range, PartReader};
+use crate::corpus::{part_range, PartReader, Position};
 use crate::error::{Result, TrainError};
 use crate::kernel::{axpy, scale, Kernel, SigmoidTable};
 use crate::keys::{set_row, state_fields, state_row, word_key, STATE_DIM};
@@ -187,30 +187,6 @@ impl Meta {
     }
 }
 
-/// A worker's recorded position: `epoch` (epochs finished), the offset of its next line, and
-/// the words it has processed over all epochs.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct Position {
-    epoch: u64,
-    offset: u64,
-    words: u64,
-}
-
-impl Position {
-    fn encode(&self) -> Vec<f32> {
-        state_row(&[self.epoch, self.offset, self.words])
-    }
-
-    fn decode(r: &[f32]) -> Option<Position> {
-        let [epoch, offset, words] = state_fields(r)?;
-        Some(Position {
-            epoch,
-            offset,
-            words,
-        })
-    }
-}
-
 /// Trains (or resumes training) `cfg.model` on `corpus`. `on_progress` is called about four
 /// times a second from the calling thread.
 pub fn train(
@@ -345,7 +321,7 @@ pub fn train(
                 .map(|g| Position {
                     epoch: 0,
                     offset: part_range(corpus_len, g, parts).0,
-                    words: 0,
+                    done: 0,
                 })
                 .collect();
             let keys: Vec<u64> = (1..=parts as u64).collect();
@@ -361,7 +337,7 @@ pub fn train(
 
     // This process's share of the words (its parts are `threads` of `parts` byte ranges).
     let words_total = meta.train_words * meta.epochs * cfg.threads as u64 / parts as u64;
-    let done_before: u64 = positions.iter().map(|p| p.words).sum();
+    let done_before: u64 = positions.iter().map(|p| p.done).sum();
     let mut report = Report {
         vocab_size: summary.words as usize,
         train_words: meta.train_words,
@@ -579,7 +555,7 @@ struct Worker<'a> {
 
 impl<'a> Worker<'a> {
     fn new(s: &'a Shared<'a>, client: &'a BlockingClient, part: usize, pos: Position) -> Self {
-        let seed = s.cfg.seed ^ (part as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ pos.words;
+        let seed = s.cfg.seed ^ (part as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ pos.done;
         Worker {
             s,
             client,
@@ -610,7 +586,7 @@ impl<'a> Worker<'a> {
                     self.train_batch(&sentences)?;
                 }
                 self.s.words_done.fetch_add(seen, Ordering::Relaxed);
-                self.pos.words += seen;
+                self.pos.done += seen;
                 self.pos.offset = reader.position();
                 if !more {
                     break;
@@ -842,7 +818,7 @@ mod tests {
         let p = Position {
             epoch: 3,
             offset: 1 << 40,
-            words: 123_456_789,
+            done: 123_456_789,
         };
         assert_eq!(Position::decode(&p.encode()), Some(p));
         let m = Meta {
