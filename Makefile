@@ -6,7 +6,8 @@
 SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CARGO ?= cargo
-TEST_LOG := $(or $(CARGO_TARGET_DIR),target)/test-output.log
+TARGET := $(or $(CARGO_TARGET_DIR),target)
+TEST_LOG := $(TARGET)/test-output.log
 # Python for the tests that drive the service from a client generated from proto/.
 VENV := .venv
 PYTHON := $(abspath $(VENV))/bin/python
@@ -14,7 +15,8 @@ PYTHON := $(abspath $(VENV))/bin/python
 .PHONY: demo test bench deps pydeps lint
 
 demo: deps
-	$(CARGO) run --release -p paramdb-tools --bin paramdb -- demo
+	$(CARGO) build --release --workspace --bins
+	$(TARGET)/release/paramdb demo
 
 # cargo prints one summary per test binary (the last ones are empty doc-test runs), so the
 # run ends with the total over all of them.
@@ -23,19 +25,21 @@ test: deps pydeps
 	set -o pipefail; PARAMDB_PYTHON=$(PYTHON) $(CARGO) test --release --workspace 2>&1 | tee $(TEST_LOG)
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f; exit (p == 0 || f > 0)}' $(TEST_LOG)
 
+# Every cargo command selects the whole workspace (`--workspace --bench NAME`): with one package
+# only, host build-dependencies unify to other features and librocksdb-sys is built again.
 bench: deps pydeps
 	@command -v redis-server >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-	$(CARGO) bench -p paramdb-server --bench store
-	$(CARGO) bench -p paramdb-tests --bench loopback
-	$(CARGO) build --release -p paramdb-tools
-	$(CARGO) bench -p paramdb-tests --bench linreg
-	$(CARGO) bench -p paramdb-tests --bench export
-	PARAMDB_PYTHON=$(PYTHON) $(CARGO) bench -p paramdb-tests --bench word2vec
-	$(CARGO) bench -p paramdb-tests --bench ngram_lm          # about 90 minutes; needs about 8 GB of free disk
-	$(CARGO) bench -p paramdb-tests --bench vocab_scale -- --sizes 1000000,3000000,10000000   # about 8 GB of free disk
-	$(CARGO) bench -p paramdb-server --bench bounded_memory   # needs about 6 GB of free disk
-	$(CARGO) bench -p paramdb-tests --bench soak              # 10 minutes
-	PARAMDB_KILLS=1000 $(CARGO) test --release -p paramdb-tests --test it kill_loop -- --nocapture
+	$(CARGO) build --release --workspace
+	$(CARGO) bench --workspace --bench store
+	$(CARGO) bench --workspace --bench loopback
+	$(CARGO) bench --workspace --bench linreg
+	$(CARGO) bench --workspace --bench export
+	PARAMDB_PYTHON=$(PYTHON) $(CARGO) bench --workspace --bench word2vec
+	$(CARGO) bench --workspace --bench ngram_lm          # about 90 minutes; needs about 8 GB of free disk
+	$(CARGO) bench --workspace --bench vocab_scale -- --sizes 1000000,3000000,10000000   # about 8 GB of free disk
+	$(CARGO) bench --workspace --bench bounded_memory   # needs about 6 GB of free disk
+	$(CARGO) bench --workspace --bench soak              # 10 minutes
+	PARAMDB_KILLS=1000 $(CARGO) test --release --workspace --test it kill_loop -- --nocapture
 
 lint: deps
 	$(CARGO) fmt --all -- --check

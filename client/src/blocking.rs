@@ -4,14 +4,15 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
+#[cfg(feature = "embedded")]
+use paramdb_engine::{Store, StoreOptions};
 use paramdb_proto::cluster::ClusterMap;
-use paramdb_proto::v1::StatsResponse;
-use paramdb_server::{KeyRange, ShardReport, Store, TableSpec};
+use paramdb_types::{KeyRange, ShardReport, TableSpec, VerifyReport};
 
 use crate::client::{Client, ClientOptions, PushResult, RowStream};
 use crate::error::ClientError;
 use crate::staleness::Clock;
-use crate::transport::RowBlock;
+use crate::transport::{RowBlock, ShardStats};
 
 #[derive(Debug, Clone)]
 pub struct BlockingClient {
@@ -41,6 +42,7 @@ impl BlockingClient {
         })
     }
 
+    #[cfg(feature = "embedded")]
     pub fn embedded(
         map: ClusterMap,
         stores: Vec<Arc<Store>>,
@@ -52,10 +54,11 @@ impl BlockingClient {
         })
     }
 
+    #[cfg(feature = "embedded")]
     pub fn open_embedded(
         dir: &std::path::Path,
         shards: usize,
-        store: paramdb_server::StoreOptions,
+        store: StoreOptions,
         opts: ClientOptions,
     ) -> Result<Self, ClientError> {
         Ok(BlockingClient {
@@ -64,10 +67,11 @@ impl BlockingClient {
         })
     }
 
+    #[cfg(feature = "embedded")]
     /// See `Client::open_embedded_read_only`.
     pub fn open_embedded_read_only(
         dir: &std::path::Path,
-        store: paramdb_server::StoreOptions,
+        store: StoreOptions,
         opts: ClientOptions,
     ) -> Result<Self, ClientError> {
         Ok(BlockingClient {
@@ -155,7 +159,7 @@ impl BlockingClient {
         self.rt.block_on(self.client.inspect(exact_rows))
     }
 
-    pub fn verify(&self) -> Result<Vec<paramdb_server::verify::VerifyReport>, ClientError> {
+    pub fn verify(&self) -> Result<Vec<VerifyReport>, ClientError> {
         self.rt.block_on(self.client.verify())
     }
 
@@ -172,7 +176,7 @@ impl BlockingClient {
         self.rt.block_on(self.client.compact())
     }
 
-    pub fn stats(&self) -> Result<Vec<StatsResponse>, ClientError> {
+    pub fn stats(&self) -> Result<Vec<ShardStats>, ClientError> {
         self.rt.block_on(self.client.stats())
     }
 

@@ -12,16 +12,18 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::stream::{self, Stream, StreamExt};
+#[cfg(feature = "embedded")]
+use paramdb_engine::{Store, StoreOptions};
 use paramdb_proto::cluster::ClusterMap;
-use paramdb_proto::v1::StatsResponse;
-use paramdb_server::verify::VerifyReport;
-use paramdb_server::{KeyRange, ShardReport, Store, StoreOptions, TableSpec};
+use paramdb_types::{quote, Code, KeyRange, ShardReport, TableSpec, VerifyReport};
 use rand::Rng;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::error::ClientError;
 use crate::routing;
-use crate::transport::{LogDump, RowBlock, Security, Shard, ShardAck};
+#[cfg(feature = "embedded")]
+use crate::transport::EmbeddedShard;
+use crate::transport::{GrpcShard, LogDump, RowBlock, Security, Shard, ShardAck, ShardStats};
 
 /// Timeouts, retries and identity.
 #[derive(Clone, Debug)]
@@ -57,7 +59,7 @@ impl Default for ClientOptions {
 /// The outcome of a catalog change made on every shard. `done` is the code a shard answers
 /// when it already had the change (an earlier, partly failed attempt): fine on some shards,
 /// an error when every shard says it.
-fn settle(results: Vec<Result<(), ClientError>>, done: tonic::Code) -> Result<(), ClientError> {
+fn settle(results: Vec<Result<(), ClientError>>, done: Code) -> Result<(), ClientError> {
     let is_done = |e: &ClientError| e.code() == Some(done);
     if results.iter().all(|r| r.as_ref().is_err_and(is_done)) {
         return results.into_iter().next().unwrap_or(Ok(()));
@@ -66,6 +68,41 @@ fn settle(results: Vec<Result<(), ClientError>>, done: tonic::Code) -> Result<()
         .into_iter()
         .filter(|r| !r.as_ref().is_err_and(is_done))
         .collect()
+}
+
+/// The checks a push must pass before any part of it is sent: every shard would refuse its
+/// part otherwise, but the other shards would have applied theirs, and the push could not be
+/// retried whole. One rule, the same in every client: duplicate keys are refused (sum them
+/// first), and so are NaN and infinities.
+fn check_push(table: &str, keys: &[u64], values: &[f32], dim: usize) -> Result<(), ClientError> {
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(ClientError::Invalid(format!(
+            "value {} of key {} in a push to table {} is {} (NaN and infinities are refused)",
+            i % dim,
+            keys[i / dim],
+            quote(table),
+            values[i]
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(keys.len());
+    if let Some(k) = keys.iter().find(|&&k| !seen.insert(k)) {
+        return Err(ClientError::Invalid(format!(
+            "key {k} appears more than once in one push to table {} (duplicate keys are refused: sum them first)",
+            quote(table)
+        )));
+    }
+    Ok(())
+}
+
+/// An embedded shard that would not open, as the client reports it.
+#[cfg(feature = "embedded")]
+fn open_error(shard: usize, e: paramdb_engine::OpenError) -> ClientError {
+    use paramdb_engine::Classify;
+    ClientError::Status {
+        shard,
+        code: e.code(),
+        message: paramdb_engine::chain(&e),
+    }
 }
 
 /// What a push returned.
@@ -177,11 +214,14 @@ impl Client {
             .shards
             .iter()
             .enumerate()
-            .map(|(i, s)| Shard::grpc(i, &s.address, opts.connect_timeout, &security))
+            .map(|(i, s)| {
+                GrpcShard::connect(i, &s.address, opts.connect_timeout, &security).map(Shard::Grpc)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self::build(map, shards, opts))
     }
 
+    #[cfg(feature = "embedded")]
     /// A client of stores in this process, one per shard of `map` (addresses are ignored).
     pub fn embedded(
         map: ClusterMap,
@@ -201,11 +241,18 @@ impl Client {
             .into_iter()
             .zip(&map.shards)
             .enumerate()
-            .map(|(i, (s, e))| Shard::embedded(i, s, KeyRange::new(e.range[0], e.range[1])))
+            .map(|(i, (s, e))| {
+                Shard::Embedded(EmbeddedShard::new(
+                    i,
+                    s,
+                    KeyRange::new(e.range[0], e.range[1]),
+                ))
+            })
             .collect();
         Ok(Self::build(map, shards, opts))
     }
 
+    #[cfg(feature = "embedded")]
     /// Opens (or creates) `shards` embedded stores under `dir/shard-<i>`, splitting the key
     /// space evenly: the no-network default.
     pub fn open_embedded(
@@ -220,16 +267,13 @@ impl Client {
             .map(|i| {
                 Store::open(dir.join(format!("shard-{i}")), store.clone())
                     .map(Arc::new)
-                    .map_err(|e| ClientError::Status {
-                        shard: i,
-                        code: paramdb_server::rpc::status::code_of(&e),
-                        message: e.to_string(),
-                    })
+                    .map_err(|e| open_error(i, e))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Self::embedded(map, stores, opts)
     }
 
+    #[cfg(feature = "embedded")]
     /// Opens the shards under `dir` read-only (see `Store::open_read_only`), safe while a
     /// server or an embedded trainer uses them: `dir` is either one shard's directory (a
     /// server's `--data-dir`; it then answers for every key) or an embedded data directory
@@ -242,11 +286,7 @@ impl Client {
         let open = |i: usize, d: &Path| {
             Store::open_read_only(d, store.clone())
                 .map(Arc::new)
-                .map_err(|e| ClientError::Status {
-                    shard: i,
-                    code: paramdb_server::rpc::status::code_of(&e),
-                    message: e.to_string(),
-                })
+                .map_err(|e| open_error(i, e))
         };
         let mut dirs = embedded_shard_dirs(dir);
         if dirs.is_empty() {
@@ -309,7 +349,7 @@ impl Client {
                 Ok(r) => r,
                 Err(_) => Err(ClientError::Status {
                     shard,
-                    code: tonic::Code::DeadlineExceeded,
+                    code: Code::DeadlineExceeded,
                     message: format!("no answer within {:?}", o.timeout),
                 }),
             };
@@ -355,7 +395,7 @@ impl Client {
                 async move { s.create_table(&spec).await }
             })
             .await;
-        settle(results, tonic::Code::AlreadyExists)
+        settle(results, Code::AlreadyExists)
     }
 
     /// Drops the table on every shard.
@@ -371,7 +411,7 @@ impl Client {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
-        settle(results, tonic::Code::NotFound)
+        settle(results, Code::NotFound)
     }
 
     pub async fn list_tables(&self) -> Result<Vec<TableSpec>, ClientError> {
@@ -427,7 +467,7 @@ impl Client {
             if vals.len() != idx.len() * dim {
                 return Err(ClientError::Status {
                     shard: *shard,
-                    code: tonic::Code::Internal,
+                    code: Code::Internal,
                     message: format!("{} values for {} keys of dim {dim}", vals.len(), idx.len()),
                 });
             }
@@ -473,6 +513,7 @@ impl Client {
             )));
         }
         let dim = values.len() / keys.len();
+        check_push(table, keys, values, dim)?;
         let parts = routing::split_keys(&self.inner.map, keys)?;
         let client = self.inner.client_id;
         let acks: Vec<ShardAck> =
@@ -659,7 +700,7 @@ impl Client {
             .collect()
     }
 
-    pub async fn stats(&self) -> Result<Vec<StatsResponse>, ClientError> {
+    pub async fn stats(&self) -> Result<Vec<ShardStats>, ClientError> {
         self.all(|s| async move { s.stats().await })
             .await
             .into_iter()

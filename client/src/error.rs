@@ -1,12 +1,13 @@
-//! The client's error: a gRPC status (from a server, or mapped the same way from an embedded
-//! shard's store error), a routing problem, or a transport that could not connect.
+//! The client's error: a status from a shard (sent by a server, or classified the same way by
+//! an embedded shard), a routing problem, or a transport that could not connect. Codes are
+//! paramdb's own (`Code`, gRPC's canonical codes), whichever transport answered.
 
-use tonic::Code;
+use paramdb_types::Code;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    #[error("shard {shard}: {code:?}: {message}")]
+    #[error("shard {shard}: {code}: {message}")]
     Status {
         shard: usize,
         code: Code,
@@ -32,37 +33,19 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    pub fn status(shard: usize, s: tonic::Status) -> ClientError {
-        // A transport failure says only "transport error"; its causes (refused connection,
-        // an untrusted certificate, …) are in the source chain.
-        let mut message = s.message().to_string();
-        let mut source = std::error::Error::source(&s);
-        while let Some(e) = source {
-            let text = e.to_string();
-            if !message.contains(&text) {
-                message.push_str(": ");
-                message.push_str(&text);
-            }
-            source = e.source();
-        }
-        ClientError::Status {
-            shard,
-            code: s.code(),
-            message,
-        }
-    }
-
     /// The thing to be created exists already (a table another worker created first).
     pub fn is_already_exists(&self) -> bool {
         self.code() == Some(Code::AlreadyExists)
     }
 
-    /// The gRPC code, if this error carries one.
+    /// The code of this error: a shard's status, `InvalidArgument` for a request the client
+    /// refused itself, `Unavailable` for a shard it could not reach.
     pub fn code(&self) -> Option<Code> {
         match self {
             ClientError::Status { code, .. } => Some(*code),
             ClientError::RetriesExhausted { last, .. } => last.code(),
-            _ => None,
+            ClientError::Invalid(_) | ClientError::NoShard { .. } => Some(Code::InvalidArgument),
+            ClientError::Connect { .. } => Some(Code::Unavailable),
         }
     }
 

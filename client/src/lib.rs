@@ -7,6 +7,11 @@
 //!   sequence number (so a retried push is applied once).
 //! - `blocking`: the same API for synchronous callers.
 //! - `staleness`: worker clocks for bounded-staleness and bulk-synchronous training.
+//!
+//! The public API speaks paramdb's own types (`TableSpec`, `KeyRange`, `ShardReport`,
+//! `ShardStats`, `Code`, …), never protobuf messages or engine internals. The in-process
+//! transport needs the `embedded` feature (on by default); without it the client talks gRPC
+//! only and does not link RocksDB.
 
 pub mod blocking;
 pub mod client;
@@ -16,8 +21,14 @@ pub mod staleness;
 pub mod transport;
 
 pub use blocking::{BlockingClient, BlockingClock, BlockingRows};
-pub use client::{embedded_shard_dirs, Client, ClientOptions, RowStream};
+pub use client::{embedded_shard_dirs, Client, ClientOptions, PushResult, RowStream};
 pub use error::ClientError;
+#[cfg(feature = "embedded")]
+pub use paramdb_engine::{Store, StoreOptions, SyncPolicy};
 pub use paramdb_proto::cluster::ClusterMap;
-pub use paramdb_server::{Initializer, KeyRange, StoreOptions, SyncPolicy, TableSpec, UpdateRule};
+pub use paramdb_types::{
+    CacheStats, Code, Initializer, KeyRange, LogRecord, Problem, ProblemArea, ShardReport,
+    StoreStats, TableReport, TableSpec, UpdateRule, VerifyReport,
+};
 pub use staleness::Clock;
+pub use transport::{LogDump, RowBlock, ShardStats};

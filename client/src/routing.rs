@@ -2,7 +2,7 @@
 //! contiguous block splits across shards. No I/O.
 
 use paramdb_proto::cluster::ClusterMap;
-use paramdb_server::KeyRange;
+use paramdb_types::KeyRange;
 
 use crate::error::ClientError;
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use paramdb_server::{TableSpec, UpdateRule};
+use paramdb_types::{TableSpec, UpdateRule};
 
 use crate::client::Client;
 use crate::error::ClientError;
@@ -39,7 +39,7 @@ impl Clock {
             .create_table(TableSpec::new(&table, 1).with_rule(UpdateRule::Add))
             .await
         {
-            Err(e) if e.code() != Some(tonic::Code::AlreadyExists) => return Err(e),
+            Err(e) if e.code() != Some(paramdb_types::Code::AlreadyExists) => return Err(e),
             _ => {}
         }
         let clock = client.pull(&table, &[worker]).await?[0] as u64;

@@ -1,8 +1,10 @@
 //! paramdb's wire contract: the protobuf messages and gRPC service generated from
 //! `proto/paramdb.proto`, the descriptor set for server reflection, the packed row encoding,
-//! and the cluster file (which shard owns which key range, at which address).
+//! the conversions between messages and paramdb's plain types (`convert`), and the cluster
+//! file (which shard owns which key range, at which address).
 
 pub mod cluster;
+pub mod convert;
 pub mod packed;
 
 #[allow(clippy::all, missing_debug_implementations, unreachable_pub)]

@@ -1,13 +1,18 @@
-//! The thin async gRPC layer over the synchronous store: decode, validate what only the wire
-//! knows (packing, key range, limits), run the store call on a blocking thread, encode.
-//! `status::to_status` is the one place a store error becomes a `tonic::Status`.
+//! The thin async gRPC layer over the synchronous engine: decode, validate what only the wire
+//! knows (packing, key range, limits), run the engine call on a blocking thread, encode.
 //!
-//! - `service`: the `Paramdb` service implementation.
-//! - `status`: store errors → gRPC status codes.
-//! - `serve`: builds the server (health, reflection, limits) on a caller-owned listener and
-//!   shutdown signal, opens the store while reporting NOT_SERVING, and checkpoints on shutdown.
+//! - `service`: the `Paramdb` service: its state, the checks every call shares, and the trait
+//!   implementation, which hands each method to its handler in `handlers/` (one file per
+//!   group of calls, as mini-redis keeps one per command).
+//! - `status`: the one place an engine error becomes a `tonic::Status`.
+//! - `serve`: builds the server (health, reflection, limits, TLS) on a caller-owned listener
+//!   and shutdown signal, opens the store while reporting NOT_SERVING, and on shutdown gives
+//!   in-flight calls a grace period, cancels what is left, and checkpoints.
+//! - `auth`: bearer tokens with read or write access.
+//! - `metrics`: Prometheus text on its own port, and the per-method tower layer.
 
 pub mod auth;
+mod handlers;
 pub mod metrics;
 pub mod serve;
 pub mod service;

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::process::Command;
 use std::time::Instant;
 
-use paramdb_server::{ClientId, Store, StoreOptions, SyncPolicy, TableSpec};
+use paramdb_engine::{ClientId, Store, StoreOptions, SyncPolicy, TableSpec};
 
 const DIM: usize = 100;
 

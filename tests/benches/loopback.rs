@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use paramdb_client::{BlockingClient, ClientOptions, ClusterMap, TableSpec, UpdateRule};
+use paramdb_engine::{KeyRange, StoreOptions, SyncPolicy};
 use paramdb_server::rpc::{Limits, ServeConfig};
-use paramdb_server::{KeyRange, StoreOptions, SyncPolicy};
 use rand::distr::Distribution;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -170,6 +170,7 @@ fn main() {
         tls: None,
         tokens: None,
         sync_journal: None,
+        shutdown_grace: paramdb_server::rpc::serve::DEFAULT_SHUTDOWN_GRACE,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = rt.spawn(paramdb_server::rpc::serve(listener, config, async {
@@ -190,7 +191,10 @@ fn main() {
     println!("|---|---|---|---|---|---|");
     let cache_lookups = || {
         let s = &client.stats().expect("stats")[0];
-        (s.cache_hits, s.cache_hits + s.cache_misses)
+        (
+            s.store.cache.hits,
+            s.store.cache.hits + s.store.cache.misses,
+        )
     };
     for (label, dist) in [("uniform", None), ("Zipf(1.0)", Some(&zipf))] {
         let table = if dist.is_some() { "zipf" } else { "uniform" };

@@ -1,14 +1,18 @@
 //! word2vec side by side, in one run: paramdb against an embedded shard, paramdb against two
 //! local `paramdb serve` processes over gRPC, and gensim (PyPI) — the same corpus and settings
-//! (skip-gram, dim 100, window 5, negative 5, min-count 5, sample 1e-4, 2 threads). Reports
-//! words/s (corpus words × epochs over wall-clock seconds, vocabulary counting included for
-//! everyone), analogy accuracy (30,000 most frequent words, case-folded), and Spearman's ρ on
-//! WordSim353 and SimLex-999. Prints Markdown.
+//! (dim 100, window 5, negative 5, min-count 5, sample 1e-4, 2 threads), for skip-gram and for
+//! CBOW (paramdb embedded against gensim `sg=0` at alpha 0.025, its default, and at 0.05,
+//! word2vec.c's and paramdb's CBOW default). Reports words/s (corpus words × epochs over
+//! wall-clock seconds, vocabulary counting included for everyone), analogy accuracy (30,000
+//! most frequent words, case-folded), and Spearman's ρ on WordSim353 and SimLex-999. Then it
+//! exports the embedded skip-gram model as word2vec binary and counts the analogy questions
+//! gensim covers on it with `restrict_vocab=30000`, against gensim's own vectors. Prints
+//! Markdown.
 //!
 //! Needs the `paramdb` binary (`cargo build --release -p paramdb-tools`) and a Python with
 //! gensim (`PARAMDB_PYTHON`, else `.venv`; `make bench` sets both up).
 //!
-//! `cargo bench -p paramdb-tests --bench word2vec [-- --epochs N] [--quick]`
+//! `cargo bench -p paramdb-tests --bench word2vec [-- --epochs N] [--quick] [--only sg|cbow]`
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -61,8 +65,14 @@ struct Scores {
     simlex: f64,
 }
 
-/// Trains with `target` args, then evaluates the stored model.
-fn paramdb_run(corpus: &Path, data: &Path, epochs: u32, target: &[String]) -> Scores {
+/// Trains with `target` args (and `extra` training flags), then evaluates the stored model.
+fn paramdb_run(
+    corpus: &Path,
+    data: &Path,
+    epochs: u32,
+    target: &[String],
+    extra: &[&str],
+) -> Scores {
     let t = Instant::now();
     run(Command::new(paramdb())
         .args(["train", "word2vec", "--corpus"])
@@ -79,6 +89,7 @@ fn paramdb_run(corpus: &Path, data: &Path, epochs: u32, target: &[String]) -> Sc
         ])
         .args(["--sample", "1e-4", "--threads", "2", "--quiet", "--epochs"])
         .arg(epochs.to_string())
+        .args(extra)
         .args(target));
     let secs = t.elapsed().as_secs_f64();
     let eval = |args: &[&str], file: &str| {
@@ -108,9 +119,66 @@ fn paramdb_run(corpus: &Path, data: &Path, epochs: u32, target: &[String]) -> Sc
     }
 }
 
+/// gensim with `extra` script flags; `vectors` saves its vectors (binary).
+fn gensim_run(
+    corpus: &Path,
+    data: &Path,
+    epochs: u32,
+    extra: &[&str],
+    vectors: Option<&Path>,
+) -> (Scores, f64) {
+    let t = Instant::now();
+    let mut cmd = Command::new(python());
+    cmd.arg(root().join("tests/python/gensim_word2vec.py"))
+        .arg(corpus)
+        .arg(data)
+        .arg(epochs.to_string())
+        .arg("2");
+    if let Some(v) = vectors {
+        cmd.arg(v);
+    }
+    let out = run(cmd.args(extra));
+    let secs = t.elapsed().as_secs_f64();
+    let field = |k: &str| number_after(&out, &format!("\"{k}\":"));
+    (
+        Scores {
+            // The script's own timing leaves out interpreter start-up; use the wall clock like
+            // the others.
+            secs,
+            analogy: field("analogy"),
+            ws: field("wordsim353"),
+            simlex: field("simlex999"),
+        },
+        field("covered"),
+    )
+}
+
+fn table(words: f64, gensim_secs: f64, rows: &[(&str, &Scores)]) {
+    println!("| trainer | seconds | words/s | / gensim | analogy | WordSim353 | SimLex-999 |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, s) in rows {
+        println!(
+            "| {name} | {:.1} | {:.0} | {:.2} | {:.2}% | {:.3} | {:.3} |",
+            s.secs,
+            words / s.secs,
+            gensim_secs / s.secs,
+            s.analogy * 100.0,
+            s.ws,
+            s.simlex
+        );
+    }
+    println!();
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let wants = |m: &str| only.as_deref().is_none_or(|o| o == m);
     let epochs: u32 = args
         .iter()
         .position(|a| a == "--epochs")
@@ -134,63 +202,93 @@ fn main() {
         .split_whitespace()
         .count() as f64
         * epochs as f64;
-
-    let emb = tmp.path().join("embedded");
-    let embedded = paramdb_run(
-        &corpus,
-        &data,
-        epochs,
-        &["--data-dir".into(), emb.display().to_string()],
-    );
-    let grpc = {
-        let (_servers, file) =
-            paramdb_tests::servers::start(&paramdb(), tmp.path(), 2, &["--sync", "interval=50"]);
-        paramdb_run(
-            &corpus,
-            &data,
-            epochs,
-            &["--cluster".into(), file.display().to_string()],
-        )
-    };
-    let t = Instant::now();
-    let out = run(Command::new(python())
-        .arg(root().join("tests/python/gensim_word2vec.py"))
-        .arg(&corpus)
-        .arg(&data)
-        .arg(epochs.to_string())
-        .arg("2"));
-    let gensim_secs = t.elapsed().as_secs_f64();
-    let field = |k: &str| number_after(&out, &format!("\"{k}\":"));
-    let gensim = Scores {
-        // The script's own timing leaves out interpreter start-up; use the wall clock like
-        // the others.
-        secs: gensim_secs,
-        analogy: field("analogy"),
-        ws: field("wordsim353"),
-        simlex: field("simlex999"),
-    };
-
-    println!("## word2vec: paramdb vs gensim\n");
     println!(
-        "{} ({:.1}M words × {epochs} epochs); skip-gram, dim 100, window 5, negative 5, min-count 5, sample 1e-4, 2 threads\n",
+        "{} ({:.1}M words × {epochs} epochs); dim 100, window 5, negative 5, min-count 5, sample 1e-4, 2 threads\n",
         corpus.file_name().unwrap().to_string_lossy(),
         words / epochs as f64 / 1e6
     );
-    println!("| trainer | seconds | words/s | / gensim | analogy | WordSim353 | SimLex-999 |");
-    println!("|---|---|---|---|---|---|---|");
-    for (name, s) in [
-        ("paramdb, embedded shard", &embedded),
-        ("paramdb, 2 shard servers over gRPC", &grpc),
-        ("gensim 4 (PyPI)", &gensim),
-    ] {
+
+    if wants("sg") {
+        let emb = tmp.path().join("embedded");
+        let embedded = paramdb_run(
+            &corpus,
+            &data,
+            epochs,
+            &["--data-dir".into(), emb.display().to_string()],
+            &[],
+        );
+        let grpc = {
+            let (_servers, file) = paramdb_tests::servers::start(
+                &paramdb(),
+                tmp.path(),
+                2,
+                &["--sync", "interval=50"],
+            );
+            paramdb_run(
+                &corpus,
+                &data,
+                epochs,
+                &["--cluster".into(), file.display().to_string()],
+                &[],
+            )
+        };
+        let gensim_vectors = tmp.path().join("gensim.bin");
+        let (gensim, gensim_covered) =
+            gensim_run(&corpus, &data, epochs, &[], Some(&gensim_vectors));
+        println!("## word2vec: paramdb vs gensim, skip-gram\n");
+        table(
+            words,
+            gensim.secs,
+            &[
+                ("paramdb, embedded shard", &embedded),
+                ("paramdb, 2 shard servers over gRPC", &grpc),
+                ("gensim 4 (PyPI)", &gensim),
+            ],
+        );
+        // The export's order decides which words gensim's restrict_vocab keeps.
+        let ours = tmp.path().join("paramdb.bin");
+        run(Command::new(paramdb())
+            .args([
+                "export",
+                "w2v.in",
+                "--format",
+                "word2vec-bin",
+                "--quiet",
+                "--out",
+            ])
+            .arg(&ours)
+            .arg("--data-dir")
+            .arg(&emb));
+        let cov = run(Command::new(python())
+            .arg(root().join("tests/python/analogy_coverage.py"))
+            .arg(&ours)
+            .arg(data.join("questions-words.txt")));
         println!(
-            "| {name} | {:.1} | {:.0} | {:.2} | {:.2}% | {:.3} | {:.3} |",
-            s.secs,
-            words / s.secs,
-            gensim.secs / s.secs,
-            s.analogy * 100.0,
-            s.ws,
-            s.simlex
+            "Analogy questions gensim evaluates with `restrict_vocab=30000` on paramdb's export: {:.0}; on gensim's own vectors: {gensim_covered:.0}.\n",
+            number_after(&cov, "\"covered\":")
+        );
+    }
+    if wants("cbow") {
+        let emb = tmp.path().join("embedded-cbow");
+        let ours = paramdb_run(
+            &corpus,
+            &data,
+            epochs,
+            &["--data-dir".into(), emb.display().to_string()],
+            &["--cbow"],
+        );
+        let (g025, _) = gensim_run(&corpus, &data, epochs, &["--cbow"], None);
+        let (g05, _) = gensim_run(&corpus, &data, epochs, &["--cbow", "--alpha", "0.05"], None);
+        println!("## word2vec: paramdb vs gensim, CBOW\n");
+        println!("(/ gensim is against gensim at its default alpha 0.025.)\n");
+        table(
+            words,
+            g025.secs,
+            &[
+                ("paramdb --cbow (alpha 0.05), embedded shard", &ours),
+                ("gensim 4 sg=0, alpha 0.025 (its default)", &g025),
+                ("gensim 4 sg=0, alpha 0.05", &g05),
+            ],
         );
     }
 }

@@ -2,7 +2,7 @@
 settings, then scores analogies (30,000 most frequent words, case-folded), WordSim353 and
 SimLex-999, and prints one JSON line.
 
-usage: gensim_word2vec.py CORPUS DATA_DIR EPOCHS THREADS [VECTORS_OUT]
+usage: gensim_word2vec.py CORPUS DATA_DIR EPOCHS THREADS [VECTORS_OUT] [--cbow] [--alpha A]
 """
 
 import json
@@ -13,7 +13,15 @@ import time
 from gensim.models import Word2Vec
 from gensim.models.word2vec import LineSentence
 
-corpus, data, epochs, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+args = [a for a in sys.argv[1:]]
+cbow = "--cbow" in args
+alpha = 0.025
+if "--alpha" in args:
+    i = args.index("--alpha")
+    alpha = float(args[i + 1])
+    del args[i : i + 2]
+args = [a for a in args if a != "--cbow"]
+corpus, data, epochs, threads = args[0], args[1], int(args[2]), int(args[3])
 logging.basicConfig(level=logging.WARNING)
 t0 = time.time()
 model = Word2Vec(
@@ -23,26 +31,29 @@ model = Word2Vec(
     negative=5,
     min_count=5,
     sample=1e-4,
-    sg=1,
+    sg=0 if cbow else 1,
+    alpha=alpha,
     workers=threads,
     epochs=epochs,
 )
 seconds = time.time() - t0
 kv = model.wv
 words = model.corpus_total_words * epochs
-analogy, _ = kv.evaluate_word_analogies(
+analogy, sections = kv.evaluate_word_analogies(
     f"{data}/questions-words.txt", restrict_vocab=30000, case_insensitive=True
 )
+total = next(s for s in sections if s["section"] == "Total accuracy")
 ws = kv.evaluate_word_pairs(f"{data}/wordsim353.tsv", case_insensitive=True)[1][0]
 sl = kv.evaluate_word_pairs(f"{data}/simlex999.txt", case_insensitive=True)[1][0]
-if len(sys.argv) > 5:
-    kv.save_word2vec_format(sys.argv[5], binary=True)
+if len(args) > 4:
+    kv.save_word2vec_format(args[4], binary=True)
 print(
     json.dumps(
         {
             "seconds": seconds,
             "words_per_sec": words / seconds,
             "analogy": analogy,
+            "covered": len(total["correct"]) + len(total["incorrect"]),
             "wordsim353": ws,
             "simlex999": sl,
             "vocab": len(kv.index_to_key),

@@ -44,10 +44,18 @@ def main():
     again = c.push("py", keys, vals, seq=r["seq"])
     assert again["duplicate"], again
     np.testing.assert_array_equal(c.pull("py", keys), vals)
-    # A new sequence number is applied (add rule), and a key given twice is summed.
-    c.push("py", [7, 7, 3], np.ones((3, 4), np.float32))
+    # A key given twice is refused, as the Rust client refuses it, before any shard is sent
+    # its part: the push across shards 0 and 2 changes nothing anywhere.
+    expect_error(
+        lambda: c.push("py", [7, 7, 2**64 - 2], np.ones((3, 4), np.float32)),
+        "INVALID_ARGUMENT",
+        "more than once",
+    )
+    np.testing.assert_array_equal(c.pull("py", keys), vals)
+    # A new sequence number is applied (add rule).
+    c.push("py", [7, 3], np.ones((2, 4), np.float32))
     got = c.pull("py", [7, 3])
-    np.testing.assert_allclose(got[0], vals[1] + 2, rtol=1e-6)
+    np.testing.assert_allclose(got[0], vals[1] + 1, rtol=1e-6)
     np.testing.assert_allclose(got[1], vals[4] + 1, rtol=1e-6)
 
     # Range pulls stream each shard's stored rows in key order.

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use paramdb_server::{
+use paramdb_engine::{
     ClientId, Initializer, Store, StoreOptions, SyncPolicy, TableSpec, UpdateRule,
 };
 use rand::{Rng, SeedableRng};

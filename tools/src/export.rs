@@ -1,33 +1,32 @@
-//! `paramdb export TABLE --format …`: a table (or a key range of it) streamed to a file in
-//! key order, holding one block of rows at a time. Rows are labelled with words when the
-//! table belongs to a word2vec model (`<model>.in` / `<model>.out`, or `--vocab MODEL`).
-//!
-//! - `word2vec-text`, `word2vec-bin`: gensim's `load_word2vec_format` reads them.
-//! - `npy`: the vectors as float32 `(rows, dim)` in OUT, the keys as uint64 in
-//!   `<stem>.keys.npy`.
-//! - `safetensors`: one file with tensors `vectors` (F32, rows × dim) and `keys` (U64).
-//! - `tsv`: vectors in OUT and labels in `<stem>.metadata.tsv`, for TensorBoard's projector.
-//!
-//! Formats whose header holds the row count get a fixed-width header that is filled in at the
-//! end, so nothing is read twice.
+//! `paramdb export TABLE --format …`: a table (or a key range of it) streamed to a file.
+//! Rows are labelled with words when the table belongs to a word2vec model (`<model>.in` /
+//! `<model>.out`, or `--vocab MODEL`), and then come most frequent word first, as every
+//! word2vec tool writes them (`--order key` keeps key order). Memory stays bounded: key order
+//! holds one block of rows at a time, and count order sorts within `--sort-memory` and merges
+//! runs spilled beside the output beyond it (`sort`). The formats are in `sink`.
 
-use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+mod sink;
+mod sort;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use paramdb_client::{BlockingRows, KeyRange};
+use paramdb_client::{BlockingClient, BlockingRows, KeyRange};
 use paramdb_trainer::vocab;
+
+pub use sink::Format;
+use sink::Sink;
+use sort::{Entry, Sorter};
 
 use crate::target::Target;
 
+/// The order rows are written in.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Word2vecText,
-    Word2vecBin,
-    Npy,
-    Safetensors,
-    Tsv,
+pub enum Order {
+    /// Most frequent word first, ties by word; rows without a word last, by key.
+    Count,
+    /// Increasing key.
+    Key,
 }
 
 #[derive(clap::Args, Debug)]
@@ -48,6 +47,14 @@ pub struct ExportArgs {
     /// names, if it has one).
     #[arg(long)]
     pub vocab: Option<String>,
+    /// Row order: `count` (most frequent word first; the default when rows have a
+    /// vocabulary) or `key`.
+    #[arg(long, value_enum)]
+    pub order: Option<Order>,
+    /// Memory for sorting by count (bytes; K, M and G suffixes). A larger export is sorted in
+    /// runs spilled to a temporary directory beside --out, then merged.
+    #[arg(long, default_value = "256M", value_parser = parse_bytes)]
+    pub sort_memory: u64,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -55,73 +62,263 @@ pub struct ExportArgs {
     pub target: Target,
 }
 
-fn sibling(out: &Path, suffix: &str) -> PathBuf {
-    let stem = out
-        .file_stem()
-        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-    out.with_file_name(format!("{stem}{suffix}"))
-}
-
-/// `.npy` header for `shape`, padded so the data starts at a multiple of 64 bytes. The row
-/// count is written in a fixed-width field so the header can be rewritten in place.
-fn npy_header(descr: &str, rows: u64, dim: Option<usize>) -> Vec<u8> {
-    let shape = match dim {
-        Some(d) => format!("({rows:<20}, {d})"),
-        None => format!("({rows:<20},)"),
+/// `123`, `64K`, `256M`, `4G` (powers of 1024) as bytes.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("{s:?}: the suffix must be K, M, G or T")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
     };
-    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    let mut h = b"\x93NUMPY\x01\x00".to_vec();
-    let len = (10 + dict.len() + 1).next_multiple_of(64) - 10;
-    h.extend_from_slice(&(len as u16).to_le_bytes());
-    h.extend_from_slice(dict.as_bytes());
-    h.resize(10 + len - 1, b' ');
-    h.push(b'\n');
-    h
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512M)"))?;
+    if !(n.is_finite() && n >= 0.0) {
+        return Err(format!("{s:?} is not a size (e.g. 512M)"));
+    }
+    Ok((n * mult as f64) as u64)
 }
 
-fn safetensors_header(rows: u64, dim: usize) -> Vec<u8> {
-    let vec_bytes = rows * dim as u64 * 4;
-    let json = format!(
-        "{{\"vectors\":{{\"dtype\":\"F32\",\"shape\":[{rows},{dim}],\"data_offsets\":[0,{vec_bytes}]}},\
-         \"keys\":{{\"dtype\":\"U64\",\"shape\":[{rows}],\"data_offsets\":[{vec_bytes},{}]}}}}",
-        vec_bytes + rows * 8
+/// What to export, for the command and for callers such as `paramdb word2vec -output`.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub table: &'a str,
+    pub format: Format,
+    pub out: &'a Path,
+    pub range: KeyRange,
+    /// The model whose vocabulary labels the rows (`None`: the one the table's name names).
+    pub vocab: Option<&'a str>,
+    /// `None`: by count when there is a vocabulary, else by key.
+    pub order: Option<Order>,
+    pub sort_memory: u64,
+    pub quiet: bool,
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub rows: u64,
+    pub dim: usize,
+    pub order: Order,
+    /// Sorted runs spilled to disk (0 when the rows fit `sort_memory`).
+    pub runs: usize,
+}
+
+pub fn run(args: ExportArgs) -> anyhow::Result<()> {
+    let client = args.target.connect_read_only()?;
+    let req = Request {
+        table: &args.table,
+        format: args.format,
+        out: &args.out,
+        range: KeyRange::new(args.start, args.end),
+        vocab: args.vocab.as_deref(),
+        order: args.order,
+        sort_memory: args.sort_memory,
+        quiet: args.quiet,
+    };
+    if args.start >= args.end {
+        bail!("--start {} is not below --end {}", args.start, args.end);
+    }
+    let w = export(&client, &req)?;
+    println!(
+        "exported {} rows of {} (dim {}) to {} as {:?}, in {} order",
+        w.rows,
+        args.table,
+        w.dim,
+        args.out.display(),
+        args.format,
+        match w.order {
+            Order::Count => "count",
+            Order::Key => "key",
+        }
     );
-    // Fixed size, padded with spaces (allowed by the format), so it can be rewritten in place.
-    let mut j = json.into_bytes();
-    j.resize(256, b' ');
-    let mut h = (j.len() as u64).to_le_bytes().to_vec();
-    h.extend_from_slice(&j);
-    h
+    Ok(())
 }
 
-fn w2v_header(rows: u64, dim: usize) -> Vec<u8> {
-    format!("{rows:<20} {dim}\n").into_bytes()
+/// Exports `req.table` through `client`.
+pub fn export(client: &BlockingClient, req: &Request<'_>) -> anyhow::Result<Written> {
+    let dim = client
+        .describe_table(req.table)
+        .with_context(|| format!("table {:?}", req.table))?
+        .dim as usize;
+    let model = req.vocab.map(String::from).or_else(|| {
+        ["in", "out"]
+            .iter()
+            .find_map(|s| req.table.strip_suffix(&format!(".{s}")).map(String::from))
+    });
+    let vocab_table = model
+        .as_deref()
+        .map(vocab::table)
+        .filter(|t| client.describe_table(t).is_ok());
+    let order = match (req.order, &vocab_table) {
+        (Some(Order::Count), None) => bail!(
+            "--order count needs a vocabulary: {:?} belongs to no word2vec model (name one with --vocab MODEL)",
+            req.table
+        ),
+        (Some(o), _) => o,
+        (None, Some(_)) => Order::Count,
+        (None, None) => Order::Key,
+    };
+    // The vocabulary is keyed like the vectors (by word hash), so it is read alongside them
+    // in key order, a block at a time: memory does not grow with the vocabulary.
+    let mut words = Words {
+        rows: vocab_table.map(|t| client.pull_range(&t, req.range)),
+        block: Vec::new(),
+        pos: 0,
+    };
+    let bar = progress(client, req)?;
+    let mut sink = Sink::create(req.format, req.out, dim)?;
+    let mut runs = 0;
+    match order {
+        Order::Key => {
+            for block in client.pull_range(req.table, req.range) {
+                let block = block?;
+                bar.inc(block.keys.len() as u64);
+                for (&k, v) in block.keys.iter().zip(block.values.chunks(dim)) {
+                    let label = match words.find(k)? {
+                        Some((w, _)) => w.to_string(),
+                        None => k.to_string(),
+                    };
+                    sink.row(&label, k, v)?;
+                }
+            }
+        }
+        Order::Count => {
+            let parent = spill_dir(req.out);
+            let budget = usize::try_from(req.sort_memory).unwrap_or(usize::MAX);
+            let mut sorter = Sorter::new(dim, budget, parent);
+            for block in client.pull_range(req.table, req.range) {
+                let block = block?;
+                bar.inc(block.keys.len() as u64);
+                for (&key, v) in block.keys.iter().zip(block.values.chunks(dim)) {
+                    let (word, count) = match words.find(key)? {
+                        Some((w, c)) => (Some(w.into()), c),
+                        None => (None, 0),
+                    };
+                    sorter.push(Entry {
+                        count,
+                        word,
+                        key,
+                        values: v.into(),
+                    })?;
+                }
+            }
+            runs = sorter.runs();
+            let mut label = String::new();
+            sorter.finish(|e| {
+                label.clear();
+                match &e.word {
+                    Some(w) => label.push_str(w),
+                    None => label.push_str(&e.key.to_string()),
+                }
+                sink.row(&label, e.key, &e.values)
+            })?;
+        }
+    }
+    bar.finish_and_clear();
+    let rows = sink.finish()?;
+    Ok(Written {
+        rows,
+        dim,
+        order,
+        runs,
+    })
 }
 
-/// Words for keys visited in increasing order, read from a vocabulary stream in step.
-struct Labels {
+/// The directory of `file`, where sorted runs are spilled (same file system as the output).
+fn spill_dir(file: &Path) -> &Path {
+    file.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Calls `f` with every word of `model`'s vocabulary and its count, most frequent first, ties
+/// by word, in bounded memory (runs spill into a temporary directory beside `beside`).
+pub fn for_each_word_by_count(
+    client: &BlockingClient,
+    model: &str,
+    beside: &Path,
+    mut f: impl FnMut(&str, u64) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut sorter = Sorter::new(0, 256 << 20, spill_dir(beside));
+    for block in client.pull_range(&vocab::table(model), KeyRange::all()) {
+        let block = block?;
+        let dim = block.dim as usize;
+        for (&key, row) in block.keys.iter().zip(block.values.chunks(dim)) {
+            let (word, count) = vocab::decode(row)
+                .with_context(|| format!("vocabulary row {key} does not decode"))?;
+            if count > 0 {
+                sorter.push(Entry {
+                    count,
+                    word: Some(word.into()),
+                    key,
+                    values: Box::new([]),
+                })?;
+            }
+        }
+    }
+    sorter.finish(|e| f(e.word.as_deref().unwrap_or_default(), e.count))
+}
+
+/// A bar sized by the table's estimated rows (exact counts would read the table twice); drawn
+/// only on a terminal.
+fn progress(client: &BlockingClient, req: &Request<'_>) -> anyhow::Result<indicatif::ProgressBar> {
+    if req.quiet {
+        return Ok(indicatif::ProgressBar::hidden());
+    }
+    let whole = req.range == KeyRange::new(0, u64::MAX);
+    let estimate: u64 = if whole {
+        client
+            .inspect(false)?
+            .iter()
+            .flat_map(|r| r.tables.iter().filter(|t| t.name == req.table))
+            .map(|t| t.rows)
+            .sum()
+    } else {
+        0
+    };
+    let bar = indicatif::ProgressBar::new(estimate);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(if whole {
+            "{bar:40} {human_pos}/~{human_len} rows  {elapsed} (eta {eta})"
+        } else {
+            "{spinner} {human_pos} rows  {elapsed}"
+        })
+        .expect("template"),
+    );
+    Ok(bar)
+}
+
+/// Words and counts for keys visited in increasing order, read from a vocabulary stream in
+/// step.
+struct Words {
     rows: Option<BlockingRows>,
-    block: Vec<(u64, String)>,
+    block: Vec<(u64, String, u64)>,
     pos: usize,
 }
 
-impl Labels {
-    /// The word of `key`, or the key itself when the vocabulary has no such word. Keys must
-    /// come in increasing order.
-    fn label(&mut self, key: u64) -> anyhow::Result<String> {
+impl Words {
+    /// The word and count of `key`, or `None` when the vocabulary has no word for it. Keys
+    /// must come in increasing order.
+    fn find(&mut self, key: u64) -> anyhow::Result<Option<(&str, u64)>> {
         loop {
-            while self.block.get(self.pos).is_some_and(|(k, _)| *k < key) {
+            while self.block.get(self.pos).is_some_and(|(k, _, _)| *k < key) {
                 self.pos += 1;
             }
-            if let Some((k, w)) = self.block.get(self.pos) {
-                return Ok(if *k == key {
-                    w.clone()
-                } else {
-                    key.to_string()
-                });
+            if self.pos < self.block.len() {
+                let (k, w, c) = &self.block[self.pos];
+                return Ok((*k == key).then_some((w.as_str(), *c)));
             }
             let Some(block) = self.rows.as_mut().and_then(|r| r.next()) else {
-                return Ok(key.to_string());
+                return Ok(None);
             };
             let block = block?;
             let dim = block.dim as usize;
@@ -132,168 +329,25 @@ impl Labels {
                     .with_context(|| format!("vocabulary row {k} does not decode"))?;
                 // A zeroed row is a word that fell below the minimum count.
                 if count > 0 {
-                    self.block.push((*k, w));
+                    self.block.push((*k, w, count));
                 }
             }
         }
     }
 }
 
-pub fn run(args: ExportArgs) -> anyhow::Result<()> {
-    if args.start >= args.end {
-        bail!("--start {} is not below --end {}", args.start, args.end);
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_bytes("123"), Ok(123));
+        assert_eq!(parse_bytes("64K"), Ok(64 << 10));
+        assert_eq!(parse_bytes("256m"), Ok(256 << 20));
+        assert_eq!(parse_bytes("1.5G"), Ok(3 << 29));
+        assert!(parse_bytes("12Q").is_err());
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("-1").is_err());
     }
-    let client = args.target.connect_read_only()?;
-    let dim = client
-        .describe_table(&args.table)
-        .with_context(|| format!("table {:?}", args.table))?
-        .dim as usize;
-    let model = args.vocab.clone().or_else(|| {
-        ["in", "out"]
-            .iter()
-            .find_map(|s| args.table.strip_suffix(&format!(".{s}")).map(String::from))
-    });
-    let range = KeyRange::new(args.start, args.end);
-    // The vocabulary is keyed like the vectors (by word hash), so it is read alongside them
-    // in key order, a block at a time: memory does not grow with the vocabulary.
-    let mut labels = Labels {
-        rows: match &model {
-            Some(m) if client.describe_table(&vocab::table(m)).is_ok() => {
-                Some(client.pull_range(&vocab::table(m), range))
-            }
-            _ => None,
-        },
-        block: Vec::new(),
-        pos: 0,
-    };
-    let io = |e| anyhow::anyhow!("writing {}: {e}", args.out.display());
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(&args.out).map_err(io)?);
-    let mut side: Option<(PathBuf, BufWriter<File>)> = match args.format {
-        Format::Npy => Some(sibling(&args.out, ".keys.npy")),
-        Format::Tsv => Some(sibling(&args.out, ".metadata.tsv")),
-        Format::Safetensors => Some(sibling(&args.out, ".keys.tmp")),
-        _ => None,
-    }
-    .map(|p| -> anyhow::Result<_> {
-        let f = File::create(&p).with_context(|| format!("creating {}", p.display()))?;
-        Ok((p, BufWriter::new(f)))
-    })
-    .transpose()?;
-    match args.format {
-        Format::Word2vecText | Format::Word2vecBin => {
-            out.write_all(&w2v_header(0, dim)).map_err(io)?
-        }
-        Format::Npy => {
-            out.write_all(&npy_header("<f4", 0, Some(dim)))
-                .map_err(io)?;
-            let (_, s) = side.as_mut().expect("keys file");
-            s.write_all(&npy_header("<u8", 0, None))?;
-        }
-        Format::Safetensors => out.write_all(&safetensors_header(0, dim)).map_err(io)?,
-        Format::Tsv => {}
-    }
-    // A bar sized by the table's estimated rows (exact counts would read the table twice);
-    // drawn only on a terminal.
-    let bar = if args.quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let whole = args.start == 0 && args.end == u64::MAX;
-        let estimate: u64 = if whole {
-            client
-                .inspect(false)?
-                .iter()
-                .flat_map(|r| r.tables.iter().filter(|t| t.name == args.table))
-                .map(|t| t.rows)
-                .sum()
-        } else {
-            0
-        };
-        let bar = indicatif::ProgressBar::new(estimate);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(if whole {
-                "{bar:40} {human_pos}/~{human_len} rows  {elapsed} (eta {eta})"
-            } else {
-                "{spinner} {human_pos} rows  {elapsed}"
-            })
-            .expect("template"),
-        );
-        bar
-    };
-    let mut rows = 0u64;
-    for block in client.pull_range(&args.table, range) {
-        let block = block?;
-        bar.inc(block.keys.len() as u64);
-        for (k, v) in block.keys.iter().zip(block.values.chunks(dim)) {
-            match args.format {
-                Format::Word2vecText => {
-                    write!(out, "{}", labels.label(*k)?).map_err(io)?;
-                    for x in v {
-                        write!(out, " {x}").map_err(io)?;
-                    }
-                    out.write_all(b"\n").map_err(io)?;
-                }
-                Format::Word2vecBin => {
-                    write!(out, "{} ", labels.label(*k)?).map_err(io)?;
-                    for x in v {
-                        out.write_all(&x.to_le_bytes()).map_err(io)?;
-                    }
-                    out.write_all(b"\n").map_err(io)?;
-                }
-                Format::Npy | Format::Safetensors => {
-                    for x in v {
-                        out.write_all(&x.to_le_bytes()).map_err(io)?;
-                    }
-                    side.as_mut().expect("keys").1.write_all(&k.to_le_bytes())?;
-                }
-                Format::Tsv => {
-                    let line: Vec<String> = v.iter().map(|x| x.to_string()).collect();
-                    writeln!(out, "{}", line.join("\t")).map_err(io)?;
-                    writeln!(side.as_mut().expect("metadata").1, "{}", labels.label(*k)?)?;
-                }
-            }
-            rows += 1;
-        }
-    }
-    bar.finish_and_clear();
-    // Headers with the real row count, same length as the placeholders.
-    let mut f = out
-        .into_inner()
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", args.out.display()))?;
-    let header = match args.format {
-        Format::Word2vecText | Format::Word2vecBin => Some(w2v_header(rows, dim)),
-        Format::Npy => Some(npy_header("<f4", rows, Some(dim))),
-        Format::Safetensors => Some(safetensors_header(rows, dim)),
-        Format::Tsv => None,
-    };
-    if let Some(h) = header {
-        f.seek(SeekFrom::Start(0)).map_err(io)?;
-        f.write_all(&h).map_err(io)?;
-    }
-    if let Some((path, s)) = side {
-        let mut s = s
-            .into_inner()
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-        match args.format {
-            Format::Npy => {
-                s.seek(SeekFrom::Start(0))?;
-                s.write_all(&npy_header("<u8", rows, None))?;
-            }
-            Format::Safetensors => {
-                // The keys follow the vectors.
-                drop(s);
-                f.seek(SeekFrom::End(0)).map_err(io)?;
-                std::io::copy(&mut File::open(&path)?, &mut f).map_err(io)?;
-                std::fs::remove_file(&path)?;
-            }
-            _ => {}
-        }
-    }
-    f.sync_all().map_err(io)?;
-    println!(
-        "exported {rows} rows of {} (dim {dim}) to {} as {:?}",
-        args.table,
-        args.out.display(),
-        args.format
-    );
-    Ok(())
 }

@@ -6,7 +6,7 @@ use std::io::{BufWriter, Write};
 
 use anyhow::{bail, Context};
 use paramdb_client::KeyRange;
-use paramdb_server::ShardReport;
+use paramdb_client::ShardReport;
 use paramdb_trainer::keys::word_key;
 use serde_json::json;
 

@@ -8,8 +8,8 @@ use paramdb_client::BlockingClient;
 use paramdb_trainer::ngram::{self, CountConfig, Kn, Perplexity, Sentences};
 use paramdb_trainer::nlm::{self, Neural, NeuralConfig};
 
+use crate::progress::progress_bar;
 use crate::target::Target;
-use crate::train::progress_bar;
 
 #[derive(clap::Args, Debug)]
 pub struct NgramLmArgs {

@@ -7,10 +7,12 @@ mod demo;
 mod export;
 mod inspect;
 mod lm;
+mod progress;
 mod serve;
 mod target;
 mod train;
 mod verify;
+mod word2vec_cli;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -25,7 +27,7 @@ use clap::{Parser, Subcommand};
 )]
 struct Cli {
     /// Log lines on stderr as text or as JSON objects (levels and targets filtered with
-    /// RUST_LOG, e.g. `RUST_LOG=paramdb_server=info`).
+    /// RUST_LOG, e.g. `RUST_LOG=paramdb_engine=info`).
     #[arg(long, global = true, env = "PARAMDB_LOG_FORMAT", value_enum)]
     log_format: Option<serve::LogFormat>,
     #[command(subcommand)]
@@ -40,9 +42,17 @@ enum Command {
     /// Train a model against embedded shards (default) or a cluster.
     #[command(subcommand)]
     Train(TrainCommand),
-    /// Evaluate word vectors (a stored model or a word2vec file).
+    /// word2vec with word2vec.c's command line (`-train FILE -output FILE -size 100 …`) or
+    /// fastText's (`skipgram -input FILE -output PREFIX …`); `paramdb word2vec -help` lists
+    /// the flags.
+    #[command(disable_help_flag = true)]
+    Word2vec {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
+    /// Evaluate word vectors (a stored model or a word2vec file), or a language model.
     #[command(subcommand)]
-    Eval(train::EvalCommand),
+    Eval(EvalCommand),
     /// The nearest words to a word.
     Neighbours(train::NeighboursArgs),
     /// Export a table (word2vec text/binary, npy, safetensors, tsv), streaming.
@@ -80,6 +90,17 @@ enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+enum EvalCommand {
+    /// Perplexity of an n-gram language model (KenLM's conventions: one </s> per line, <s>
+    /// not scored, unknown words scored as <unk>).
+    Perplexity(lm::PerplexityArgs),
+    /// Word analogies (questions-words.txt format), over the most frequent words.
+    Analogy(train::AnalogyArgs),
+    /// Word-pair similarity against human scores (WordSim353, SimLex-999): Spearman's rho.
+    Similarity(train::SimilarityArgs),
+}
+
+#[derive(Subcommand, Debug)]
 enum LogCommand {
     /// One line per record: segment, offset, LSN, client, sequence, table, rows, bytes.
     Dump(verify::LogDumpArgs),
@@ -110,7 +131,7 @@ fn init_logging(format: serve::LogFormat) {
 }
 
 fn main() -> std::process::ExitCode {
-    paramdb_server::process::ignore_file_size_signal();
+    paramdb_engine::process::ignore_file_size_signal();
     let cli = Cli::parse();
     // A server's log format can also come from its configuration file: it starts logging
     // once that is read.
@@ -120,9 +141,12 @@ fn main() -> std::process::ExitCode {
     let r = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Train(TrainCommand::Word2vec(args)) => train::word2vec(args),
+        Command::Word2vec { args } => word2vec_cli::run(&args),
         Command::Train(TrainCommand::Linreg(args)) => train::linreg(args),
         Command::Train(TrainCommand::NgramLm(args)) => lm::train(args),
-        Command::Eval(cmd) => train::eval(cmd),
+        Command::Eval(EvalCommand::Perplexity(args)) => lm::perplexity(args),
+        Command::Eval(EvalCommand::Analogy(args)) => train::analogy(args),
+        Command::Eval(EvalCommand::Similarity(args)) => train::similarity(args),
         Command::Neighbours(args) => train::neighbours(args),
         Command::Export(args) => export::run(args),
         Command::Inspect(args) => inspect::inspect(args),

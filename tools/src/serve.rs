@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use paramdb_engine::{KeyRange, StoreOptions, SyncPolicy};
 use paramdb_proto::cluster::ClusterMap;
 use paramdb_server::rpc::{Limits, ServeConfig};
-use paramdb_server::{KeyRange, StoreOptions, SyncPolicy};
 use serde::{Deserialize, Serialize};
 
 #[derive(clap::Args, Debug)]
@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// Checkpoint when the last one is this many seconds old and rows changed (0: never).
     #[arg(long, env = "PARAMDB_CHECKPOINT_INTERVAL_SECS")]
     checkpoint_interval_secs: Option<f64>,
+    /// On SIGTERM, how long in-flight calls may run before the range streams still open are
+    /// cancelled and the shard checkpoints and exits.
+    #[arg(long, env = "PARAMDB_SHUTDOWN_GRACE_SECS")]
+    shutdown_grace_secs: Option<f64>,
     /// Serve Prometheus metrics over HTTP at this address (`/metrics`); port 0 picks one.
     #[arg(long, env = "PARAMDB_METRICS_LISTEN")]
     metrics_listen: Option<String>,
@@ -100,6 +104,7 @@ pub struct ServerConfig {
     pub checkpoint_dirty_bytes: Option<u64>,
     pub checkpoint_log_bytes: Option<u64>,
     pub checkpoint_interval_secs: Option<f64>,
+    pub shutdown_grace_secs: Option<f64>,
     pub metrics_listen: Option<String>,
     /// `text` or `json`.
     pub log_format: Option<LogFormat>,
@@ -272,6 +277,11 @@ pub fn resolve(args: ServeArgs, log_format: Option<LogFormat>) -> anyhow::Result
                 .or(file.checkpoint_interval_secs)
                 .unwrap_or_else(|| d.checkpoint_interval.map_or(0.0, |i| i.as_secs_f64())),
         ),
+        shutdown_grace_secs: Some(
+            args.shutdown_grace_secs
+                .or(file.shutdown_grace_secs)
+                .unwrap_or(paramdb_server::rpc::serve::DEFAULT_SHUTDOWN_GRACE.as_secs_f64()),
+        ),
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
         log_format: Some(log_format.or(file.log_format).unwrap_or_default()),
         tokens: args.tokens.or(file.tokens),
@@ -297,6 +307,11 @@ pub fn resolve(args: ServeArgs, log_format: Option<LogFormat>) -> anyhow::Result
     if let Some(secs) = config.checkpoint_interval_secs {
         if !(secs >= 0.0 && secs.is_finite()) {
             bail!("checkpoint_interval_secs must be 0 or a positive number of seconds, not {secs}");
+        }
+    }
+    if let Some(secs) = config.shutdown_grace_secs {
+        if !(secs >= 0.0 && secs.is_finite() && secs <= 86_400.0) {
+            bail!("shutdown_grace_secs must be 0 to 86400 seconds, not {secs}");
         }
     }
     Ok(Resolved {
@@ -370,6 +385,10 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
             .transpose()
             .map_err(anyhow::Error::msg)?,
         sync_journal: resolved.sync_journal.clone(),
+        shutdown_grace: Duration::from_secs_f64(
+            c.shutdown_grace_secs
+                .unwrap_or(paramdb_server::rpc::serve::DEFAULT_SHUTDOWN_GRACE.as_secs_f64()),
+        ),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

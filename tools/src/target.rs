@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use paramdb_client::{BlockingClient, ClientOptions, ClusterMap};
-use paramdb_server::{StoreOptions, SyncPolicy};
+use paramdb_engine::{StoreOptions, SyncPolicy};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Target {
@@ -55,7 +55,7 @@ impl Target {
         let dirs = shard_dirs(dir)?;
         if dirs[0] == *dir {
             // One server's shard directory.
-            let store = paramdb_server::Store::open(dir, StoreOptions::default())
+            let store = paramdb_engine::Store::open(dir, StoreOptions::default())
                 .map_err(|e| in_use(dir, e.into()))?;
             let map = ClusterMap::even(&["local".to_string()]);
             return Ok(BlockingClient::embedded(

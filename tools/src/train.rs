@@ -1,15 +1,14 @@
 //! `paramdb train word2vec`, `paramdb eval`, `paramdb neighbours`, `paramdb export`.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
 use paramdb_trainer::eval::{self, Index};
 use paramdb_trainer::export::{self, Embeddings};
 use paramdb_trainer::word2vec::{self, Config, Progress};
 
+use crate::progress::progress_bar;
 use crate::target::Target;
 
 #[derive(clap::Args, Debug)]
@@ -95,32 +94,29 @@ impl Word2VecArgs {
     }
 }
 
-/// A progress bar on stderr when it is a terminal (and not `--quiet`).
-pub(crate) fn progress_bar(quiet: bool, len: u64) -> Option<ProgressBar> {
-    (!quiet && std::io::stderr().is_terminal()).then(|| {
-        let b = ProgressBar::new(len);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] {percent:>3}% {msg} (eta {eta})",
-            )
-            .expect("template")
-            .progress_chars("=> "),
-        );
-        b
-    })
-}
-
 pub fn word2vec(args: Word2VecArgs) -> anyhow::Result<()> {
     let client = args.target.connect()?;
-    let cfg = args.config();
-    let bar = progress_bar(args.quiet, 1000);
-    let plain = !args.quiet && bar.is_none();
+    train_word2vec(&client, &args.corpus, &args.config(), args.quiet)?;
+    Ok(())
+}
+
+/// Trains with a progress display on stderr (a bar on a terminal, a line every 5 s
+/// otherwise, nothing when `quiet`) and prints what happened: the command behind both
+/// `paramdb train word2vec` and `paramdb word2vec`.
+pub(crate) fn train_word2vec(
+    client: &paramdb_client::BlockingClient,
+    corpus: &std::path::Path,
+    cfg: &Config,
+    quiet: bool,
+) -> anyhow::Result<word2vec::Report> {
+    let bar = progress_bar(quiet, 1000);
+    let plain = !quiet && bar.is_none();
     let last_line = std::sync::Mutex::new(Instant::now() - Duration::from_secs(60));
     let show = |p: &Progress| {
         let frac = p.words_done as f64 / p.words_total.max(1) as f64;
         let msg = format!(
-            "{:.0} words/s, lr {:.5}, loss {:.4}",
-            p.words_per_sec, p.alpha, p.loss
+            "{:.0} words/s ({:.0} training), lr {:.5}, loss {:.4}",
+            p.words_per_sec, p.train_words_per_sec, p.alpha, p.loss
         );
         if let Some(b) = &bar {
             b.set_position((frac * 1000.0) as u64);
@@ -133,7 +129,7 @@ pub fn word2vec(args: Word2VecArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let report = word2vec::train(&client, &args.corpus, &cfg, &show)?;
+    let report = word2vec::train(client, corpus, cfg, &show)?;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -142,7 +138,7 @@ pub fn word2vec(args: Word2VecArgs) -> anyhow::Result<()> {
             "model {:?} is already trained ({} words, vocabulary {}); nothing to do",
             cfg.model, report.train_words, report.vocab_size
         );
-        return Ok(());
+        return Ok(report);
     }
     if let Some(f) = report.resumed_from {
         println!(
@@ -151,11 +147,25 @@ pub fn word2vec(args: Word2VecArgs) -> anyhow::Result<()> {
             f * 100.0
         );
     }
+    print_trained(&cfg.model, &report);
+    Ok(report)
+}
+
+/// The summary line. The first figure is what gensim and word2vec.c print: corpus words over
+/// wall time, counting included. Training alone (in-vocabulary words over training time) is
+/// labelled beside it.
+pub(crate) fn print_trained(model: &str, report: &word2vec::Report) {
     println!(
-        "trained {:?}: vocabulary {}, {} words in {:.1} s ({:.0} words/s)",
-        cfg.model, report.vocab_size, report.words_done, report.seconds, report.words_per_sec
+        "trained {model:?}: vocabulary {}, {} corpus words in {:.1} s wall ({:.0} words/s); \
+         training alone: {} in-vocabulary words in {:.1} s ({:.0} words/s)",
+        report.vocab_size,
+        report.corpus_words,
+        report.wall_seconds,
+        report.words_per_sec,
+        report.words_done,
+        report.seconds,
+        report.train_words_per_sec
     );
-    Ok(())
 }
 
 #[derive(clap::Args, Debug)]
@@ -186,65 +196,52 @@ impl VectorsArgs {
     }
 }
 
-#[derive(clap::Subcommand, Debug)]
-pub enum EvalCommand {
-    /// Perplexity of an n-gram language model (KenLM's conventions: one </s> per line, <s>
-    /// not scored, unknown words scored as <unk>).
-    Perplexity(crate::lm::PerplexityArgs),
-    /// Word analogies (questions-words.txt format), over the most frequent words.
-    Analogy {
-        #[arg(long)]
-        questions: PathBuf,
-        /// Only the this many most frequent words are candidates (gensim's restrict_vocab).
-        #[arg(long, default_value_t = 30_000)]
-        limit: usize,
-        #[command(flatten)]
-        vectors: VectorsArgs,
-    },
-    /// Word-pair similarity against human scores (WordSim353, SimLex-999): Spearman's rho.
-    Similarity {
-        #[arg(long)]
-        pairs: PathBuf,
-        #[arg(long, default_value_t = 300_000)]
-        limit: usize,
-        #[command(flatten)]
-        vectors: VectorsArgs,
-    },
+#[derive(clap::Args, Debug)]
+pub struct AnalogyArgs {
+    #[arg(long)]
+    questions: PathBuf,
+    /// Only the this many most frequent words are candidates (gensim's restrict_vocab).
+    #[arg(long, default_value_t = 30_000)]
+    limit: usize,
+    #[command(flatten)]
+    vectors: VectorsArgs,
 }
 
-pub fn eval(cmd: EvalCommand) -> anyhow::Result<()> {
-    match cmd {
-        EvalCommand::Perplexity(args) => return crate::lm::perplexity(args),
-        EvalCommand::Analogy {
-            questions,
-            limit,
-            vectors,
-        } => {
-            let index = Index::new(&vectors.load()?, limit);
-            let s = eval::analogy(&index, &questions, 2)?;
-            for (name, ok, n) in &s.sections {
-                if *n > 0 {
-                    println!("{name}: {:.1}% ({ok}/{n})", *ok as f64 * 100.0 / *n as f64);
-                }
-            }
-            println!(
-                "analogy accuracy: {:.2}% ({}/{} questions; {} skipped for words outside the top {limit})",
-                s.accuracy() * 100.0,
-                s.correct,
-                s.evaluated,
-                s.skipped
-            );
-        }
-        EvalCommand::Similarity {
-            pairs,
-            limit,
-            vectors,
-        } => {
-            let index = Index::new(&vectors.load()?, limit);
-            let (rho, used, skipped) = eval::similarity(&index, &pairs)?;
-            println!("spearman: {rho:.4} ({used} pairs; {skipped} skipped for unknown words)");
+#[derive(clap::Args, Debug)]
+pub struct SimilarityArgs {
+    #[arg(long)]
+    pairs: PathBuf,
+    #[arg(long, default_value_t = 300_000)]
+    limit: usize,
+    #[command(flatten)]
+    vectors: VectorsArgs,
+}
+
+/// `paramdb eval analogy`: accuracy per section and overall.
+pub fn analogy(args: AnalogyArgs) -> anyhow::Result<()> {
+    let limit = args.limit;
+    let index = Index::new(&args.vectors.load()?, limit);
+    let s = eval::analogy(&index, &args.questions, 2)?;
+    for (name, ok, n) in &s.sections {
+        if *n > 0 {
+            println!("{name}: {:.1}% ({ok}/{n})", *ok as f64 * 100.0 / *n as f64);
         }
     }
+    println!(
+        "analogy accuracy: {:.2}% ({}/{} questions; {} skipped for words outside the top {limit})",
+        s.accuracy() * 100.0,
+        s.correct,
+        s.evaluated,
+        s.skipped
+    );
+    Ok(())
+}
+
+/// `paramdb eval similarity`: Spearman's rho against human scores.
+pub fn similarity(args: SimilarityArgs) -> anyhow::Result<()> {
+    let index = Index::new(&args.vectors.load()?, args.limit);
+    let (rho, used, skipped) = eval::similarity(&index, &args.pairs)?;
+    println!("spearman: {rho:.4} ({used} pairs; {skipped} skipped for unknown words)");
     Ok(())
 }
 

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 
 use anyhow::{bail, Context};
-use paramdb_server::verify::verify_dir;
-use paramdb_server::wal::dump::dump;
+use paramdb_engine::verify_dir;
+use paramdb_engine::wal::dump::dump;
 use serde_json::json;
 
 use crate::target::{shard_dirs, Target};
@@ -65,7 +65,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
                     "rows": r.rows,
                     "sst_files": r.sst_files,
                     "notes": r.notes,
-                    "problems": r.problems.iter().map(|p| json!({"area": p.area, "detail": p.detail})).collect::<Vec<_>>(),
+                    "problems": r.problems.iter().map(|p| json!({"area": p.area.name(), "detail": p.detail})).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -124,7 +124,7 @@ pub fn log_dump(args: LogDumpArgs) -> anyhow::Result<()> {
             )
         })?;
         // Table names when the catalog can be read; ids otherwise (it may be the broken one).
-        let names: HashMap<u32, String> = paramdb_server::inspect::table_names(dir)
+        let names: HashMap<u32, String> = paramdb_engine::table_names(dir)
             .map(|v| v.into_iter().collect())
             .unwrap_or_default();
         let wal = dir.join("wal");

@@ -28,3 +28,13 @@ pub mod vocab;
 pub mod word2vec;
 
 pub use error::TrainError;
+
+/// `s` quoted for an error message, cut to its first 64 characters: a huge line or name must
+/// not swamp the message.
+pub(crate) fn quote(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{:?}… ({} bytes)", &s[..i], s.len()),
+        None => format!("{s:?}"),
+    }
+}

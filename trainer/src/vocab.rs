@@ -181,6 +181,64 @@ pub fn count_into(
     Ok(report)
 }
 
+/// Loads the counts of a word2vec.c vocabulary file (`word count` per line, as `-save-vocab`
+/// writes it) into the model's vocabulary table, which this creates, instead of counting a
+/// corpus. `</s>` (word2vec.c's sentence end) is skipped, and words longer than
+/// `MAX_WORD_BYTES` are left out as they are when counting. A word listed twice has its counts
+/// added. At most `spill_entries` distinct words are held in memory at once.
+pub fn load_counts_file(
+    client: &BlockingClient,
+    model: &str,
+    file: &Path,
+    spill_entries: usize,
+) -> Result<CountReport> {
+    use std::io::BufRead;
+    let t = table(model);
+    let io = |e| TrainError::io(format!("reading {}", file.display()), e);
+    let f = std::fs::File::open(file).map_err(io)?;
+    client.create_table(TableSpec::new(&t, VOCAB_DIM).with_rule(UpdateRule::Add))?;
+    let mut counts: FxHashMap<u64, (Box<str>, u64)> = FxHashMap::default();
+    let mut report = CountReport::default();
+    for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.map_err(io)?;
+        let mut parts = line.split_whitespace();
+        let (Some(word), Some(count), None) = (parts.next(), parts.next(), parts.next()) else {
+            if line.trim().is_empty() {
+                continue;
+            }
+            return Err(TrainError::Invalid(format!(
+                "{} line {}: expected `word count`, found {}",
+                file.display(),
+                n + 1,
+                crate::quote(&line)
+            )));
+        };
+        let count: u64 = count.parse().map_err(|_| {
+            TrainError::Invalid(format!(
+                "{} line {}: the count {} is not a whole number",
+                file.display(),
+                n + 1,
+                crate::quote(count)
+            ))
+        })?;
+        if word == "</s>" || !acceptable(word) {
+            continue;
+        }
+        report.tokens += count;
+        counts
+            .entry(word_key(word))
+            .and_modify(|e| e.1 += count)
+            .or_insert_with(|| (word.into(), count));
+        if counts.len() >= spill_entries.max(1) {
+            report.collisions += spill(client, model, &mut counts)?;
+            report.spills += 1;
+        }
+    }
+    report.collisions += spill(client, model, &mut counts)?;
+    report.spills += 1;
+    Ok(report)
+}
+
 /// Adds `counts` to the vocabulary table and empties it. Each row is read first so that it
 /// stays normalized (every 16-bit piece below 65536) and a new word's bytes are written once.
 fn spill(

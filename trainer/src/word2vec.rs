@@ -82,6 +82,9 @@ pub struct Config {
     pub seed: u64,
     /// How often each worker records its position.
     pub checkpoint_secs: f64,
+    /// Take the vocabulary's counts from this word2vec.c vocabulary file (`word count` per
+    /// line, as `-save-vocab` writes it) instead of counting the corpus.
+    pub read_vocab: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -108,6 +111,7 @@ impl Default for Config {
             noise_table: 1 << 22,
             seed: 1,
             checkpoint_secs: 10.0,
+            read_vocab: None,
         }
     }
 }
@@ -121,8 +125,11 @@ pub struct Progress {
     pub alpha: f32,
     /// Mean negative-sampling loss per training example since the last snapshot.
     pub loss: f64,
-    /// Words per second since training (or resuming) started.
+    /// Corpus words (every token read, in the vocabulary or not) per second of wall time since
+    /// this run started, counting included: the figure gensim and word2vec.c users compare.
     pub words_per_sec: f64,
+    /// In-vocabulary words per second of training alone.
+    pub train_words_per_sec: f64,
     pub epoch: u32,
 }
 
@@ -135,9 +142,18 @@ pub struct Report {
     pub resumed_from: Option<f64>,
     /// The model was already fully trained; nothing was done.
     pub already_done: bool,
+    /// In-vocabulary words this run trained on (before subsampling).
     pub words_done: u64,
+    /// Corpus words this run read while training: every token, in the vocabulary or not.
+    pub corpus_words: u64,
+    /// Wall time of the whole run, counting the vocabulary included.
+    pub wall_seconds: f64,
+    /// Time spent training (after the vocabulary was counted).
     pub seconds: f64,
+    /// `corpus_words / wall_seconds`.
     pub words_per_sec: f64,
+    /// `words_done / seconds`.
+    pub train_words_per_sec: f64,
 }
 
 pub fn in_table(model: &str) -> String {
@@ -196,6 +212,7 @@ pub fn train(
     on_progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<Report> {
     validate(cfg)?;
+    let run_started = Instant::now();
     let corpus_len = std::fs::metadata(corpus)
         .map_err(|e| TrainError::io(format!("reading {}", corpus.display()), e))?
         .len();
@@ -282,7 +299,12 @@ pub fn train(
                     client.drop_table(&t)?;
                 }
             }
-            let counted = vocab::count_into(client, &cfg.model, corpus, cfg.count_spill_words)?;
+            let counted = match &cfg.read_vocab {
+                Some(file) => {
+                    vocab::load_counts_file(client, &cfg.model, file, cfg.count_spill_words)?
+                }
+                None => vocab::count_into(client, &cfg.model, corpus, cfg.count_spill_words)?,
+            };
             let summary =
                 vocab::summarize(client, &cfg.model, cfg.min_count.max(1), cfg.cached_words)?;
             tracing::info!(
@@ -366,6 +388,8 @@ pub fn train(
         noise,
         words_total,
         words_done: AtomicU64::new(done_before),
+        corpus_done: AtomicU64::new(0),
+        run_started,
         loss: Mutex::new((0.0, 0)),
         failed: AtomicBool::new(false),
         sigmoid: SigmoidTable::new(),
@@ -404,8 +428,11 @@ pub fn train(
     result?;
     client.checkpoint()?;
     report.seconds = started.elapsed().as_secs_f64();
+    report.wall_seconds = run_started.elapsed().as_secs_f64();
     report.words_done = shared.words_done.load(Ordering::Relaxed) - done_before;
-    report.words_per_sec = report.words_done as f64 / report.seconds.max(1e-9);
+    report.corpus_words = shared.corpus_done.load(Ordering::Relaxed);
+    report.words_per_sec = report.corpus_words as f64 / report.wall_seconds.max(1e-9);
+    report.train_words_per_sec = report.words_done as f64 / report.seconds.max(1e-9);
     Ok(report)
 }
 
@@ -465,6 +492,9 @@ struct Shared<'a> {
     noise: NoiseTable,
     words_total: u64,
     words_done: AtomicU64,
+    /// Corpus tokens read by this run's workers.
+    corpus_done: AtomicU64,
+    run_started: Instant,
     loss: Mutex<(f64, u64)>,
     failed: AtomicBool,
     sigmoid: SigmoidTable,
@@ -486,7 +516,9 @@ impl Shared<'_> {
             words_total: self.words_total,
             alpha: self.alpha(),
             loss: if n == 0 { f64::NAN } else { sum / n as f64 },
-            words_per_sec: (words_done - done_before) as f64
+            words_per_sec: self.corpus_done.load(Ordering::Relaxed) as f64
+                / self.run_started.elapsed().as_secs_f64().max(1e-9),
+            train_words_per_sec: (words_done - done_before) as f64
                 / started.elapsed().as_secs_f64().max(1e-9),
             epoch: (words_done / self.train_words.max(1)) as u32,
         }
@@ -581,11 +613,12 @@ impl<'a> Worker<'a> {
                 if self.s.failed.load(Ordering::Relaxed) {
                     return Ok(()); // another worker failed; its error is reported
                 }
-                let (sentences, seen, more) = self.read_batch(&mut reader)?;
+                let (sentences, seen, raw, more) = self.read_batch(&mut reader)?;
                 if !sentences.is_empty() {
                     self.train_batch(&sentences)?;
                 }
                 self.s.words_done.fetch_add(seen, Ordering::Relaxed);
+                self.s.corpus_done.fetch_add(raw, Ordering::Relaxed);
                 self.pos.done += seen;
                 self.pos.offset = reader.position();
                 if !more {
@@ -618,8 +651,9 @@ impl<'a> Worker<'a> {
     }
 
     /// Reads lines until about `batch_words` candidate words: sentences of word keys after
-    /// subsampling, the number of in-vocabulary words read, and whether the part goes on.
-    fn read_batch(&mut self, reader: &mut PartReader) -> Result<(Vec<Vec<u64>>, u64, bool)> {
+    /// subsampling, the number of in-vocabulary words read, the number of corpus tokens read,
+    /// and whether the part goes on.
+    fn read_batch(&mut self, reader: &mut PartReader) -> Result<(Vec<Vec<u64>>, u64, u64, bool)> {
         let s = self.s;
         // Candidate words of each line (flat, with line ends) with their keep probability,
         // NaN for words the cache of frequent words does not know; those are looked up:
@@ -627,12 +661,17 @@ impl<'a> Worker<'a> {
         let (mut keys, mut ends): (Vec<(u64, f32)>, Vec<usize>) = (Vec::new(), Vec::new());
         let mut unknown: FxHashMap<u64, f32> = FxHashMap::default();
         let mut more = true;
+        let mut raw = 0u64;
         while keys.len() < s.cfg.batch_words {
             let Some(line) = reader.next_line()? else {
                 more = false;
                 break;
             };
-            for w in line.split_whitespace().filter(|w| vocab::acceptable(w)) {
+            for w in line.split_whitespace() {
+                raw += 1;
+                if !vocab::acceptable(w) {
+                    continue;
+                }
                 let k = word_key(w);
                 let keep = match s.known.get(&k) {
                     Some(&p) => p,
@@ -677,7 +716,7 @@ impl<'a> Worker<'a> {
             }
             from = end;
         }
-        Ok((sentences, seen, more))
+        Ok((sentences, seen, raw, more))
     }
 
     /// Sets the keep probability of each word in `words` from its count in the server (0 for
@@ -730,60 +769,32 @@ impl<'a> Worker<'a> {
         let mut neu1 = vec![0.0f32; dim];
         let mut neu1e = vec![0.0f32; dim];
         let (mut loss, mut examples) = (0.0f64, 0u64);
+        let kernel = self.s.kernel;
+        let rng = &mut self.rng;
         for (ins, outs) in local.iter().zip(&targets) {
             let n = ins.len();
             for (i, &target) in outs.iter().enumerate() {
                 let target = target as usize;
-                let b = self.rng.random_range(0..cfg.window);
+                let b = rng.random_range(0..cfg.window);
                 let lo = i.saturating_sub(cfg.window - b);
                 let hi = (i + cfg.window - b + 1).min(n);
+                // One example against `target` and its negatives, for hidden layer `h`.
+                let mut example = |h: &[f32], g: &mut [f32], out: &mut [f32]| {
+                    kernel(h, g, out, target, &pool, cfg.negative, alpha, dim, sig, rng)
+                };
                 if cfg.cbow {
-                    neu1.fill(0.0);
-                    let mut cw = 0;
-                    for j in (lo..hi).filter(|&j| j != i) {
-                        let c = ins[j] as usize;
-                        axpy(&mut neu1, 1.0, &win[c * dim..(c + 1) * dim]);
-                        cw += 1;
-                    }
-                    if cw == 0 {
-                        continue;
-                    }
-                    scale(&mut neu1, 1.0 / cw as f32);
-                    neu1e.fill(0.0);
-                    loss += (self.s.kernel)(
-                        &neu1,
-                        &mut neu1e,
-                        out,
-                        target,
-                        &pool,
-                        cfg.negative,
-                        alpha,
-                        dim,
-                        sig,
-                        &mut self.rng,
-                    );
-                    examples += 1;
-                    scale(&mut neu1e, 1.0 / cw as f32);
-                    for j in (lo..hi).filter(|&j| j != i) {
-                        let c = ins[j] as usize;
-                        axpy(&mut win[c * dim..(c + 1) * dim], 1.0, &neu1e);
+                    let context = (lo..hi).filter(|&j| j != i).map(|j| ins[j] as usize);
+                    if let Some(l) = cbow_example(context, win, &mut neu1, &mut neu1e, |h, g| {
+                        example(h, g, out)
+                    }) {
+                        loss += l;
+                        examples += 1;
                     }
                 } else {
                     for j in (lo..hi).filter(|&j| j != i) {
                         let c = ins[j] as usize;
                         neu1e.fill(0.0);
-                        loss += (self.s.kernel)(
-                            &win[c * dim..(c + 1) * dim],
-                            &mut neu1e,
-                            out,
-                            target,
-                            &pool,
-                            cfg.negative,
-                            alpha,
-                            dim,
-                            sig,
-                            &mut self.rng,
-                        );
+                        loss += example(&win[c * dim..(c + 1) * dim], &mut neu1e, out);
                         examples += 1;
                         axpy(&mut win[c * dim..(c + 1) * dim], 1.0, &neu1e);
                     }
@@ -801,6 +812,38 @@ impl<'a> Worker<'a> {
     }
 }
 
+/// One CBOW example, as word2vec.c and gensim (`cbow_mean=1`) train it: the hidden layer is
+/// the *mean* of the context words' input rows, and every context row then gets the hidden
+/// layer's *whole* error. The exact gradient of the loss would give each row a `1/cw` share;
+/// paramdb did that until issue #17, which trained input rows `cw` times slower (about 6× at
+/// window 5; see BENCHMARKS.md). `negatives` trains the output rows against the
+/// hidden layer and accumulates its error; returns `None` for an empty context.
+fn cbow_example(
+    context: impl Iterator<Item = usize> + Clone,
+    win: &mut [f32],
+    hidden: &mut [f32],
+    error: &mut [f32],
+    negatives: impl FnOnce(&[f32], &mut [f32]) -> f64,
+) -> Option<f64> {
+    let dim = hidden.len();
+    hidden.fill(0.0);
+    let mut cw = 0;
+    for c in context.clone() {
+        axpy(hidden, 1.0, &win[c * dim..(c + 1) * dim]);
+        cw += 1;
+    }
+    if cw == 0 {
+        return None;
+    }
+    scale(hidden, 1.0 / cw as f32);
+    error.fill(0.0);
+    let loss = negatives(hidden, error);
+    for c in context {
+        axpy(&mut win[c * dim..(c + 1) * dim], 1.0, error);
+    }
+    Some(loss)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -811,6 +854,53 @@ mod tests {
         let p = keep_probability(100_000, 1_000_000, 1e-3);
         assert!((p - 0.1 - 0.01).abs() < 1e-6, "{p}");
         assert_eq!(keep_probability(100_000, 1_000_000, 0.0), 1.0);
+    }
+
+    /// The reason CBOW trailed word2vec.c: each context row must get the hidden layer's whole
+    /// error (word2vec.c's `syn0[...] += neu1e[c]`), not a `1/cw` share of it.
+    #[test]
+    fn cbow_gives_every_context_row_the_whole_error() {
+        let dim = 4;
+        // Rows 0, 1, 2 are the context; row 3 is not, and must not move.
+        let mut win: Vec<f32> = (0..4 * dim).map(|i| i as f32 * 0.1).collect();
+        let before = win.clone();
+        let (mut hidden, mut error) = (vec![0.0; dim], vec![0.0; dim]);
+        let mut seen_hidden = Vec::new();
+        let loss = cbow_example(
+            [0usize, 1, 2].into_iter(),
+            &mut win,
+            &mut hidden,
+            &mut error,
+            |h, g| {
+                seen_hidden = h.to_vec();
+                g.copy_from_slice(&[0.5, -0.25, 1.0, 0.0]);
+                1.5
+            },
+        );
+        assert_eq!(loss, Some(1.5));
+        for d in 0..dim {
+            let mean = (before[d] + before[dim + d] + before[2 * dim + d]) / 3.0;
+            assert!(
+                (seen_hidden[d] - mean).abs() < 1e-6,
+                "hidden is the context's mean"
+            );
+        }
+        let want = [0.5, -0.25, 1.0, 0.0];
+        for row in 0..3 {
+            for d in 0..dim {
+                let moved = win[row * dim + d] - before[row * dim + d];
+                assert!((moved - want[d]).abs() < 1e-6, "row {row} moved {moved}");
+            }
+        }
+        assert_eq!(&win[3 * dim..], &before[3 * dim..]);
+        let none = cbow_example(
+            std::iter::empty(),
+            &mut win,
+            &mut hidden,
+            &mut error,
+            |_, _| unreachable!("an empty context trains nothing"),
+        );
+        assert_eq!(none, None);
     }
 
     #[test]

@@ -33,6 +33,11 @@ RETRYABLE = {
 MAX_MESSAGE = 256 << 20
 
 
+def _quote(s: str) -> str:
+    """A user string for an error message, cut to 64 characters as the Rust crates do."""
+    return repr(s) if len(s) <= 64 else f"{s[:64]!r}… ({len(s.encode())} bytes)"
+
+
 class ParamdbError(Exception):
     """A call failed: refused by a shard (bad input, unknown table, …) or out of retries."""
 
@@ -245,22 +250,39 @@ class Client:
         return out
 
     def push(self, table: str, keys, values, seq: Optional[int] = None) -> dict:
-        """Applies `values` (len(keys) × dim) to `keys` under the table's update rule. Values of
-        a key given twice are summed first. Every shard's part carries the same sequence
-        number, and a retry reuses it, so the push is applied exactly once. Returns
-        {"seq": …, "duplicate": True if every shard had already applied it}."""
+        """Applies `values` (len(keys) × dim) to `keys` under the table's update rule. Every
+        shard's part carries the same sequence number, and a retry reuses it, so the push is
+        applied exactly once. Returns {"seq": …, "duplicate": True if every shard had already
+        applied it}.
+
+        The same rule as the Rust client's, checked before any shard is sent its part (so a
+        refused push is not half applied): a key given twice is refused (sum duplicates
+        first), and so are NaN and infinities, with INVALID_ARGUMENT."""
         keys = self._keys(keys)
         values = np.asarray(values, dtype=np.float32)
         if keys.size == 0:
-            raise ParamdbError("no keys to push")
+            raise ParamdbError("no keys to push", grpc.StatusCode.INVALID_ARGUMENT)
         if values.size % keys.size != 0:
-            raise ParamdbError(f"{values.size} values for {keys.size} keys")
+            raise ParamdbError(
+                f"{values.size} values for {keys.size} keys", grpc.StatusCode.INVALID_ARGUMENT
+            )
         values = values.reshape(keys.size, -1)
-        uniq, inverse = np.unique(keys, return_inverse=True)
+        uniq, counts = np.unique(keys, return_counts=True)
         if uniq.size < keys.size:
-            summed = np.zeros((uniq.size, values.shape[1]), dtype=np.float32)
-            np.add.at(summed, inverse, values)
-            keys, values = uniq, summed
+            key = int(uniq[np.argmax(counts > 1)])
+            raise ParamdbError(
+                f"key {key} appears more than once in one push to table {_quote(table)} "
+                "(duplicate keys are refused: sum them first)",
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ParamdbError(
+                f"value {col} of key {int(keys[row])} in a push to table {_quote(table)} is "
+                f"{values[row, col]} (NaN and infinities are refused)",
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
         seq = self.next_seq() if seq is None else seq
         dup = True
         for s, pos in self._each_shard(keys):

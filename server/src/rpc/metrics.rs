@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tonic::codegen::http;
 use tonic::Code;
 
-use crate::store::Store;
+use paramdb_engine::Store;
 
 /// Histogram buckets in seconds: 50 µs to 10 s.
 const BUCKETS: [f64; 16] = [

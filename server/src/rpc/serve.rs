@@ -1,22 +1,22 @@
 //! Running a shard server: the caller owns the listener and the shutdown signal (so tests can
 //! bind `127.0.0.1:0` and stop it at will). Health reports NOT_SERVING while the store replays
-//! its log and SERVING after; shutdown stops accepting, lets in-flight calls finish, then
-//! checkpoints and closes the store.
+//! its log and SERVING after. Shutdown stops accepting and lets in-flight calls finish for up
+//! to `shutdown_grace`; range streams still running then (a client that stopped reading) are
+//! cancelled with `UNAVAILABLE`, and the store is checkpointed and closed.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
+use paramdb_engine::{CheckpointError, OpenError, Store, StoreOptions};
 use paramdb_proto::http2::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 use paramdb_proto::v1::paramdb_server::ParamdbServer;
+use paramdb_types::KeyRange;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-use super::service::{Limits, ShardService};
-use crate::error::StoreError;
-use crate::options::StoreOptions;
-use crate::store::Store;
-use crate::types::KeyRange;
+use super::service::{Limits, OversizeLayer, ShardService};
 
 /// What one shard server needs to run.
 #[derive(Clone, Debug)]
@@ -33,20 +33,25 @@ pub struct ServeConfig {
     pub tokens: Option<super::auth::Tokens>,
     /// Crash testing: journal the log's synced lengths here (see `wal::SyncJournalFs`).
     pub sync_journal: Option<PathBuf>,
+    /// How long shutdown waits for in-flight calls before it cancels the range streams left.
+    pub shutdown_grace: Duration,
 }
+
+/// The default `shutdown_grace`: well inside Kubernetes' 30 s termination grace period.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
-    #[error("opening shard {shard} at {dir}: {source}")]
+    #[error("opening shard {shard} at {dir}")]
     Open {
         shard: u32,
         dir: String,
         #[source]
-        source: StoreError,
+        source: OpenError,
     },
-    #[error("closing the store: {0}")]
-    Close(#[source] StoreError),
+    #[error("closing the store")]
+    Close(#[source] CheckpointError),
     #[error("grpc transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("building the reflection service: {0}")]
@@ -125,12 +130,15 @@ pub async fn serve_with_metrics(
         }
         None => None,
     });
+    // Set when the grace period after the shutdown signal is over.
+    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
     let service = ShardService::new(
         cell.clone(),
         config.shard,
         config.range,
         config.limits.clone(),
         config.tokens.clone(),
+        cancel_rx,
     );
     // The service answers RESOURCE_EXHAUSTED above the limit; tonic's own cap is a backstop.
     let hard_cap = config.limits.max_message_bytes.saturating_mul(4);
@@ -139,6 +147,7 @@ pub async fn serve_with_metrics(
         .max_encoding_message_size(hard_cap);
 
     let (open_failed_tx, open_failed_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
     // Without TCP_NODELAY a reply's trailing frames wait for the client's delayed ACK (~40 ms).
     // Windows sized for batches of hundreds of KB, so several in flight do not stall on
     // WINDOW_UPDATE round trips.
@@ -151,6 +160,7 @@ pub async fn serve_with_metrics(
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .max_frame_size(Some(MAX_FRAME))
+        .layer(OversizeLayer)
         .layer(super::metrics::MetricsLayer)
         .add_service(health)
         .add_service(reflection)
@@ -161,16 +171,21 @@ pub async fn serve_with_metrics(
                 _ = shutdown => tracing::info!("shutting down: no new requests, finishing in-flight ones"),
                 _ = open_failed_rx => {}
             }
+            let _ = stopping_tx.send(true);
         });
-    let server = tokio::spawn(server);
+    let mut server = tokio::spawn(server);
 
     let (dir, opts, shard) = (config.data_dir.clone(), config.store.clone(), config.shard);
     let journal = config.sync_journal.clone();
     let opened = tokio::task::spawn_blocking(move || match journal {
         None => Store::open(&dir, opts),
         Some(j) => {
-            let fs = crate::wal::SyncJournalFs::new(&j)
-                .map_err(|e| StoreError::io(format!("opening {}", j.display()), e))?;
+            let fs = paramdb_engine::wal::SyncJournalFs::new(&j).map_err(|e| {
+                OpenError::from(paramdb_engine::StorageError::Io {
+                    context: format!("opening {}", j.display()),
+                    source: e,
+                })
+            })?;
             Store::open_with_fs(&dir, opts, Arc::new(fs))
         }
     })
@@ -200,18 +215,40 @@ pub async fn serve_with_metrics(
         Err(e) => Err(ServeError::Open {
             shard,
             dir: config.data_dir.display().to_string(),
-            source: StoreError::Io {
+            source: paramdb_engine::StorageError::Io {
                 context: "store open task".into(),
                 source: std::io::Error::other(e.to_string()),
-            },
+            }
+            .into(),
         }),
     };
     if open_result.is_err() {
         let _ = open_failed_tx.send(());
     }
-    let served = server
-        .await
-        .map_err(|e| ServeError::Reflection(format!("server task: {e}")))?;
+    // Wait for the server; once shutdown began, give in-flight calls the grace period, then
+    // cancel the range streams left and give their connections a moment to close.
+    let served = tokio::select! {
+        r = &mut server => Some(r),
+        _ = async {
+            let _ = stopping_rx.wait_for(|s| *s).await;
+            tokio::time::sleep(config.shutdown_grace).await;
+        } => None,
+    };
+    let served = match served {
+        Some(r) => r,
+        None => {
+            tracing::warn!(grace = ?config.shutdown_grace, "in-flight calls outlived the shutdown grace period; cancelling them");
+            let _ = cancel_tx.send(true);
+            match tokio::time::timeout(Duration::from_secs(2), &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            }
+        }
+    };
+    let served = served.map_err(|e| ServeError::Reflection(format!("server task: {e}")))?;
     open_result?;
     served?;
 

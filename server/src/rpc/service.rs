@@ -1,23 +1,22 @@
-//! The `Paramdb` gRPC service of one shard: wire decoding, the checks only the wire layer can
-//! make (packing, key range, request limits), and a hop to a blocking thread for the store.
+//! The `Paramdb` gRPC service of one shard: its state, the checks every call shares (access,
+//! concurrency, message size, key range, table names), and the trait implementation, which
+//! hands each call to its handler in `handlers/`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 
-use paramdb_proto::packed;
+use paramdb_engine::Store;
 use paramdb_proto::v1::{self, paramdb_server::Paramdb};
-use prost::bytes::Bytes;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio_stream::wrappers::ReceiverStream;
+use paramdb_types::{quote, Key, KeyRange, MAX_NAME_LEN};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tonic::codegen::http;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Access, Tokens};
+use super::handlers;
 use super::status::to_status;
-use crate::inspect::{ShardReport, TableReport};
-use crate::store::{Store, StoreStats, TableInfo};
-use crate::table::{Initializer, TableSpec, UpdateRule};
-use crate::types::{ClientId, Key, KeyRange};
-use crate::verify::{Problem, VerifyReport};
-use crate::wal::dump::RecordInfo;
 
 /// Request limits of a shard server.
 #[derive(Clone, Debug)]
@@ -47,13 +46,15 @@ impl Default for Limits {
 /// answers `UNAVAILABLE` (and health says NOT_SERVING).
 #[derive(Debug, Clone)]
 pub struct ShardService {
-    store: Arc<OnceLock<Arc<Store>>>,
-    shard: u32,
-    range: KeyRange,
-    limits: Limits,
+    pub(super) store: Arc<OnceLock<Arc<Store>>>,
+    pub(super) shard: u32,
+    pub(super) range: KeyRange,
+    pub(super) limits: Limits,
     permits: Arc<Semaphore>,
     /// Accepted bearer tokens; `None` lets every request through.
     tokens: Option<Arc<Tokens>>,
+    /// Turns true when the shutdown's grace period is over: streams still running stop.
+    pub(super) cancel: watch::Receiver<bool>,
 }
 
 impl ShardService {
@@ -63,6 +64,7 @@ impl ShardService {
         range: KeyRange,
         limits: Limits,
         tokens: Option<Tokens>,
+        cancel: watch::Receiver<bool>,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(limits.max_concurrent_requests));
         ShardService {
@@ -72,23 +74,28 @@ impl ShardService {
             limits,
             permits,
             tokens: tokens.map(Arc::new),
+            cancel,
         }
     }
 
-    fn authorize(&self, md: &tonic::metadata::MetadataMap, need: Access) -> Result<(), Status> {
+    pub(super) fn authorize(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        need: Access,
+    ) -> Result<(), Status> {
         match &self.tokens {
             Some(t) => t.check(md, need),
             None => Ok(()),
         }
     }
 
-    fn store(&self) -> Result<Arc<Store>, Status> {
+    pub(super) fn store(&self) -> Result<Arc<Store>, Status> {
         self.store.get().cloned().ok_or_else(|| {
             Status::unavailable(format!("shard {} is replaying its log", self.shard))
         })
     }
 
-    fn permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+    pub(super) fn permit(&self) -> Result<OwnedSemaphorePermit, Status> {
         self.permits.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "shard {} is at its limit of {} concurrent requests",
@@ -97,16 +104,28 @@ impl ShardService {
         })
     }
 
-    fn out_of_range(&self, key: Key) -> Status {
+    /// What every call that does work checks first: access, a concurrency permit, and a
+    /// store that has finished replaying its log. The permit is held until the call ends.
+    pub(super) fn enter(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        need: Access,
+    ) -> Result<(Arc<Store>, OwnedSemaphorePermit), Status> {
+        self.authorize(md, need)?;
+        let permit = self.permit()?;
+        Ok((self.store()?, permit))
+    }
+
+    pub(super) fn out_of_range(&self, key: Key) -> Status {
         Status::failed_precondition(format!(
             "key {key} is outside shard {}'s range {} (stale cluster map?)",
             self.shard, self.range
         ))
     }
 
-    /// Requests over the message limit get `RESOURCE_EXHAUSTED` (tonic itself stops reading at
-    /// a hard cap of a few times the limit).
-    fn check_size(&self, msg: &impl prost::Message) -> Result<(), Status> {
+    /// Requests over the message limit get `RESOURCE_EXHAUSTED`. (tonic itself stops reading
+    /// at 4× the limit, and `OversizeLayer` gives that the same code.)
+    pub(super) fn check_size(&self, msg: &impl prost::Message) -> Result<(), Status> {
         let len = msg.encoded_len();
         if len > self.limits.max_message_bytes {
             return Err(Status::resource_exhausted(format!(
@@ -117,7 +136,7 @@ impl ShardService {
         Ok(())
     }
 
-    fn check_keys(&self, keys: &[Key]) -> Result<(), Status> {
+    pub(super) fn check_keys(&self, keys: &[Key]) -> Result<(), Status> {
         if keys.len() > self.limits.max_keys_per_request {
             return Err(Status::invalid_argument(format!(
                 "{} keys in one request; the limit is {}",
@@ -132,271 +151,28 @@ impl ShardService {
     }
 }
 
-/// Runs a store call on a blocking thread (the store is synchronous and does disk I/O).
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> crate::Result<T> + Send + 'static,
-) -> Result<T, Status> {
+/// A table name no table can have is refused before anything else, and quoted short.
+pub(super) fn check_table_name(name: &str) -> Result<(), Status> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(Status::invalid_argument(format!(
+            "table name {} is over the limit of {MAX_NAME_LEN} bytes",
+            quote(name)
+        )));
+    }
+    Ok(())
+}
+
+/// Runs an engine call on a blocking thread (the engine is synchronous and does disk I/O).
+pub(super) async fn blocking<T, E>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, Status>
+where
+    T: Send + 'static,
+    E: paramdb_engine::Classify + std::error::Error + Send + 'static,
+{
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(to_status),
         Err(e) => Err(Status::internal(format!("store task failed: {e}"))),
-    }
-}
-
-fn values(b: &Bytes) -> Result<Vec<f32>, Status> {
-    packed::bytes_to_f32s(b).ok_or_else(|| {
-        Status::invalid_argument(format!(
-            "values are {} bytes, not a whole number of f32",
-            b.len()
-        ))
-    })
-}
-
-fn spec_from_wire(s: v1::TableSpec) -> Result<TableSpec, Status> {
-    let init: Initializer = if s.init.is_empty() {
-        Initializer::Zeros
-    } else {
-        s.init.parse().map_err(Status::invalid_argument)?
-    };
-    let rule: UpdateRule = if s.rule.is_empty() {
-        UpdateRule::Add
-    } else {
-        s.rule.parse().map_err(Status::invalid_argument)?
-    };
-    Ok(TableSpec {
-        name: s.name,
-        dim: s.dim,
-        init,
-        rule,
-        seed: s.seed,
-    })
-}
-
-/// A shard's stats as the wire carries them (the embedded transport reports the same).
-pub fn stats_to_wire(shard: u32, range: KeyRange, s: StoreStats) -> v1::StatsResponse {
-    v1::StatsResponse {
-        shard,
-        range_start: range.start,
-        range_end: range.end,
-        tables: s.tables as u64,
-        pushes: s.pushes,
-        duplicate_pushes: s.duplicate_pushes,
-        rows_pushed: s.rows_pushed,
-        pulls: s.pulls,
-        rows_pulled: s.rows_pulled,
-        dirty_rows: s.dirty_rows as u64,
-        log_segments: s.log_segments as u64,
-        log_bytes_since_checkpoint: s.log_bytes_since_checkpoint,
-        last_lsn: s.last_lsn,
-        durable_lsn: s.durable_lsn,
-        checkpoint_lsn: s.checkpoint_lsn,
-        checkpoints: s.checkpoints,
-        fsyncs: s.fsyncs,
-        poisoned: s.poisoned.unwrap_or_default(),
-        cache_budget_bytes: s.cache.budget_bytes,
-        cache_resident_bytes: s.cache.resident_bytes,
-        cache_resident_rows: s.cache.resident_rows,
-        cache_hits: s.cache.hits,
-        cache_misses: s.cache.misses,
-        cache_admitted: s.cache.admitted,
-        cache_declined: s.cache.declined,
-        cache_evictions: s.cache.evictions,
-    }
-}
-
-/// A shard's inspect report as the wire carries it.
-pub fn report_to_wire(shard: u32, range: KeyRange, r: ShardReport) -> v1::InspectResponse {
-    v1::InspectResponse {
-        shard,
-        range_start: range.start,
-        range_end: range.end,
-        dir: r.dir.display().to_string(),
-        read_only: r.read_only,
-        store_format: r.store_format,
-        log_format: r.log_format,
-        row_format: r.row_format,
-        cache_format: r.cache_format,
-        checkpoint_lsn: r.checkpoint_lsn,
-        last_lsn: r.last_lsn,
-        log_segments: r.log_segments,
-        log_bytes: r.log_bytes,
-        rocksdb_bytes: r.rocksdb_bytes,
-        cache_file_bytes: r.cache_file_bytes,
-        dirty_rows: r.dirty_rows,
-        cache_budget_bytes: r.cache.budget_bytes,
-        cache_resident_rows: r.cache.resident_rows,
-        cache_hits: r.cache.hits,
-        cache_misses: r.cache.misses,
-        tables: r
-            .tables
-            .into_iter()
-            .map(|t| v1::TableReport {
-                name: t.name,
-                id: t.id,
-                dim: t.dim,
-                rule: t.rule,
-                floats_per_row: t.floats_per_row,
-                rows: t.rows,
-                rows_exact: t.rows_exact,
-                sst_files: t.sst_files,
-                sst_bytes: t.sst_bytes,
-                dirty_rows: t.dirty_rows,
-                has_keys: t.key_range.is_some(),
-                first_key: t.key_range.map_or(0, |r| r.0),
-                last_key: t.key_range.map_or(0, |r| r.1),
-            })
-            .collect(),
-    }
-}
-
-/// The inverse of `report_to_wire` (what a client makes of a shard's answer).
-pub fn report_from_wire(r: v1::InspectResponse) -> ShardReport {
-    ShardReport {
-        dir: r.dir.into(),
-        read_only: r.read_only,
-        store_format: r.store_format,
-        log_format: r.log_format,
-        row_format: r.row_format,
-        cache_format: r.cache_format,
-        checkpoint_lsn: r.checkpoint_lsn,
-        last_lsn: r.last_lsn,
-        log_segments: r.log_segments,
-        log_bytes: r.log_bytes,
-        rocksdb_bytes: r.rocksdb_bytes,
-        cache_file_bytes: r.cache_file_bytes,
-        dirty_rows: r.dirty_rows,
-        cache: crate::cache::CacheStats {
-            budget_bytes: r.cache_budget_bytes,
-            resident_rows: r.cache_resident_rows,
-            hits: r.cache_hits,
-            misses: r.cache_misses,
-            ..Default::default()
-        },
-        tables: r
-            .tables
-            .into_iter()
-            .map(|t| TableReport {
-                name: t.name,
-                id: t.id,
-                dim: t.dim,
-                rule: t.rule,
-                floats_per_row: t.floats_per_row,
-                rows: t.rows,
-                rows_exact: t.rows_exact,
-                sst_files: t.sst_files,
-                sst_bytes: t.sst_bytes,
-                dirty_rows: t.dirty_rows,
-                key_range: t.has_keys.then_some((t.first_key, t.last_key)),
-            })
-            .collect(),
-    }
-}
-
-pub fn verify_to_wire(r: VerifyReport) -> v1::VerifyResponse {
-    v1::VerifyResponse {
-        dir: r.dir.display().to_string(),
-        has_checkpoint_lsn: r.checkpoint_lsn.is_some(),
-        checkpoint_lsn: r.checkpoint_lsn.unwrap_or(0),
-        segments: r.segments,
-        records: r.records,
-        log_bytes: r.log_bytes,
-        tables: r.tables,
-        rows: r.rows,
-        sst_files: r.sst_files,
-        notes: r.notes,
-        problems: r
-            .problems
-            .into_iter()
-            .map(|p| v1::VerifyProblem {
-                area: p.area.to_string(),
-                detail: p.detail,
-            })
-            .collect(),
-    }
-}
-
-pub fn verify_from_wire(r: v1::VerifyResponse) -> VerifyReport {
-    let area = |a: &str| -> &'static str {
-        ["log", "rocksdb", "catalog", "meta"]
-            .into_iter()
-            .find(|k| *k == a)
-            .unwrap_or("other")
-    };
-    VerifyReport {
-        dir: r.dir.into(),
-        checkpoint_lsn: r.has_checkpoint_lsn.then_some(r.checkpoint_lsn),
-        segments: r.segments,
-        records: r.records,
-        log_bytes: r.log_bytes,
-        tables: r.tables,
-        rows: r.rows,
-        sst_files: r.sst_files,
-        notes: r.notes,
-        problems: r
-            .problems
-            .into_iter()
-            .map(|p| Problem {
-                area: area(&p.area),
-                detail: p.detail,
-            })
-            .collect(),
-        log_gap: false,
-    }
-}
-
-pub fn dump_to_wire((records, trouble): (Vec<RecordInfo>, Vec<String>)) -> v1::LogDumpResponse {
-    v1::LogDumpResponse {
-        records: records
-            .into_iter()
-            .map(|r| v1::LogRecordInfo {
-                segment: r.segment,
-                offset: r.offset,
-                lsn: r.lsn,
-                kind: r.kind.to_string(),
-                client: r.client,
-                seq: r.seq,
-                table: r.table,
-                dim: r.dim,
-                rows: r.rows,
-                has_first_key: r.first_key.is_some(),
-                first_key: r.first_key.unwrap_or(0),
-                bytes: r.bytes,
-            })
-            .collect(),
-        trouble,
-    }
-}
-
-pub fn dump_from_wire(d: v1::LogDumpResponse) -> (Vec<RecordInfo>, Vec<String>) {
-    let records = d
-        .records
-        .into_iter()
-        .map(|r| RecordInfo {
-            segment: r.segment,
-            offset: r.offset,
-            lsn: r.lsn,
-            kind: if r.kind == "range" { "range" } else { "keys" },
-            client: r.client,
-            seq: r.seq,
-            table: r.table,
-            dim: r.dim,
-            rows: r.rows,
-            first_key: r.has_first_key.then_some(r.first_key),
-            bytes: r.bytes,
-        })
-        .collect();
-    (records, d.trouble)
-}
-
-pub fn info_to_wire(t: TableInfo) -> v1::TableInfo {
-    v1::TableInfo {
-        id: t.id,
-        spec: Some(v1::TableSpec {
-            name: t.spec.name,
-            dim: t.spec.dim,
-            init: t.spec.init.to_string(),
-            rule: t.spec.rule.to_string(),
-            seed: t.spec.seed,
-        }),
     }
 }
 
@@ -406,284 +182,150 @@ impl Paramdb for ShardService {
         &self,
         req: Request<v1::CreateTableRequest>,
     ) -> Result<Response<v1::TableInfo>, Status> {
-        self.authorize(req.metadata(), Access::Write)?;
-        let _p = self.permit()?;
-        let store = self.store()?;
-        let spec = spec_from_wire(
-            req.into_inner()
-                .spec
-                .ok_or_else(|| Status::invalid_argument("missing table spec"))?,
-        )?;
-        let info = blocking(move || store.create_table(spec)).await?;
-        Ok(Response::new(info_to_wire(info)))
+        handlers::tables::create(self, req).await
     }
 
     async fn drop_table(
         &self,
         req: Request<v1::DropTableRequest>,
     ) -> Result<Response<v1::DropTableResponse>, Status> {
-        self.authorize(req.metadata(), Access::Write)?;
-        let _p = self.permit()?;
-        let store = self.store()?;
-        let name = req.into_inner().name;
-        blocking(move || store.drop_table(&name)).await?;
-        Ok(Response::new(v1::DropTableResponse {}))
+        handlers::tables::drop(self, req).await
     }
 
     async fn list_tables(
         &self,
         req: Request<v1::ListTablesRequest>,
     ) -> Result<Response<v1::ListTablesResponse>, Status> {
-        self.authorize(req.metadata(), Access::Read)?;
-        let store = self.store()?;
-        let tables = store.list_tables().into_iter().map(info_to_wire).collect();
-        Ok(Response::new(v1::ListTablesResponse { tables }))
+        handlers::tables::list(self, req)
     }
 
     async fn describe_table(
         &self,
         req: Request<v1::DescribeTableRequest>,
     ) -> Result<Response<v1::TableInfo>, Status> {
-        self.authorize(req.metadata(), Access::Read)?;
-        let store = self.store()?;
-        let info = store
-            .describe_table(&req.into_inner().name)
-            .map_err(to_status)?;
-        Ok(Response::new(info_to_wire(info)))
+        handlers::tables::describe(self, req)
     }
 
     async fn pull(
         &self,
         req: Request<v1::PullRequest>,
     ) -> Result<Response<v1::PullResponse>, Status> {
-        self.authorize(req.metadata(), Access::Read)?;
-        let _p = self.permit()?;
-        let store = self.store()?;
-        let r = req.into_inner();
-        self.check_size(&r)?;
-        self.check_keys(&r.keys)?;
-        let (dim, vals) = blocking(move || {
-            let dim = store.describe_table(&r.table)?.spec.dim;
-            Ok((dim, store.pull(&r.table, &r.keys)?))
-        })
-        .await?;
-        Ok(Response::new(v1::PullResponse {
-            dim,
-            values: packed::f32s_into_bytes(vals),
-        }))
+        handlers::pull::pull(self, req).await
     }
 
     async fn push(
         &self,
         req: Request<v1::PushRequest>,
     ) -> Result<Response<v1::PushResponse>, Status> {
-        self.authorize(req.metadata(), Access::Write)?;
-        let _p = self.permit()?;
-        let store = self.store()?;
-        let r = req.into_inner();
-        self.check_size(&r)?;
-        self.check_keys(&r.keys)?;
-        let vals = values(&r.values)?;
-        let ack =
-            blocking(move || store.push(&r.table, ClientId(r.client_id), r.seq, &r.keys, &vals))
-                .await?;
-        Ok(Response::new(v1::PushResponse {
-            lsn: ack.lsn,
-            duplicate: ack.duplicate,
-        }))
+        handlers::push::push(self, req).await
     }
 
-    type PullRangeStream = ReceiverStream<Result<v1::RowBlock, Status>>;
+    type PullRangeStream = handlers::range::RowBlocks;
 
     async fn pull_range(
         &self,
         req: Request<v1::PullRangeRequest>,
     ) -> Result<Response<Self::PullRangeStream>, Status> {
-        self.authorize(req.metadata(), Access::Read)?;
-        let permit = self.permit()?;
-        let store = self.store()?;
-        let r = req.into_inner();
-        let range = KeyRange::new(r.start, r.end);
-        let inside = self.range.contains(range.start) && range.end <= self.range.end;
-        if !range.is_empty() && !inside {
-            return Err(Status::failed_precondition(format!(
-                "range {range} is not inside shard {}'s range {} (stale cluster map?)",
-                self.shard, self.range
-            )));
-        }
-        let dim = store.describe_table(&r.table).map_err(to_status)?.spec.dim;
-        let block = match r.block_rows as usize {
-            0 => self.limits.range_block_rows,
-            n => n.min(self.limits.max_keys_per_request),
-        };
-        // A small channel bounds what is read ahead of a slow reader.
-        let (tx, rx) = mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let scan = match store.scan(&r.table, range) {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(to_status(e)));
-                    return;
-                }
-            };
-            let (mut keys, mut vals) = (Vec::with_capacity(block), Vec::new());
-            for row in scan {
-                match row {
-                    Ok((k, w)) => {
-                        keys.push(k);
-                        vals.extend_from_slice(&w);
-                    }
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(to_status(e)));
-                        return;
-                    }
-                }
-                if keys.len() == block {
-                    let msg = v1::RowBlock {
-                        dim,
-                        keys: std::mem::replace(&mut keys, Vec::with_capacity(block)),
-                        values: packed::f32s_into_bytes(std::mem::take(&mut vals)),
-                    };
-                    if tx.blocking_send(Ok(msg)).is_err() {
-                        return; // the client went away
-                    }
-                }
-            }
-            if !keys.is_empty() {
-                let _ = tx.blocking_send(Ok(v1::RowBlock {
-                    dim,
-                    keys,
-                    values: packed::f32s_into_bytes(vals),
-                }));
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        handlers::range::pull_range(self, req)
     }
 
     async fn push_range(
         &self,
         req: Request<v1::PushRangeRequest>,
     ) -> Result<Response<v1::PushResponse>, Status> {
-        self.authorize(req.metadata(), Access::Write)?;
-        let _p = self.permit()?;
-        let store = self.store()?;
-        let r = req.into_inner();
-        self.check_size(&r)?;
-        let vals = values(&r.values)?;
-        let dim = store.describe_table(&r.table).map_err(to_status)?.spec.dim as usize;
-        if vals.is_empty() || vals.len() % dim != 0 {
-            return Err(Status::invalid_argument(format!(
-                "{} values do not make whole rows of dim {dim}",
-                vals.len()
-            )));
-        }
-        let rows = (vals.len() / dim) as u64;
-        if rows as usize > self.limits.max_keys_per_request {
-            return Err(Status::invalid_argument(format!(
-                "{rows} rows in one request; the limit is {}",
-                self.limits.max_keys_per_request
-            )));
-        }
-        let last = r.start.checked_add(rows - 1).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "{rows} rows from {} overflow the key space",
-                r.start
-            ))
-        })?;
-        for k in [r.start, last] {
-            if !self.range.contains(k) {
-                return Err(self.out_of_range(k));
-            }
-        }
-        let ack = blocking(move || {
-            store.push_range(&r.table, ClientId(r.client_id), r.seq, r.start, &vals)
-        })
-        .await?;
-        Ok(Response::new(v1::PushResponse {
-            lsn: ack.lsn,
-            duplicate: ack.duplicate,
-        }))
+        handlers::push::push_range(self, req).await
     }
 
     async fn checkpoint(
         &self,
         req: Request<v1::CheckpointRequest>,
     ) -> Result<Response<v1::CheckpointResponse>, Status> {
-        self.authorize(req.metadata(), Access::Write)?;
-        let _p = self.permit()?;
-        let store = self.store()?;
-        let info = blocking(move || store.checkpoint()).await?;
-        Ok(Response::new(v1::CheckpointResponse {
-            lsn: info.lsn,
-            rows_written: info.rows_written as u64,
-            segments_removed: info.segments_removed as u64,
-        }))
+        handlers::admin::checkpoint(self, req).await
     }
 
     async fn inspect(
         &self,
         req: Request<v1::InspectRequest>,
     ) -> Result<Response<v1::InspectResponse>, Status> {
-        self.authorize(req.metadata(), Access::Read)?;
-        let _p = self.permit()?;
-        let store = self.store()?;
-        let exact = req.into_inner().exact_rows;
-        let report = blocking(move || store.inspect(exact)).await?;
-        Ok(Response::new(report_to_wire(
-            self.shard, self.range, report,
-        )))
+        handlers::admin::inspect(self, req).await
     }
 
     async fn compact(
         &self,
         req: Request<v1::CompactRequest>,
     ) -> Result<Response<v1::CompactResponse>, Status> {
-        self.authorize(req.metadata(), Access::Write)?;
-        let _p = self.permit()?;
-        let store = self.store()?;
-        blocking(move || store.compact()).await?;
-        Ok(Response::new(v1::CompactResponse {}))
+        handlers::admin::compact(self, req).await
     }
 
     async fn verify(
         &self,
         req: Request<v1::VerifyRequest>,
     ) -> Result<Response<v1::VerifyResponse>, Status> {
-        self.authorize(req.metadata(), Access::Read)?;
-        let _p = self.permit()?;
-        let store = self.store()?;
-        let report = blocking(move || store.verify()).await?;
-        Ok(Response::new(verify_to_wire(report)))
+        handlers::admin::verify(self, req).await
     }
 
     async fn log_dump(
         &self,
         req: Request<v1::LogDumpRequest>,
     ) -> Result<Response<v1::LogDumpResponse>, Status> {
-        self.authorize(req.metadata(), Access::Read)?;
-        let _p = self.permit()?;
-        let store = self.store()?;
-        let r = req.into_inner();
-        let limit = if r.limit == 0 {
-            1000
-        } else {
-            r.limit.min(100_000)
-        } as usize;
-        let dump = blocking(move || store.dump_log(r.from_lsn, limit)).await?;
-        Ok(Response::new(dump_to_wire(dump)))
+        handlers::admin::log_dump(self, req).await
     }
 
     async fn stats(
         &self,
         req: Request<v1::StatsRequest>,
     ) -> Result<Response<v1::StatsResponse>, Status> {
-        self.authorize(req.metadata(), Access::Read)?;
-        let store = self.store()?;
-        Ok(Response::new(stats_to_wire(
-            self.shard,
-            self.range,
-            store.stats(),
-        )))
+        handlers::admin::stats(self, req)
+    }
+}
+
+/// Gives a request that tonic refused for its size (`OUT_OF_RANGE`, "decoded message length
+/// too large", past the 4× hard cap) the code the service gives every other oversized message,
+/// `RESOURCE_EXHAUSTED`. No handler answers `OUT_OF_RANGE`, so only tonic's refusal is
+/// rewritten.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OversizeLayer;
+
+impl<S> tower::Layer<S> for OversizeLayer {
+    type Service = Oversize<S>;
+
+    fn layer(&self, inner: S) -> Oversize<S> {
+        Oversize(inner)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Oversize<S>(S);
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Oversize<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let fut = self.0.call(req);
+        Box::pin(async move {
+            let mut r = fut.await;
+            if let Ok(resp) = &mut r {
+                let out_of_range = (tonic::Code::OutOfRange as i32).to_string();
+                let h = resp.headers_mut();
+                if h.get("grpc-status").and_then(|v| v.to_str().ok()) == Some(out_of_range.as_str())
+                {
+                    let code = (tonic::Code::ResourceExhausted as i32).to_string();
+                    if let Ok(v) = http::HeaderValue::from_str(&code) {
+                        h.insert("grpc-status", v);
+                    }
+                }
+            }
+            r
+        })
     }
 }

@@ -1,43 +1,21 @@
-//! The one place where a store error becomes a gRPC status.
+//! The one place where an engine error becomes a gRPC status. The engine classifies its errors
+//! (`Classify::code`, in gRPC's canonical codes); this maps the code one to one and renders the
+//! error with its causes. Messages quote user strings cut short, so a status always fits in
+//! gRPC's metadata.
 
-use tonic::{Code, Status};
+use paramdb_engine::{chain, Classify};
+use paramdb_types::Code;
+use tonic::Status;
 
-use crate::error::StoreError;
-
-/// The gRPC code for a store error. Bad input is the caller's to fix (`INVALID_ARGUMENT`,
-/// `NOT_FOUND`, …); a poisoned or failing store is `UNAVAILABLE` (retry after a restart);
-/// damaged data is `DATA_LOSS`.
-pub fn code_of(e: &StoreError) -> Code {
-    match e {
-        StoreError::UnknownTable { .. } => Code::NotFound,
-        StoreError::TableExists { .. } => Code::AlreadyExists,
-        StoreError::InvalidTableSpec { .. }
-        | StoreError::DimensionMismatch { .. }
-        | StoreError::NonFinite { .. }
-        | StoreError::EmptyRequest { .. }
-        | StoreError::DuplicateKey { .. }
-        | StoreError::KeyRangeOverflow { .. }
-        | StoreError::InvalidSequence { .. } => Code::InvalidArgument,
-        StoreError::SequenceTooOld { .. } => Code::FailedPrecondition,
-        StoreError::RequestTooLarge { .. } => Code::ResourceExhausted,
-        StoreError::ReadOnly { .. } => Code::PermissionDenied,
-        StoreError::NotAStore { .. } | StoreError::UnsupportedFormat { .. } => {
-            Code::FailedPrecondition
-        }
-        StoreError::Poisoned { .. } | StoreError::Io { .. } => Code::Unavailable,
-        StoreError::ChecksumMismatch { .. }
-        | StoreError::CorruptLog { .. }
-        | StoreError::LogGap { .. }
-        | StoreError::CorruptRow { .. }
-        | StoreError::CorruptMeta { .. } => Code::DataLoss,
-        _ => Code::Internal,
-    }
+/// tonic's code for one of ours (the numbers are the same).
+pub fn code_to_tonic(c: Code) -> tonic::Code {
+    tonic::Code::from_i32(c as i32)
 }
 
-pub fn to_status(e: StoreError) -> Status {
-    let code = code_of(&e);
+/// The status for an engine error; failures that are not the caller's are logged.
+pub fn to_status<E: Classify + std::error::Error + 'static>(e: E) -> Status {
     if !e.is_bad_input() {
-        tracing::error!(error = %e, "store error");
+        tracing::error!(error = %chain(&e), "store error");
     }
-    Status::new(code, e.to_string())
+    Status::new(code_to_tonic(e.code()), chain(&e))
 }

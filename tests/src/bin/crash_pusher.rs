@@ -11,7 +11,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::Context;
-use paramdb_server::{ClientId, Store, StoreOptions, SyncPolicy, TableSpec};
+use paramdb_engine::{ClientId, Store, StoreOptions, SyncPolicy, TableSpec};
 use paramdb_tests::workload::{push_content, DIM};
 
 fn main() -> anyhow::Result<()> {
@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
         // Small triggers so kills also land inside checkpoints and segment rotations.
         checkpoint_log_bytes: 96 << 10,
         max_segment_bytes: 32 << 10,
-        cache_bytes: 32 * (24 + DIM as u64 * 4 + paramdb_server::cache::SLOT_OVERHEAD as u64),
+        cache_bytes: 32 * (24 + DIM as u64 * 4 + paramdb_engine::CACHE_SLOT_OVERHEAD as u64),
         ..StoreOptions::default()
     };
     let store = Arc::new(Store::open(dir, opts).context("opening the store")?);

@@ -1,13 +1,13 @@
 //! Bad requests get a typed error; nothing is logged or applied and the store keeps serving.
 
-use paramdb_server::{ClientId, Store, StoreError, TableSpec, UpdateRule};
+use paramdb_engine::{Classify, ClientId, InputError, PushError, Store, TableSpec, UpdateRule};
 
 use crate::common::manual_opts;
 
 #[test]
 fn bad_requests_are_refused_and_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let opts = paramdb_server::StoreOptions {
+    let opts = paramdb_engine::StoreOptions {
         max_request_bytes: 64 << 10,
         ..manual_opts()
     };
@@ -22,7 +22,7 @@ fn bad_requests_are_refused_and_change_nothing() {
     let lsn = store.stats().last_lsn;
 
     let c = ClientId(2);
-    let cases: Vec<(&str, paramdb_server::Result<_>)> = vec![
+    let cases: Vec<(&str, Result<_, PushError>)> = vec![
         ("wrong dim", store.push("t", c, 1, &[7], &[1.0, 2.0])),
         (
             "nan",
@@ -62,55 +62,72 @@ fn bad_requests_are_refused_and_change_nothing() {
     for (what, r) in cases {
         let err = r.expect_err(what);
         assert!(err.is_bad_input(), "{what}: {err}");
-        match (what, &err) {
-            ("wrong dim" | "range wrong dim", StoreError::DimensionMismatch { dim: 3, .. })
+        let PushError::Input(input) = &err else {
+            panic!("{what}: not an input error: {err}");
+        };
+        match (what, input) {
+            ("wrong dim" | "range wrong dim", InputError::DimensionMismatch { dim: 3, .. })
             | (
                 "nan",
-                StoreError::NonFinite {
+                InputError::NonFinite {
                     key: 8, index: 1, ..
                 },
             )
             | (
                 "inf",
-                StoreError::NonFinite {
+                InputError::NonFinite {
                     key: 7, index: 0, ..
                 },
             )
             | (
                 "range nan",
-                StoreError::NonFinite {
+                InputError::NonFinite {
                     key: 0, index: 1, ..
                 },
             )
-            | ("unknown table", StoreError::UnknownTable { .. })
-            | ("empty", StoreError::EmptyRequest { .. })
-            | ("duplicate key", StoreError::DuplicateKey { key: 7, .. })
-            | ("seq 0", StoreError::InvalidSequence { client: 2 })
-            | ("too large", StoreError::RequestTooLarge { .. })
-            | ("range overflow", StoreError::KeyRangeOverflow { .. }) => {}
+            | ("unknown table", InputError::UnknownTable { .. })
+            | ("empty", InputError::EmptyRequest { .. })
+            | ("duplicate key", InputError::DuplicateKey { key: 7, .. })
+            | ("seq 0", InputError::InvalidSequence { client: 2 })
+            | ("too large", InputError::RequestTooLarge { .. })
+            | ("range overflow", InputError::KeyRangeOverflow { .. }) => {}
             _ => panic!("{what}: unexpected error {err}"),
         }
     }
-    for (what, r) in [
-        ("pull unknown", store.pull("nope", &[1]).map(|_| ())),
-        ("pull empty", store.pull("t", &[]).map(|_| ())),
+    let bad = |e: &dyn Classify| e.is_bad_input();
+    for (what, refused_as_bad_input) in [
+        (
+            "pull unknown",
+            store.pull("nope", &[1]).err().map(|e| bad(&e)),
+        ),
+        ("pull empty", store.pull("t", &[]).err().map(|e| bad(&e))),
         (
             "bad spec",
-            store.create_table(TableSpec::new("x", 0)).map(|_| ()),
+            store
+                .create_table(TableSpec::new("x", 0))
+                .err()
+                .map(|e| bad(&e)),
         ),
         (
             "exists",
-            store.create_table(TableSpec::new("t", 3)).map(|_| ()),
+            store
+                .create_table(TableSpec::new("t", 3))
+                .err()
+                .map(|e| bad(&e)),
         ),
-        ("drop unknown", store.drop_table("nope")),
+        (
+            "drop unknown",
+            store.drop_table("nope").err().map(|e| bad(&e)),
+        ),
         (
             "scan unknown",
             store
-                .scan("nope", paramdb_server::KeyRange::all())
-                .map(|_| ()),
+                .scan("nope", paramdb_engine::KeyRange::all())
+                .err()
+                .map(|e| bad(&e)),
         ),
     ] {
-        assert!(r.expect_err(what).is_bad_input(), "{what}");
+        assert_eq!(refused_as_bad_input, Some(true), "{what}");
     }
 
     assert_eq!(store.stats().last_lsn, lsn, "nothing was logged");

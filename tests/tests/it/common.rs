@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use paramdb_server::wal::fault::FaultFs;
-use paramdb_server::{Store, StoreOptions, SyncPolicy};
+use paramdb_engine::wal::fault::FaultFs;
+use paramdb_engine::{Store, StoreOptions, SyncPolicy};
 
 /// Options for deterministic tests: no background thread, checkpoints only by hand.
 pub fn manual_opts() -> StoreOptions {
@@ -16,7 +16,11 @@ pub fn manual_opts() -> StoreOptions {
     }
 }
 
-pub fn open_fault(dir: &Path, fs: &FaultFs, opts: StoreOptions) -> paramdb_server::Result<Store> {
+pub fn open_fault(
+    dir: &Path,
+    fs: &FaultFs,
+    opts: StoreOptions,
+) -> Result<Store, paramdb_engine::OpenError> {
     Store::open_with_fs(dir, opts, Arc::new(fs.clone()))
 }
 
@@ -27,7 +31,7 @@ pub fn wal_dir(dir: &Path) -> PathBuf {
 
 /// Segment files of a store on the fault file system, in order.
 pub fn segments(fs: &FaultFs, dir: &Path) -> Vec<PathBuf> {
-    use paramdb_server::wal::LogFs;
+    use paramdb_engine::wal::LogFs;
     let mut v: Vec<PathBuf> = fs
         .list(&wal_dir(dir))
         .expect("list")

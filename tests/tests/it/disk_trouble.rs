@@ -61,7 +61,7 @@ fn a_log_that_cannot_grow_refuses_pushes_clearly_and_recovers() {
     }
     let (first_refused, e) = refused.expect("pushes went on past the file-size limit");
     let msg = e.to_string();
-    assert_eq!(e.code(), Some(tonic::Code::Unavailable), "{msg}");
+    assert_eq!(e.code(), Some(paramdb_client::Code::Unavailable), "{msg}");
     assert!(
         msg.contains("File too large") || msg.contains("poisoned"),
         "{msg}"

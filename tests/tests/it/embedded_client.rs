@@ -40,12 +40,12 @@ fn embedded_client_has_the_same_api_without_network() {
         vec![1, starts[1] - 1, starts[1], starts[1] + 1, starts[2] + 1]
     );
     for (i, s) in c.stats().unwrap().iter().enumerate() {
-        assert!(s.pushes >= 1, "shard {i}: {s:?}");
+        assert!(s.store.pushes >= 1, "shard {i}: {s:?}");
     }
     // Keys outside every shard's range do not exist in an even map; unknown tables do.
     assert_eq!(
         c.pull("nope", &[1]).unwrap_err().code(),
-        Some(tonic::Code::NotFound)
+        Some(paramdb_client::Code::NotFound)
     );
 }
 

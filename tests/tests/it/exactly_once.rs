@@ -1,8 +1,8 @@
 //! Exactly-once pushes: a retry with the same (client, seq) is acknowledged and not applied
 //! again, before and after a checkpoint, a clean reopen and a crash.
 
-use paramdb_server::wal::fault::{CrashTail, FaultFs};
-use paramdb_server::{ClientId, StoreError, TableSpec};
+use paramdb_engine::wal::fault::{CrashTail, FaultFs};
+use paramdb_engine::{ClientId, InputError, PushError, TableSpec};
 
 use crate::common::{manual_opts, open_fault};
 
@@ -51,6 +51,6 @@ fn retries_are_applied_once_across_checkpoint_and_crash() {
     store.push("t", c, 5000, &[5], &[1.0, 1.0]).unwrap();
     assert!(matches!(
         store.push("t", c, 6, &[5], &[1.0, 1.0]),
-        Err(StoreError::SequenceTooOld { seq: 6, .. })
+        Err(PushError::Input(InputError::SequenceTooOld { seq: 6, .. }))
     ));
 }

@@ -3,8 +3,8 @@
 //! none applied twice, and every unacknowledged one applied at most once. Reproduce a failure
 //! with `PARAMDB_CRASH_SEED=<seed printed in the failure>`.
 
-use paramdb_server::wal::fault::{CrashTail, FaultFs};
-use paramdb_server::{ClientId, StoreOptions, TableSpec};
+use paramdb_engine::wal::fault::{CrashTail, FaultFs};
+use paramdb_engine::{Classify, ClientId, StoreOptions, TableSpec};
 use paramdb_tests::workload::{expected_shared, push_content, witness_key, DIM, SHARED_KEYS};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -80,7 +80,7 @@ fn fault_injection_1000_crash_points_lose_and_duplicate_nothing() {
             .unwrap_or_else(|e| panic!("{}", ctx(&format!("reopen failed: {e}"))));
         torn_tails += store.recovery_report().torn_tail.is_some() as usize;
 
-        let witness = |store: &paramdb_server::Store, ps: &[(u64, u64)]| -> Vec<f32> {
+        let witness = |store: &paramdb_engine::Store, ps: &[(u64, u64)]| -> Vec<f32> {
             if ps.is_empty() {
                 return Vec::new();
             }

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ fn grpc_three_shards_route_pull_push_and_ranges() {
     let stats = client.stats().unwrap();
     for (i, s) in stats.iter().enumerate() {
         assert!(
-            s.pushes >= 1 && s.tables == 1,
+            s.store.pushes >= 1 && s.store.tables == 1,
             "shard {i} got no push: {s:?}"
         );
     }
@@ -72,7 +73,11 @@ fn grpc_three_shards_route_pull_push_and_ranges() {
     let err = stale_client
         .push("emb", &[starts[2] + 1], &[1.0; 4])
         .unwrap_err();
-    assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
+    assert_eq!(
+        err.code(),
+        Some(paramdb_client::Code::FailedPrecondition),
+        "{err}"
+    );
     assert!(err.to_string().contains("outside shard 0's range"), "{err}");
     assert_eq!(client.pull("emb", &[starts[2] + 1]).unwrap(), vec![0.0; 4]);
     cluster.stop();
@@ -166,7 +171,7 @@ fn grpc_push_whose_reply_is_lost_is_retried_and_applied_once() {
     };
     // Wait until the server has applied (and acknowledged into the void) the push.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while direct.stats().unwrap()[0].pushes < 1 {
+    while direct.stats().unwrap()[0].store.pushes < 1 {
         assert!(
             Instant::now() < deadline,
             "the push never reached the server"
@@ -190,7 +195,7 @@ fn grpc_push_whose_reply_is_lost_is_retried_and_applied_once() {
         "applied exactly once"
     );
     let s = &direct.stats().unwrap()[0];
-    assert_eq!((s.pushes, s.duplicate_pushes), (1, 1));
+    assert_eq!((s.store.pushes, s.store.duplicate_pushes), (1, 1));
     cluster.stop();
 }
 
@@ -266,10 +271,33 @@ fn grpc_bad_input_gets_its_status_and_the_server_keeps_serving() {
                 push((0..900).collect(), &vec![0.5; 300_000], "t"),
                 Code::ResourceExhausted,
             ),
+            // Past 4× the limit tonic stops reading itself; it is the same refusal.
+            (
+                "message over 4× the limit",
+                push((0..900).collect(), &vec![0.5; 1_500_000], "t"),
+                Code::ResourceExhausted,
+            ),
+            // A name far over any table's length: refused as bad input, and quoted short
+            // enough for the status to fit in gRPC's metadata.
+            (
+                "75 KB table name",
+                push(vec![1], &[1.0; 3], &"n".repeat(75_000)),
+                Code::InvalidArgument,
+            ),
+            (
+                "10 KB unknown table name",
+                push(vec![1], &[1.0; 3], &"t".repeat(10_000)),
+                Code::InvalidArgument,
+            ),
         ];
         for (what, req, code) in cases {
             let err = raw.push(req).await.expect_err(what);
             assert_eq!(err.code(), code, "{what}: {}", err.message());
+            assert!(
+                err.message().len() < 1000,
+                "{what}: a {} byte message",
+                err.message().len()
+            );
         }
         // Malformed message bytes: a Pull whose body is not protobuf.
         let err = raw_call(
@@ -290,7 +318,7 @@ fn grpc_bad_input_gets_its_status_and_the_server_keeps_serving() {
         client.pull("t", &[5, 1]).unwrap(),
         vec![1.0, 2.0, 3.0, 0.0, 0.0, 0.0]
     );
-    assert_eq!(client.stats().unwrap()[0].pushes, 1);
+    assert_eq!(client.stats().unwrap()[0].store.pushes, 1);
     cluster.stop();
 }
 
@@ -420,7 +448,7 @@ fn grpc_concurrency_limit_refuses_with_resource_exhausted() {
 /// calls get UNAVAILABLE; once replay is done it says SERVING and the data is there.
 #[test]
 fn grpc_health_is_not_serving_while_the_log_replays() {
-    use paramdb_server::{ClientId, Store, StoreOptions, SyncPolicy};
+    use paramdb_engine::{ClientId, Store, StoreOptions, SyncPolicy};
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
@@ -493,4 +521,88 @@ fn grpc_health_is_not_serving_while_the_log_replays() {
             vec![0.5; 100]
         );
     });
+}
+
+/// SIGTERM while a client holds a PullRange stream open without reading: the server waits out
+/// its shutdown grace period, cancels the stream (the client gets an error, not a clean end),
+/// checkpoints and exits 0, so the next start has nothing to replay.
+#[test]
+fn sigterm_finishes_despite_a_stalled_range_stream() {
+    let mut cluster = Cluster::start(1, &["--shutdown-grace-secs", "1"]);
+    let client = cluster.client();
+    client.create_table(TableSpec::new("big", 100)).unwrap();
+    // 24 MB of rows: more than the client's HTTP/2 windows (4 MB a stream) hold in flight.
+    for start in (0..60_000u64).step_by(10_000) {
+        let keys: Vec<u64> = (start..start + 10_000).collect();
+        client
+            .push("big", &keys, &vec![0.25; 10_000 * 100])
+            .unwrap();
+    }
+    let addr = format!("http://{}", cluster.map.shards[0].address);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The channel stays open (dropping it would close the connection, which the server sees
+    // as a cancelled stream): a client that is alive but stopped reading.
+    let (_channel, mut stream) = rt.block_on(async {
+        // Default HTTP/2 windows (64 KB): the server's sends block as soon as we stop reading.
+        let mut raw = ParamdbClient::connect(addr).await.unwrap();
+        let mut stream = raw
+            .pull_range(v1::PullRangeRequest {
+                table: "big".into(),
+                start: 0,
+                end: u64::MAX,
+                block_rows: 16,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(stream.message().await.unwrap().is_some());
+        (raw, stream)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = cluster.procs[0].id();
+    let started = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = cluster.procs[0].try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server was still up 15 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "did not wait out the grace period: {:?}",
+        started.elapsed()
+    );
+    // The stream must not end as if complete: reading on gives an error before any clean end.
+    let ended_in_error = rt.block_on(async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return false,
+                Err(_) => return true,
+            }
+        }
+    });
+    assert!(
+        ended_in_error,
+        "a cancelled stream ended like a complete one"
+    );
+    // Checkpointed on the way out: a restart replays nothing and has every row.
+    cluster.restart(0);
+    let client = cluster.client();
+    assert_eq!(
+        client.stats().unwrap()[0].store.checkpoint_lsn,
+        client.stats().unwrap()[0].store.last_lsn
+    );
+    assert_eq!(client.pull("big", &[59_999]).unwrap(), vec![0.25; 100]);
+    cluster.stop();
 }

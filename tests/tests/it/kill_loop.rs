@@ -80,11 +80,11 @@ fn kill_loop_loses_and_duplicates_nothing() {
                                     e.code().is_none_or(|c| {
                                         matches!(
                                             c,
-                                            tonic::Code::Unavailable
-                                                | tonic::Code::Unknown
-                                                | tonic::Code::Cancelled
-                                                | tonic::Code::DeadlineExceeded
-                                                | tonic::Code::Internal
+                                            paramdb_client::Code::Unavailable
+                                                | paramdb_client::Code::Unknown
+                                                | paramdb_client::Code::Cancelled
+                                                | paramdb_client::Code::DeadlineExceeded
+                                                | paramdb_client::Code::Internal
                                         )
                                     }),
                                     "a push was refused, not lost in transit: {e}"

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use paramdb_client::{BlockingClient, ClientOptions};
-use paramdb_server::StoreOptions;
+use paramdb_engine::StoreOptions;
 use paramdb_trainer::keys::word_key;
 use paramdb_trainer::ngram::{self, CountConfig, Kn, Row, BOS, EOS, UNK};
 use paramdb_trainer::nlm::{self, Neural, NeuralConfig};

@@ -1,9 +1,11 @@
 //! Recovery from the gradient log: torn and zero-filled tails are cut (and kept aside),
 //! corruption before the tail is refused without touching the disk, salvage is explicit.
 
-use paramdb_server::wal::fault::{CrashTail, FaultFs};
-use paramdb_server::wal::LogFs;
-use paramdb_server::{ClientId, RecoveryMode, Store, StoreError, StoreOptions, TableSpec};
+use paramdb_engine::wal::fault::{CrashTail, FaultFs};
+use paramdb_engine::wal::LogFs;
+use paramdb_engine::{
+    ClientId, OpenError, RecoveryMode, StorageError, Store, StoreOptions, TableSpec,
+};
 
 use crate::common::{manual_opts, open_fault, segments, snapshot_tree, wal_dir};
 
@@ -121,12 +123,12 @@ fn log_bit_flip_before_the_tail_is_refused_and_nothing_changes() {
 
     let err = Store::open(tmp.path(), manual_opts()).unwrap_err();
     match &err {
-        StoreError::ChecksumMismatch {
+        OpenError::Storage(StorageError::ChecksumMismatch {
             segment,
             offset: o,
             expected,
             actual,
-        } => {
+        }) => {
             assert_eq!(segment, &seg);
             assert_eq!(*o as usize, offset);
             assert_ne!(expected, actual);
@@ -177,7 +179,7 @@ fn log_corrupt_length_before_valid_records_is_not_mistaken_for_a_tail() {
     fs.set_contents(&seg, bytes);
     let err = open_fault(tmp.path(), &fs, manual_opts()).unwrap_err();
     assert!(
-        matches!(err, StoreError::CorruptLog { offset, .. } if offset as usize == 40 + 2 * frame),
+        matches!(err, OpenError::Storage(StorageError::CorruptLog { offset, .. }) if offset as usize == 40 + 2 * frame),
         "{err}"
     );
 }
@@ -195,7 +197,10 @@ fn log_segment_from_a_newer_version_is_refused() {
     fs.set_contents(&seg, bytes);
     let err = open_fault(tmp.path(), &fs, manual_opts()).unwrap_err();
     assert!(
-        matches!(err, StoreError::UnsupportedFormat { found: 9, .. }),
+        matches!(
+            err,
+            OpenError::Storage(StorageError::UnsupportedFormat { found: 9, .. })
+        ),
         "{err}"
     );
 }

@@ -1,5 +1,6 @@
 //! paramdb integration tests, one binary (link once). Modules are named by scenario.
 
+mod architecture;
 mod bad_input;
 mod cluster;
 mod common;
@@ -23,3 +24,4 @@ mod security;
 mod tables;
 mod tools;
 mod word2vec;
+mod word2vec_cli;

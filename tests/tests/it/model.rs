@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use paramdb_server::wal::fault::{CrashTail, FaultFs};
-use paramdb_server::{ClientId, Initializer, KeyRange, TableSpec, UpdateRule};
+use paramdb_engine::wal::fault::{CrashTail, FaultFs};
+use paramdb_engine::{ClientId, Initializer, KeyRange, TableSpec, UpdateRule};
 use proptest::prelude::*;
 
 use crate::common::{manual_opts, open_fault};
@@ -81,7 +81,7 @@ impl Model {
         self.rows[table].get(&k).cloned().unwrap_or_else(|| {
             let spec = &specs()[table];
             let mut w = vec![0.0; DIM];
-            paramdb_server::init::fill(&spec.init, spec.seed, k, &mut w);
+            paramdb_engine::initial_weights(&spec.init, spec.seed, k, &mut w);
             w
         })
     }
@@ -106,12 +106,12 @@ fn grads(grad: i8, n: usize) -> Vec<f32> {
 }
 
 /// Bytes of one cache slot of a dim-3 table with at most one state vector.
-const SLOT_BYTES: u64 = 24 + 2 * DIM as u64 * 4 + paramdb_server::cache::SLOT_OVERHEAD as u64;
+const SLOT_BYTES: u64 = 24 + 2 * DIM as u64 * 4 + paramdb_engine::CACHE_SLOT_OVERHEAD as u64;
 
 fn run(ops: Vec<Op>, cache_slots: u64) -> Result<(), TestCaseError> {
     let tmp = tempfile::tempdir().unwrap();
     let mut fs = FaultFs::new();
-    let opts = || paramdb_server::StoreOptions {
+    let opts = || paramdb_engine::StoreOptions {
         cache_bytes: cache_slots * SLOT_BYTES * 2,
         // With 1 or 3 cache slots, a dirty budget of about two rows too: pushes then run
         // checkpoints themselves, in the middle of everything else.

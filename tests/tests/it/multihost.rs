@@ -142,14 +142,14 @@ fn word2vec_trains_through_shards_on_separate_hosts() {
     let client = BlockingClient::connect(map.clone(), ClientOptions::default()).unwrap();
     let stats = client.stats().unwrap();
     for s in &stats {
-        assert!(s.rows_pushed > 1000, "shard {}: {s:?}", s.shard);
+        assert!(s.store.rows_pushed > 1000, "shard {}: {s:?}", s.shard);
     }
     println!(
         "hosts {} and {}: rows pushed {} and {}; {}",
         map.shards[0].address,
         map.shards[1].address,
-        stats[0].rows_pushed,
-        stats[1].rows_pushed,
+        stats[0].store.rows_pushed,
+        stats[1].store.rows_pushed,
         text.lines()
             .find(|l| l.contains("nearest neighbours"))
             .unwrap_or_default()

@@ -170,7 +170,7 @@ fn start_with_metrics(dir: &Path) -> (Child, String, String) {
     )
     .unwrap();
     let mut child = serve(&["--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "paramdb_server=info")
+        .env("RUST_LOG", "paramdb_server=info,paramdb_engine=info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -235,9 +235,12 @@ fn metrics_endpoint_counts_traffic_and_logs_are_json() {
     for _ in 0..3 {
         c.pull("m", &[1, 2, 3]).unwrap();
     }
+    // NaN is refused by the client before any shard is sent its part: no request.
     assert!(c.push("m", &[1], &[f32::NAN, 0.0, 0.0, 0.0]).is_err());
     assert!(c.pull("nope", &[1]).is_err());
+    // Wrong dimensions are the server's to refuse.
     assert!(c.push("m", &[1], &[1.0; 3]).is_err());
+    assert!(c.push("m", &[1, 2], &[1.0; 6]).is_err());
 
     let after = scrape(&url);
     let get = |series: &str| sample(&after, series);
@@ -307,9 +310,9 @@ fn metrics_endpoint_counts_traffic_and_logs_are_json() {
     let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
     // With the metrics endpoint running, shutdown still checkpoints: nothing is left to
     // replay in the log.
-    let store = paramdb_server::Store::open_read_only(
+    let store = paramdb_engine::Store::open_read_only(
         dir.path().join("data"),
-        paramdb_server::StoreOptions::default(),
+        paramdb_engine::StoreOptions::default(),
     )
     .unwrap();
     let st = store.stats();

@@ -1,11 +1,20 @@
-//! A failed fsync or write poisons the store: the failing push is not acknowledged, later
-//! pushes are refused with a clear error, reads keep working, and a reopen recovers every
-//! acknowledged push.
+//! A failed fsync, log write, RocksDB read on the write path or checkpoint commit poisons the
+//! store: the failing push is not acknowledged, later pushes are refused with a clear error,
+//! reads keep working, and a reopen recovers exactly the acknowledged pushes.
 
-use paramdb_server::wal::fault::{CrashTail, FaultFs};
-use paramdb_server::{ClientId, StoreError, StoreOptions, SyncPolicy, TableSpec};
+use std::sync::Arc;
+
+use paramdb_engine::wal::fault::{CrashTail, FaultFs};
+use paramdb_engine::{
+    Classify, ClientId, PushError, RocksFaults, StorageError, Store, StoreOptions, SyncPolicy,
+    TableSpec,
+};
 
 use crate::common::{manual_opts, open_fault};
+
+fn is_poisoned(r: &Result<paramdb_engine::PushAck, PushError>) -> bool {
+    matches!(r, Err(PushError::Storage(StorageError::Poisoned { .. })))
+}
 
 #[test]
 fn failed_fsync_poisons_and_reopen_recovers_acknowledged_pushes() {
@@ -23,7 +32,7 @@ fn failed_fsync_poisons_and_reopen_recovers_acknowledged_pushes() {
         .push("t", ClientId(1), 3, &[1], &[4.0, 4.0])
         .unwrap_err();
     assert!(
-        matches!(&err, StoreError::Poisoned { reason } if reason.contains("fsync")),
+        matches!(&err, PushError::Storage(StorageError::Poisoned { reason }) if reason.contains("fsync")),
         "{err}"
     );
     assert!(err.to_string().contains("refuses writes"), "{err}");
@@ -60,10 +69,13 @@ fn torn_write_poisons_and_the_torn_record_is_cut_on_reopen() {
     store.push("t", ClientId(1), 1, &[1], &[1.0, 1.0]).unwrap();
     fs.tear_write_after(0, 20);
     assert!(store.push("t", ClientId(1), 2, &[1], &[2.0, 2.0]).is_err());
-    assert!(matches!(
-        store.push("t", ClientId(1), 3, &[1], &[2.0, 2.0]),
-        Err(StoreError::Poisoned { .. })
-    ));
+    assert!(is_poisoned(&store.push(
+        "t",
+        ClientId(1),
+        3,
+        &[1],
+        &[2.0, 2.0]
+    )));
     store.crash();
     let fs = fs.crash(|_, unsynced| CrashTail::Torn(unsynced));
     let store = open_fault(tmp.path(), &fs, manual_opts()).unwrap();
@@ -83,7 +95,7 @@ fn background_checkpoint_runs_when_the_log_grows() {
         background: true,
         ..manual_opts()
     };
-    let store = paramdb_server::Store::open(tmp.path(), opts).unwrap();
+    let store = paramdb_engine::Store::open(tmp.path(), opts).unwrap();
     store.create_table(TableSpec::new("t", 64)).unwrap();
     for seq in 1..=20 {
         store
@@ -115,7 +127,7 @@ fn dirty_rows_stay_within_their_budget() {
         checkpoint_dirty_bytes: budget,
         ..manual_opts()
     };
-    let store = paramdb_server::Store::open(tmp.path().join("inline"), opts.clone()).unwrap();
+    let store = paramdb_engine::Store::open(tmp.path().join("inline"), opts.clone()).unwrap();
     store.create_table(TableSpec::new("t", 64)).unwrap();
     let mut most = 0;
     for seq in 1..=200u64 {
@@ -142,7 +154,7 @@ fn dirty_rows_stay_within_their_budget() {
         checkpoint_interval: None,
         ..opts
     };
-    let store = paramdb_server::Store::open(tmp.path().join("background"), opts).unwrap();
+    let store = paramdb_engine::Store::open(tmp.path().join("background"), opts).unwrap();
     store.create_table(TableSpec::new("t", 64)).unwrap();
     for seq in 1..=12u64 {
         let keys: Vec<u64> = (seq * 10..seq * 10 + 10).collect();
@@ -159,4 +171,135 @@ fn dirty_rows_stay_within_their_budget() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(store.stats().dirty_bytes < budget);
+}
+
+/// A push whose base rows cannot be read from RocksDB fails before it is logged, and poisons
+/// the store (a push that had been logged and then failed to apply would otherwise be logged
+/// twice by its retry). A reopen has exactly the acknowledged pushes.
+#[test]
+fn rocksdb_read_failure_on_push_poisons_and_reopen_restores_acknowledged_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let faults = Arc::new(RocksFaults::default());
+    // No cache, so a checkpointed row is read from RocksDB.
+    let opts = StoreOptions {
+        cache_bytes: 0,
+        ..manual_opts()
+    };
+    let open = |faults: Arc<RocksFaults>| {
+        Store::open_with_faults(tmp.path(), opts.clone(), Arc::new(fs.clone()), faults).unwrap()
+    };
+    let store = open(faults.clone());
+    store.create_table(TableSpec::new("t", 2)).unwrap();
+    store.push("t", ClientId(1), 1, &[1, 2], &[1.0; 4]).unwrap();
+    store.checkpoint().unwrap();
+    store.push("t", ClientId(1), 2, &[2], &[1.0; 2]).unwrap();
+    let last = store.stats().last_lsn;
+
+    faults.fail_reads(true);
+    let err = store
+        .push("t", ClientId(1), 3, &[1, 3], &[5.0; 4])
+        .unwrap_err();
+    assert!(!err.is_bad_input(), "{err}");
+    assert!(paramdb_engine::chain(&err).contains("injected"), "{err}");
+    assert_eq!(
+        store.stats().last_lsn,
+        last,
+        "the failed push was not logged"
+    );
+    faults.fail_reads(false);
+    // Poisoned: refused even though RocksDB reads again, and even for rows in memory.
+    assert!(is_poisoned(&store.push(
+        "t",
+        ClientId(1),
+        4,
+        &[2],
+        &[1.0; 2]
+    )));
+    assert!(store
+        .stats()
+        .poisoned
+        .is_some_and(|r| r.contains("reading rows")));
+    // Reads go on.
+    assert_eq!(store.pull("t", &[1, 2]).unwrap(), vec![1.0, 1.0, 2.0, 2.0]);
+    store.crash();
+
+    let store = open(RocksFaults::default().into());
+    assert_eq!(
+        store.pull("t", &[1, 2, 3]).unwrap(),
+        vec![1.0, 1.0, 2.0, 2.0, 0.0, 0.0]
+    );
+    // The client's retry of the push that failed is applied, once.
+    store.push("t", ClientId(1), 3, &[1, 3], &[5.0; 4]).unwrap();
+    assert!(
+        store
+            .push("t", ClientId(1), 3, &[1, 3], &[5.0; 4])
+            .unwrap()
+            .duplicate
+    );
+    assert_eq!(store.pull("t", &[1, 3]).unwrap(), vec![6.0, 6.0, 5.0, 5.0]);
+}
+
+/// A checkpoint whose RocksDB commit fails poisons the store; the log still holds every
+/// acknowledged push, and a reopen replays it.
+#[test]
+fn failed_checkpoint_commit_poisons_and_reopen_restores_acknowledged_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let faults = Arc::new(RocksFaults::default());
+    let open = |faults: Arc<RocksFaults>| {
+        Store::open_with_faults(tmp.path(), manual_opts(), Arc::new(fs.clone()), faults).unwrap()
+    };
+    let store = open(faults.clone());
+    store.create_table(TableSpec::new("t", 2)).unwrap();
+    for seq in 1..=5u64 {
+        store
+            .push("t", ClientId(1), seq, &[seq % 3], &[1.0; 2])
+            .unwrap();
+    }
+    store.checkpoint().unwrap();
+    for seq in 6..=9u64 {
+        store
+            .push("t", ClientId(1), seq, &[seq % 3], &[1.0; 2])
+            .unwrap();
+    }
+    let want = store.pull("t", &[0, 1, 2]).unwrap();
+    faults.fail_commits(true);
+    let err = store.checkpoint().unwrap_err();
+    assert!(
+        !err.is_bad_input() && paramdb_engine::chain(&err).contains("injected"),
+        "{err}"
+    );
+    faults.fail_commits(false);
+    assert!(store
+        .stats()
+        .poisoned
+        .is_some_and(|r| r.contains("checkpoint")));
+    assert!(is_poisoned(&store.push(
+        "t",
+        ClientId(1),
+        10,
+        &[0],
+        &[1.0; 2]
+    )));
+    assert!(
+        store.checkpoint().is_err(),
+        "a poisoned store does not checkpoint"
+    );
+    // Reads see the frozen rows the failed checkpoint could not write.
+    assert_eq!(store.pull("t", &[0, 1, 2]).unwrap(), want);
+    store.crash();
+
+    let store = open(RocksFaults::default().into());
+    assert_eq!(store.pull("t", &[0, 1, 2]).unwrap(), want);
+    assert!(
+        store
+            .push("t", ClientId(1), 9, &[0], &[1.0; 2])
+            .unwrap()
+            .duplicate
+    );
+    store.checkpoint().unwrap();
+    drop(store);
+    let store = open(RocksFaults::default().into());
+    assert_eq!(store.pull("t", &[0, 1, 2]).unwrap(), want);
 }

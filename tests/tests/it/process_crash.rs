@@ -8,7 +8,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use paramdb_server::{ClientId, Store};
+use paramdb_engine::{ClientId, Store};
 use paramdb_tests::workload::{expected_shared, push_content, witness_key, DIM, SHARED_KEYS};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

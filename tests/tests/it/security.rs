@@ -6,11 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use paramdb_client::Code;
 use paramdb_client::{BlockingClient, ClientOptions, ClusterMap, TableSpec};
 use paramdb_proto::cluster::ClusterTls;
 use paramdb_tests::servers::{paramdb_bin, start, Servers};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use tonic::Code;
 
 struct Pki {
     ca: PathBuf,

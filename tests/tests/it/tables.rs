@@ -1,7 +1,7 @@
 //! Tables and key ranges: the catalog persists, initializers are deterministic, update rules
 //! run on the server, ranges stream in key order across memory and RocksDB.
 
-use paramdb_server::{ClientId, Initializer, KeyRange, Store, TableSpec, UpdateRule};
+use paramdb_engine::{ClientId, Initializer, KeyRange, Store, TableSpec, UpdateRule};
 
 use crate::common::manual_opts;
 

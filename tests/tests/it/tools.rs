@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use paramdb_client::{BlockingClient, ClientOptions, ClusterMap, TableSpec, UpdateRule};
-use paramdb_server::wal::format::SegmentHeader;
-use paramdb_server::wal::reader::{self, Scan};
-use paramdb_server::Store;
+use paramdb_engine::wal::format::SegmentHeader;
+use paramdb_engine::wal::reader::{self, Scan};
+use paramdb_engine::Store;
 use paramdb_tests::servers::{paramdb_bin, start};
 use rand::{Rng, SeedableRng};
 
@@ -294,7 +294,7 @@ fn verify_names_a_corrupt_log_record_and_a_corrupt_rocksdb_file() {
             initial_accumulator: 0.1,
         }))
         .unwrap();
-    let client = paramdb_server::ClientId(3);
+    let client = paramdb_engine::ClientId(3);
     let mut seq = 0;
     let mut push = |keys: Vec<u64>| {
         seq += 1;

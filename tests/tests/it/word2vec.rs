@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use paramdb_client::{BlockingClient, ClientOptions};
-use paramdb_server::StoreOptions;
+use paramdb_engine::StoreOptions;
 use paramdb_trainer::eval::Index;
 use paramdb_trainer::export;
 use paramdb_trainer::synth::{self, TOPICS};
@@ -79,6 +79,47 @@ fn word2vec_learns_planted_topics_through_the_client() {
     assert!(err.to_string().contains("at least 5 times"), "{err}");
 }
 
+/// CBOW learns planted neighbours as well as skip-gram does from the same short run. Before
+/// issue #17 CBOW gave each context word a `1/cw` share of the hidden layer's error (about a
+/// sixth at window 5), where word2vec.c and gensim give it all of it, so with this little
+/// training it fell well behind skip-gram (see `cbow_gives_every_context_row_the_whole_error`
+/// for the rule itself).
+#[test]
+fn word2vec_cbow_learns_planted_neighbours_as_well_as_skip_gram() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    synth::topic_corpus(&corpus, 40, 3_000, 10, 17).unwrap();
+    let client = BlockingClient::open_embedded(
+        &tmp.path().join("shards"),
+        1,
+        StoreOptions::default(),
+        ClientOptions::default(),
+    )
+    .unwrap();
+    let purity = |model: &str, cbow: bool| {
+        let cfg = Config {
+            model: model.into(),
+            dim: 32,
+            epochs: 1,
+            cbow,
+            alpha: if cbow { 0.05 } else { 0.025 },
+            sample: 0.0,
+            threads: 1,
+            batch_words: 2_000,
+            ..Config::default()
+        };
+        word2vec::train(&client, &corpus, &cfg, &|_| {}).unwrap();
+        topic_purity(&export::from_server(&client, model).unwrap(), 40)
+    };
+    let (sg, cbow) = (purity("sg", false), purity("cbow", true));
+    println!("topic purity after one short epoch: skip-gram {sg:.3}, CBOW {cbow:.3}");
+    assert!(sg > 0.6, "skip-gram {sg}");
+    assert!(
+        cbow > 0.6 && cbow >= sg - 0.05,
+        "CBOW {cbow} against skip-gram {sg}"
+    );
+}
+
 fn train_cmd(corpus: &Path, data: &Path) -> Command {
     let mut c = Command::new(paramdb_bin());
     c.args(["train", "word2vec", "--corpus"])
@@ -131,12 +172,7 @@ fn word2vec_killed_trainer_resumes_from_its_checkpoint() {
         .unwrap_or_else(|| panic!("no resume message in: {text}"));
     assert!(pct > 0.0 && pct < 100.0, "resumed at {pct}%: {text}");
     // The rest of the words, not all of them, were trained by the second run.
-    let done: u64 = text
-        .split(", ")
-        .nth(1)
-        .and_then(|s| s.split(" words").next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no word count in: {text}"));
+    let done = words_trained(&text);
     let total = 150_000 * 10 * 6;
     assert!(
         (done as f64) < total as f64 * (1.0 - pct / 100.0) * 1.02 + 10_000.0,
@@ -234,6 +270,8 @@ fn word2vec_exports_load_in_gensim_with_the_same_analogy_score() {
         .arg(tmp.path().join("v.txt"))
         .arg(tmp.path().join("v.bin"))
         .arg(&questions)
+        .arg(&corpus)
+        .arg("5")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&py.stdout);
@@ -264,12 +302,12 @@ fn word2vec_exports_load_in_gensim_with_the_same_analogy_score() {
     assert!(a > 0, "some analogies must be right: {}", ours[0]);
 }
 
-/// The `… N words in` count of a `trained` line.
+/// The `… N in-vocabulary words in` count of a `trained` line.
 fn words_trained(out: &str) -> u64 {
     out.lines()
         .find(|l| l.starts_with("trained"))
-        .and_then(|l| l.split(", ").nth(1))
-        .and_then(|s| s.split(" words").next())
+        .and_then(|l| l.split("training alone: ").nth(1))
+        .and_then(|s| s.split(" in-vocabulary words").next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no trained line in: {out}"))
 }
@@ -348,7 +386,9 @@ fn word2vec_two_trainer_processes_share_one_cluster() {
 }
 
 /// Every export format of a trained model's table, read back by numpy, safetensors, gensim and
-/// a tsv parser, equals the rows pulled through the client bit for bit, labelled by word.
+/// a tsv parser, equals the rows pulled through the client bit for bit, labelled by word: most
+/// frequent word first by default (ties by word), in key order with `--order key`, and the same
+/// bytes when the sort spills runs to disk.
 #[test]
 fn export_formats_read_back_by_independent_readers() {
     let tmp = tempfile::tempdir().unwrap();
@@ -361,20 +401,14 @@ fn export_formats_read_back_by_independent_readers() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let dir = tmp.path().join("exports");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (format, file) in [
-        ("npy", "v.npy"),
-        ("safetensors", "v.safetensors"),
-        ("word2vec-text", "v.txt"),
-        ("word2vec-bin", "v.bin"),
-        ("tsv", "v.tsv"),
-    ] {
+    let export = |dir: &Path, format: &str, file: &str, extra: &[&str]| {
+        std::fs::create_dir_all(dir).unwrap();
         let o = Command::new(paramdb_bin())
             .args(["export", "w2v.in", "--format", format, "--out"])
             .arg(dir.join(file))
             .arg("--data-dir")
             .arg(&data)
+            .args(extra)
             .output()
             .unwrap();
         assert!(
@@ -382,43 +416,100 @@ fn export_formats_read_back_by_independent_readers() {
             "{format}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let formats = [
+        ("npy", "v.npy"),
+        ("safetensors", "v.safetensors"),
+        ("word2vec-text", "v.txt"),
+        ("word2vec-bin", "v.bin"),
+        ("tsv", "v.tsv"),
+    ];
+    let (by_count, by_key) = (tmp.path().join("count"), tmp.path().join("key"));
+    for (format, file) in formats {
+        let said = export(&by_count, format, file, &[]);
+        assert!(said.contains("in count order"), "{said}");
+        export(&by_key, format, file, &["--order", "key"]);
     }
-    // The reference: the table's rows in key order, through the client.
+    // Sorting in runs of about 4 KiB spilled to disk gives the same bytes.
+    let spilled = tmp.path().join("spilled");
+    export(&spilled, "word2vec-bin", "v.bin", &["--sort-memory", "4K"]);
+    assert_eq!(
+        std::fs::read(spilled.join("v.bin")).unwrap(),
+        std::fs::read(by_count.join("v.bin")).unwrap()
+    );
     let client =
         BlockingClient::open_embedded(&data, 1, StoreOptions::default(), ClientOptions::default())
             .unwrap();
+    // The references: the table's rows through the client, in key order, and in the order of
+    // the vocabulary (`Vocab` sorts by count, then word).
     let vocab = paramdb_trainer::vocab::load(&client, "w2v").unwrap();
-    let by_key: std::collections::HashMap<u64, String> = vocab
+    let rank: std::collections::HashMap<u64, usize> = vocab
         .words
         .iter()
-        .map(|w| (paramdb_trainer::keys::word_key(w), w.clone()))
+        .enumerate()
+        .map(|(i, w)| (paramdb_trainer::keys::word_key(w), i))
         .collect();
-    let (mut keys, mut values, mut words) = (Vec::new(), Vec::new(), String::new());
+    let mut rows: Vec<(u64, Vec<f32>)> = Vec::new();
     for block in client.pull_range("w2v.in", paramdb_client::KeyRange::new(0, u64::MAX)) {
         let block = block.unwrap();
-        for &k in &block.keys {
-            keys.extend_from_slice(&k.to_le_bytes());
-            words.push_str(&by_key[&k]);
-            words.push('\n');
-        }
-        for v in &block.values {
-            values.extend_from_slice(&v.to_le_bytes());
+        let dim = block.dim as usize;
+        for (k, v) in block.keys.iter().zip(block.values.chunks(dim)) {
+            rows.push((*k, v.to_vec()));
         }
     }
     drop(client);
-    std::fs::write(dir.join("ref.keys"), keys).unwrap();
-    std::fs::write(dir.join("ref.values"), values).unwrap();
-    std::fs::write(dir.join("ref.words"), words).unwrap();
-    let py = Command::new(crate::python::python())
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/test_exports.py"))
-        .arg(&dir)
+    let write_ref = |dir: &Path, rows: &[(u64, Vec<f32>)]| {
+        let (mut keys, mut values, mut words) = (Vec::new(), Vec::new(), String::new());
+        for (k, v) in rows {
+            keys.extend_from_slice(&k.to_le_bytes());
+            words.push_str(&vocab.words[rank[k]]);
+            words.push('\n');
+            for x in v {
+                values.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        std::fs::write(dir.join("ref.keys"), keys).unwrap();
+        std::fs::write(dir.join("ref.values"), values).unwrap();
+        std::fs::write(dir.join("ref.words"), words).unwrap();
+    };
+    write_ref(&by_key, &rows);
+    rows.sort_by_key(|(k, _)| rank[k]);
+    write_ref(&by_count, &rows);
+    for dir in [&by_count, &by_key] {
+        let py = Command::new(crate::python::python())
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/test_exports.py"))
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            py.status.success() && String::from_utf8_lossy(&py.stdout).contains("exports: ok"),
+            "{}: {}\n{}",
+            dir.display(),
+            String::from_utf8_lossy(&py.stdout),
+            String::from_utf8_lossy(&py.stderr)
+        );
+    }
+    // A table of no model has no counts to sort by.
+    let o = Command::new(paramdb_bin())
+        .args([
+            "export",
+            "w2v.state",
+            "--format",
+            "npy",
+            "--order",
+            "count",
+            "--out",
+        ])
+        .arg(tmp.path().join("state.npy"))
+        .arg("--data-dir")
+        .arg(&data)
         .output()
         .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        py.status.success() && String::from_utf8_lossy(&py.stdout).contains("exports: ok"),
-        "{}\n{}",
-        String::from_utf8_lossy(&py.stdout),
-        String::from_utf8_lossy(&py.stderr)
+        !o.status.success() && err.contains("needs a vocabulary"),
+        "{err}"
     );
 }
 

@@ -1,0 +1,339 @@
+//! A shard server over gRPC: a lazily connected channel (TLS and a bearer-token interceptor
+//! when the cluster file asks for them). Answers are decoded with `paramdb_proto::convert`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{BoxStream, StreamExt};
+use paramdb_proto::convert;
+use paramdb_proto::http2::{CONNECTION_WINDOW, STREAM_WINDOW};
+use paramdb_proto::packed;
+use paramdb_proto::v1::{self, paramdb_client::ParamdbClient};
+use paramdb_types::{Code, KeyRange, ShardReport, TableSpec, VerifyReport};
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use super::{LogDump, RowBlock, ShardAck, ShardStats};
+use crate::error::ClientError;
+
+/// TLS and the bearer token for every gRPC shard.
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    pub tls: Option<ClientTlsConfig>,
+    pub token: Option<AsciiMetadataValue>,
+}
+
+/// Adds the bearer token, if any, to every call.
+#[derive(Clone, Debug)]
+pub struct Auth(Option<AsciiMetadataValue>);
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GrpcShard {
+    pub(super) index: usize,
+    client: ParamdbClient<InterceptedService<Channel, Auth>>,
+}
+
+/// The largest message the client sends or accepts.
+const MAX_MESSAGE: usize = 256 << 20;
+
+/// A gRPC status as the client reports it. A transport failure says only "transport error";
+/// its causes (a refused connection, an untrusted certificate, …) are in the source chain.
+pub(crate) fn status(shard: usize, s: tonic::Status) -> ClientError {
+    let mut message = s.message().to_string();
+    let mut source = std::error::Error::source(&s);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = e.source();
+    }
+    ClientError::Status {
+        shard,
+        code: Code::from_i32(s.code() as i32),
+        message,
+    }
+}
+
+impl GrpcShard {
+    /// A lazily connected shard: one that is down shows up as `UNAVAILABLE` on calls (which
+    /// retry), not as a failure to build the client.
+    pub fn connect(
+        index: usize,
+        address: &str,
+        connect_timeout: Duration,
+        security: &Security,
+    ) -> Result<GrpcShard, ClientError> {
+        let scheme = if security.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let uri = if address.contains("://") {
+            address.to_string()
+        } else {
+            format!("{scheme}://{address}")
+        };
+        let connect_error = |e: &dyn std::fmt::Display| ClientError::Connect {
+            shard: index,
+            address: address.to_string(),
+            message: e.to_string(),
+        };
+        let mut endpoint = Endpoint::from_shared(uri).map_err(|e| connect_error(&e))?;
+        if let Some(tls) = &security.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| connect_error(&e))?;
+        }
+        let endpoint = endpoint
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .initial_stream_window_size(STREAM_WINDOW);
+        let client =
+            ParamdbClient::with_interceptor(endpoint.connect_lazy(), Auth(security.token.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE);
+        Ok(GrpcShard { index, client })
+    }
+
+    fn status(&self, s: tonic::Status) -> ClientError {
+        status(self.index, s)
+    }
+
+    fn bad_answer(&self, what: &str) -> ClientError {
+        ClientError::Status {
+            shard: self.index,
+            code: Code::Internal,
+            message: what.to_string(),
+        }
+    }
+
+    fn spec(&self, s: Option<v1::TableSpec>) -> Result<TableSpec, ClientError> {
+        convert::spec_from_wire(s.unwrap_or_default()).map_err(|m| self.bad_answer(&m))
+    }
+
+    pub(super) async fn create_table(&self, spec: &TableSpec) -> Result<(), ClientError> {
+        let req = v1::CreateTableRequest {
+            spec: Some(convert::spec_to_wire(spec)),
+        };
+        self.client
+            .clone()
+            .create_table(req)
+            .await
+            .map_err(|s| self.status(s))?;
+        Ok(())
+    }
+
+    pub(super) async fn drop_table(&self, name: &str) -> Result<(), ClientError> {
+        let req = v1::DropTableRequest { name: name.into() };
+        self.client
+            .clone()
+            .drop_table(req)
+            .await
+            .map_err(|s| self.status(s))?;
+        Ok(())
+    }
+
+    pub(super) async fn list_tables(&self) -> Result<Vec<TableSpec>, ClientError> {
+        let r = self
+            .client
+            .clone()
+            .list_tables(v1::ListTablesRequest {})
+            .await
+            .map_err(|s| self.status(s))?;
+        r.into_inner()
+            .tables
+            .into_iter()
+            .map(|t| self.spec(t.spec))
+            .collect()
+    }
+
+    pub(super) async fn describe_table(&self, name: &str) -> Result<TableSpec, ClientError> {
+        let r = self
+            .client
+            .clone()
+            .describe_table(v1::DescribeTableRequest { name: name.into() })
+            .await
+            .map_err(|s| self.status(s))?;
+        self.spec(r.into_inner().spec)
+    }
+
+    pub(super) async fn pull(&self, table: &str, keys: Vec<u64>) -> Result<Vec<f32>, ClientError> {
+        let req = v1::PullRequest {
+            table: table.into(),
+            keys,
+        };
+        let r = self
+            .client
+            .clone()
+            .pull(req)
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner();
+        packed::bytes_to_f32s(&r.values)
+            .ok_or_else(|| self.bad_answer("pull response values are not whole f32s"))
+    }
+
+    pub(super) async fn push(
+        &self,
+        table: &str,
+        client: u64,
+        seq: u64,
+        keys: Vec<u64>,
+        values: Arc<[f32]>,
+    ) -> Result<ShardAck, ClientError> {
+        let req = v1::PushRequest {
+            table: table.into(),
+            client_id: client,
+            seq,
+            keys,
+            values: packed::f32s_into_bytes(values),
+        };
+        let r = self.client.clone().push(req).await;
+        Ok(ack(r.map_err(|s| self.status(s))?.into_inner()))
+    }
+
+    pub(super) async fn push_range(
+        &self,
+        table: &str,
+        client: u64,
+        seq: u64,
+        start: u64,
+        values: Arc<[f32]>,
+    ) -> Result<ShardAck, ClientError> {
+        let req = v1::PushRangeRequest {
+            table: table.into(),
+            client_id: client,
+            seq,
+            start,
+            values: packed::f32s_into_bytes(values),
+        };
+        let r = self.client.clone().push_range(req).await;
+        Ok(ack(r.map_err(|s| self.status(s))?.into_inner()))
+    }
+
+    pub(super) async fn pull_range(
+        &self,
+        table: &str,
+        range: KeyRange,
+    ) -> Result<BoxStream<'static, Result<RowBlock, ClientError>>, ClientError> {
+        let index = self.index;
+        let req = v1::PullRangeRequest {
+            table: table.into(),
+            start: range.start,
+            end: range.end,
+            block_rows: 0,
+        };
+        let stream = self
+            .client
+            .clone()
+            .pull_range(req)
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner();
+        Ok(stream
+            .map(move |m| {
+                let m = m.map_err(|s| status(index, s))?;
+                let values =
+                    packed::bytes_to_f32s(&m.values).ok_or_else(|| ClientError::Status {
+                        shard: index,
+                        code: Code::Internal,
+                        message: "range block values are not whole f32s".into(),
+                    })?;
+                Ok(RowBlock {
+                    dim: m.dim,
+                    keys: m.keys,
+                    values,
+                })
+            })
+            .boxed())
+    }
+
+    pub(super) async fn checkpoint(&self) -> Result<u64, ClientError> {
+        Ok(self
+            .client
+            .clone()
+            .checkpoint(v1::CheckpointRequest {})
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner()
+            .lsn)
+    }
+
+    pub(super) async fn inspect(&self, exact_rows: bool) -> Result<ShardReport, ClientError> {
+        let r = self
+            .client
+            .clone()
+            .inspect(v1::InspectRequest { exact_rows })
+            .await
+            .map_err(|s| self.status(s))?;
+        Ok(convert::report_from_wire(r.into_inner()))
+    }
+
+    pub(super) async fn verify(&self) -> Result<VerifyReport, ClientError> {
+        let r = self
+            .client
+            .clone()
+            .verify(v1::VerifyRequest {})
+            .await
+            .map_err(|s| self.status(s))?;
+        Ok(convert::verify_from_wire(r.into_inner()))
+    }
+
+    pub(super) async fn log_dump(&self, from: u64, limit: u32) -> Result<LogDump, ClientError> {
+        let r = self
+            .client
+            .clone()
+            .log_dump(v1::LogDumpRequest {
+                from_lsn: from,
+                limit,
+            })
+            .await
+            .map_err(|s| self.status(s))?;
+        Ok(convert::dump_from_wire(r.into_inner()))
+    }
+
+    pub(super) async fn compact(&self) -> Result<(), ClientError> {
+        self.client
+            .clone()
+            .compact(v1::CompactRequest {})
+            .await
+            .map_err(|s| self.status(s))?;
+        Ok(())
+    }
+
+    pub(super) async fn stats(&self) -> Result<ShardStats, ClientError> {
+        let r = self
+            .client
+            .clone()
+            .stats(v1::StatsRequest {})
+            .await
+            .map_err(|s| self.status(s))?;
+        let (shard, range, store) = convert::stats_from_wire(r.into_inner());
+        Ok(ShardStats {
+            shard: shard as usize,
+            range,
+            store,
+        })
+    }
+}
+
+fn ack(r: v1::PushResponse) -> ShardAck {
+    ShardAck {
+        lsn: r.lsn,
+        duplicate: r.duplicate,
+    }
+}

@@ -1,0 +1,24 @@
+//! The values paramdb's contract carries, with no I/O and no dependencies: keys and key ranges,
+//! client ids, table definitions and their text forms (`adagrad(0.1,1e-8,0.1)`), the status
+//! codes errors are classified by, and the reports a shard gives about itself.
+//!
+//! The engine speaks these types, the gRPC layer maps them to and from protobuf, and the
+//! client returns them, so an in-process shard hands its answers over without any conversion
+//! and a gRPC-only client needs neither the engine nor RocksDB.
+//!
+//! **Architecture Invariant:** this crate depends on nothing of paramdb's and nothing that
+//! does I/O; every other paramdb crate may depend on it.
+
+mod code;
+mod key;
+mod report;
+mod spec;
+mod text;
+
+pub use code::Code;
+pub use key::{ClientId, Key, KeyRange, PushAck};
+pub use report::{
+    CacheStats, LogRecord, Problem, ProblemArea, ShardReport, StoreStats, TableReport, VerifyReport,
+};
+pub use spec::{Initializer, SpecError, TableSpec, UpdateRule, MAX_DIM, MAX_NAME_LEN};
+pub use text::quote;

@@ -1,0 +1,189 @@
+//! The read path: a row is looked for in the dirty layer, then the frozen one (a checkpoint in
+//! progress), then the hot-row cache, then RocksDB, and a key never written pulls its
+//! initializer's value.
+//!
+//! Locks: the layers are read under their reader-writer lock (pulls share it), the cache
+//! under its own mutex, and RocksDB with no lock at all. A pull never waits for the log: a push
+//! holds the layers for writing only while it applies, after it has logged.
+//!
+//! A row read from RocksDB is offered to the cache only if no checkpoint published rows since
+//! the pull began (the cache's generation): otherwise it might be older than what RocksDB now
+//! holds, and a cached row must equal RocksDB's.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use paramdb_types::Key;
+
+use crate::cache::RowCache;
+use crate::catalog::Table;
+use crate::error::{InputError, PullError, StorageError};
+use crate::rocks::Rocks;
+use crate::row::{self, Row};
+use crate::state_machine::lookup;
+use crate::store::Core;
+
+/// The hot-row cache and its generation, bumped whenever a checkpoint publishes rows (see
+/// `checkpointer`).
+#[derive(Debug)]
+pub(crate) struct HotRows {
+    pub(crate) rows: RowCache,
+    pub(crate) generation: u64,
+}
+
+/// Rows of `keys` as RocksDB stores them, or their initial value when never stored.
+pub(crate) fn stored_rows(
+    rocks: &Rocks,
+    t: &Table,
+    keys: &[Key],
+) -> Result<HashMap<Key, Row>, StorageError> {
+    let stored = rocks.get_rows(&t.cf, keys)?;
+    let mut out = HashMap::with_capacity(keys.len());
+    for (&k, v) in keys.iter().zip(stored) {
+        out.insert(k, stored_or_initial(t, k, v)?);
+    }
+    Ok(out)
+}
+
+/// A row as stored in RocksDB, or the key's initial row when nothing is stored.
+pub(crate) fn stored_or_initial(
+    t: &Table,
+    k: Key,
+    stored: Option<Vec<u8>>,
+) -> Result<Row, StorageError> {
+    match stored {
+        Some(b) => {
+            Row::decode(&b, &t.spec.rule, t.spec.dim).map_err(|reason| StorageError::CorruptRow {
+                table: t.spec.name.clone(),
+                key: k,
+                reason,
+            })
+        }
+        None => Ok(Row::initial(&t.spec, k)),
+    }
+}
+
+impl Core {
+    pub(crate) fn pull_into(
+        &self,
+        t: &Table,
+        keys: &[Key],
+        out: &mut [f32],
+    ) -> Result<(), PullError> {
+        let dim = t.dim();
+        check_pull(t, keys, out, self.opts.max_request_bytes)?;
+        // The generation before the layers: see the module's note.
+        let generation = self.cache().generation;
+        // Rows in memory are copied under the layers' read lock; a key not in memory now has
+        // its latest value in the cache or RocksDB, and reading those after can only see
+        // something newer.
+        let mut missing = Vec::new();
+        {
+            let layers = self.state.read();
+            let (dirty, frozen) = layers.of(t.id);
+            if dirty.is_none() && frozen.is_none() {
+                missing.extend(0..keys.len());
+            } else {
+                for (i, &k) in keys.iter().enumerate() {
+                    match lookup(dirty, frozen, k) {
+                        Some(r) => out[i * dim..(i + 1) * dim].copy_from_slice(r.weights(dim)),
+                        None => missing.push(i),
+                    }
+                }
+            }
+        }
+        let offer = if missing.is_empty() {
+            false
+        } else {
+            let mut cache = self.cache();
+            let rows = &mut cache.rows;
+            missing
+                .retain(|&i| !rows.read_weights(t.id, keys[i], &mut out[i * dim..(i + 1) * dim]));
+            rows.has_room_for(t.id)
+        };
+        if !missing.is_empty() {
+            self.pull_stored(t, keys, &missing, out, offer, generation)?;
+        }
+        self.counters.pulls.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .rows_pulled
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The rows at `missing` (indices into `keys`) from RocksDB, offered to the cache when it
+    /// has room for the table.
+    fn pull_stored(
+        &self,
+        t: &Table,
+        keys: &[Key],
+        missing: &[usize],
+        out: &mut [f32],
+        offer: bool,
+        generation: u64,
+    ) -> Result<(), StorageError> {
+        let dim = t.dim();
+        let mk: Vec<Key> = missing.iter().map(|&i| keys[i]).collect();
+        let stored = self.rocks.get_rows(&t.cf, &mk)?;
+        if !offer {
+            // No cache for this table: decode just the weights.
+            for ((&i, &k), v) in missing.iter().zip(&mk).zip(stored) {
+                let o = &mut out[i * dim..(i + 1) * dim];
+                match v {
+                    Some(b) => row::decode_weights_into(&b, &t.spec.rule, t.spec.dim, o).map_err(
+                        |reason| StorageError::CorruptRow {
+                            table: t.spec.name.clone(),
+                            key: k,
+                            reason,
+                        },
+                    )?,
+                    None => crate::init::fill(&t.spec.init, t.spec.seed, k, o),
+                }
+            }
+            return Ok(());
+        }
+        let mut loaded = Vec::with_capacity(mk.len());
+        for ((&i, &k), v) in missing.iter().zip(&mk).zip(stored) {
+            let row = stored_or_initial(t, k, v)?;
+            out[i * dim..(i + 1) * dim].copy_from_slice(row.weights(dim));
+            loaded.push((k, row));
+        }
+        let mut cache = self.cache();
+        if cache.generation == generation {
+            for (k, row) in &loaded {
+                cache.rows.offer(t.id, *k, row);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_pull(
+    t: &Table,
+    keys: &[Key],
+    out: &[f32],
+    max_request_bytes: u64,
+) -> Result<(), InputError> {
+    let dim = t.dim();
+    if keys.is_empty() {
+        return Err(InputError::EmptyRequest {
+            table: t.spec.name.clone(),
+        });
+    }
+    let bytes = keys.len() as u64 * (8 + 4 * dim as u64);
+    if bytes > max_request_bytes {
+        return Err(InputError::RequestTooLarge {
+            bytes,
+            limit: max_request_bytes,
+        });
+    }
+    if out.len() != keys.len() * dim {
+        return Err(InputError::DimensionMismatch {
+            table: t.spec.name.clone(),
+            dim: t.spec.dim,
+            keys: keys.len(),
+            values: out.len(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! Everything the store asks of RocksDB: one column family per table (keys big-endian `u64`,
+//! values in the row format), a `meta` column family (catalog, checkpoint LSN, dedup windows),
+//! and durable atomic commits without RocksDB's own WAL.
+//!
+//! Row writes never use RocksDB's WAL: the gradient log is the write-ahead log. A commit
+//! writes one batch with the WAL disabled and then flushes every column family with
+//! `atomic_flush`, so a checkpoint is durable and all-or-nothing across tables.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{
+    BlockBasedOptions, BoundColumnFamily, Cache, ColumnFamilyDescriptor, DBCompressionType,
+    DBWithThreadMode, FlushOptions, MultiThreaded, Options, ReadOptions, WriteBatch,
+    WriteBufferManager, WriteOptions,
+};
+
+use crate::error::{OpenError, StorageError};
+use crate::fault::RocksFaults;
+
+type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+pub(crate) const META_CF: &str = "meta";
+
+type Db = DBWithThreadMode<MultiThreaded>;
+
+pub(crate) struct Rocks {
+    db: Db,
+    cf_opts: Options,
+    faults: Arc<RocksFaults>,
+    /// A secondary instance's own directory (its info log). Declared after `db`, so it is
+    /// removed only once the database is closed.
+    _secondary: Option<tempfile::TempDir>,
+}
+
+/// One SST file of a column family, as `live_files` reports it.
+#[derive(Clone, Debug)]
+pub(crate) struct SstFile {
+    pub(crate) cf: String,
+    pub(crate) size: u64,
+    pub(crate) entries: u64,
+}
+
+impl std::fmt::Debug for Rocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rocks")
+            .field("path", &self.db.path())
+            .finish()
+    }
+}
+
+/// Big-endian key bytes: byte order is numeric order, so iteration is key order.
+pub(crate) fn key_bytes(k: u64) -> [u8; 8] {
+    k.to_be_bytes()
+}
+
+pub(crate) fn key_from(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.try_into().ok()?))
+}
+
+impl Rocks {
+    /// Options under which RocksDB's memory stays within `block_cache_bytes`: data blocks,
+    /// index and filter blocks, and memtables (through a write buffer manager that charges
+    /// them to the cache) all share the one block cache.
+    fn cf_options(block_cache_bytes: usize) -> Options {
+        let cache = Cache::new_lru_cache(block_cache_bytes);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        // Index and filter blocks grow with the data (about 1% of it): in the cache, they
+        // count against its budget instead of adding to it. Level 0's stay pinned, as they are
+        // consulted on every read.
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        let mut cf_opts = Options::default();
+        cf_opts.set_block_based_table_factory(&table);
+        // f32 rows are close to incompressible; compression would cost CPU for nothing.
+        cf_opts.set_compression_type(DBCompressionType::None);
+        // A buffer size of 0: no flushes of its own (checkpoints flush), only the charging.
+        cf_opts.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager_with_cache(
+            0, false, cache,
+        ));
+        cf_opts
+    }
+
+    /// Opens (or creates) the database at `path` with every column family it has.
+    pub(crate) fn open(
+        path: &Path,
+        block_cache_bytes: usize,
+        faults: Arc<RocksFaults>,
+    ) -> Result<(Rocks, Vec<String>), OpenError> {
+        let cf_opts = Self::cf_options(block_cache_bytes);
+        let mut opts = cf_opts.clone();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Writes skip RocksDB's WAL (the gradient log is ours), so flushes must be atomic
+        // across column families for a checkpoint to be all-or-nothing.
+        opts.set_atomic_flush(true);
+        opts.set_max_background_jobs(2);
+        opts.set_paranoid_checks(true);
+
+        let mut names = match Db::list_cf(&opts, path) {
+            Ok(names) => names,
+            Err(_) => vec!["default".to_string()],
+        };
+        if !names.iter().any(|n| n == META_CF) {
+            names.push(META_CF.to_string());
+        }
+        let descs = names
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_opts.clone()));
+        let db = Db::open_cf_descriptors(&opts, path, descs).map_err(|e| {
+            // RocksDB says "IO error: While lock file: …/LOCK: Resource temporarily unavailable".
+            if e.as_ref().contains("LOCK") {
+                OpenError::InUse {
+                    path: path.parent().unwrap_or(path).to_path_buf(),
+                    source: e,
+                }
+            } else {
+                StorageError::rocks("open", e).into()
+            }
+        })?;
+        Ok((
+            Rocks {
+                db,
+                cf_opts,
+                faults,
+                _secondary: None,
+            },
+            names,
+        ))
+    }
+
+    /// Opens the database at `path` as a RocksDB *secondary* instance: it reads the files of a
+    /// primary that may be running, takes no lock and writes nothing under `path` (its own info
+    /// log goes to a temporary directory). Every table file is opened at once
+    /// (`max_open_files = -1`), so files the primary's compactions delete afterwards stay
+    /// readable through their open descriptors.
+    pub(crate) fn open_secondary(
+        path: &Path,
+        block_cache_bytes: usize,
+        faults: Arc<RocksFaults>,
+    ) -> Result<(Rocks, Vec<String>)> {
+        let cf_opts = Self::cf_options(block_cache_bytes);
+        let mut opts = cf_opts.clone();
+        opts.set_max_open_files(-1);
+        opts.set_paranoid_checks(true);
+        let names =
+            Db::list_cf(&opts, path).map_err(|e| StorageError::rocks("list column families", e))?;
+        let secondary = tempfile::Builder::new()
+            .prefix("paramdb-secondary-")
+            .tempdir()
+            .map_err(|e| StorageError::io("creating a directory for a RocksDB secondary", e))?;
+        let descs = names
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_opts.clone()));
+        let db = Db::open_cf_descriptors_as_secondary(&opts, path, secondary.path(), descs)
+            .map_err(|e| StorageError::rocks("open as secondary", e))?;
+        Ok((
+            Rocks {
+                db,
+                cf_opts,
+                faults,
+                _secondary: Some(secondary),
+            },
+            names,
+        ))
+    }
+
+    /// The SST files of every column family.
+    pub(crate) fn sst_files(&self) -> Result<Vec<SstFile>> {
+        let files = self
+            .db
+            .live_files()
+            .map_err(|e| StorageError::rocks("list live files", e))?;
+        Ok(files
+            .into_iter()
+            .map(|f| SstFile {
+                cf: f.column_family_name,
+                size: f.size as u64,
+                entries: f.num_entries,
+            })
+            .collect())
+    }
+
+    /// RocksDB's estimate of the keys in `cf` (it counts overwritten versions not yet
+    /// compacted away).
+    pub(crate) fn estimate_keys(&self, cf: &str) -> Result<Option<u64>> {
+        let cf = self.cf(cf)?;
+        self.db
+            .property_int_value_cf(&cf, "rocksdb.estimate-num-keys")
+            .map_err(|e| StorageError::rocks("read a property", e))
+    }
+
+    /// The first and last stored keys of `cf`, if it has rows.
+    pub(crate) fn key_bounds(&self, cf: &str) -> Result<Option<(u64, u64)>> {
+        let cf = self.cf(cf)?;
+        let mut it = self.db.raw_iterator_cf(&cf);
+        it.seek_to_first();
+        let first = it.key().and_then(key_from);
+        it.seek_to_last();
+        let last = it.key().and_then(key_from);
+        it.status()
+            .map_err(|e| StorageError::rocks("scan rows", e))?;
+        Ok(first.zip(last))
+    }
+
+    /// Reads every entry of `cf` with block checksums verified and without filling the block
+    /// cache, calling `each` with every key and value. Stops at the first error, which RocksDB
+    /// words with the file and offset.
+    pub(crate) fn verify_cf(&self, cf: &str, each: &mut dyn FnMut(&[u8], &[u8])) -> Result<u64> {
+        let cf = self.cf(cf)?;
+        let mut ro = ReadOptions::default();
+        ro.set_verify_checksums(true);
+        ro.fill_cache(false);
+        let mut it = self.db.raw_iterator_cf_opt(&cf, ro);
+        it.seek_to_first();
+        let mut n = 0;
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            each(k, v);
+            n += 1;
+            it.next();
+        }
+        it.status()
+            .map_err(|e| StorageError::rocks("read with checksums", e))?;
+        Ok(n)
+    }
+
+    /// Compacts every column family into its bottom level (drops overwritten row versions).
+    pub(crate) fn compact(&self, cfs: &[String]) -> Result<()> {
+        for n in cfs.iter().map(String::as_str).chain([META_CF]) {
+            let cf = self.cf(n)?;
+            self.db.compact_range_cf(&cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> Result<Arc<BoundColumnFamily<'_>>> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StorageError::CorruptMeta {
+                reason: format!("column family {name:?} is missing"),
+            })
+    }
+
+    pub(crate) fn create_cf(&self, name: &str) -> Result<()> {
+        self.db
+            .create_cf(name, &self.cf_opts)
+            .map_err(|e| StorageError::rocks("create column family", e))
+    }
+
+    pub(crate) fn drop_cf(&self, name: &str) -> Result<()> {
+        self.db
+            .drop_cf(name)
+            .map_err(|e| StorageError::rocks("drop column family", e))
+    }
+
+    pub(crate) fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let cf = self.cf(META_CF)?;
+        self.db
+            .get_cf(&cf, key)
+            .map_err(|e| StorageError::rocks("read meta", e))
+    }
+
+    /// Every meta entry whose key starts with `prefix`.
+    pub(crate) fn meta_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let cf = self.cf(META_CF)?;
+        let mut it = self.db.raw_iterator_cf(&cf);
+        it.seek(prefix);
+        let mut out = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+            it.next();
+        }
+        it.status()
+            .map_err(|e| StorageError::rocks("scan meta", e))?;
+        Ok(out)
+    }
+
+    /// Stored values of `keys` in the column family `cf`, in the same order.
+    pub(crate) fn get_rows(&self, cf: &str, keys: &[u64]) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.faults.check_read()?;
+        let cf = self.cf(cf)?;
+        // Sorted input lets RocksDB skip sorting the batch itself.
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_unstable_by_key(|&i| keys[i]);
+        let kb: Vec<[u8; 8]> = order.iter().map(|&i| key_bytes(keys[i])).collect();
+        let mut out = vec![None; keys.len()];
+        for (&i, r) in order
+            .iter()
+            .zip(self.db.batched_multi_get_cf(&cf, kb.iter(), true))
+        {
+            out[i] = r
+                .map_err(|e| StorageError::rocks("read rows", e))?
+                .map(|s| s.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Up to `max` stored rows of `cf` with keys in `[start, end)`, in key order.
+    pub(crate) fn range(
+        &self,
+        cf: &str,
+        start: u64,
+        end: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        let cf = self.cf(cf)?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(key_bytes(end).to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(&cf, ro);
+        it.seek(key_bytes(start));
+        let mut out = Vec::new();
+        while out.len() < max {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            let key = key_from(k).ok_or_else(|| StorageError::CorruptMeta {
+                reason: format!("row key of {} bytes in column family", k.len()),
+            })?;
+            out.push((key, v.to_vec()));
+            it.next();
+        }
+        it.status()
+            .map_err(|e| StorageError::rocks("scan rows", e))?;
+        Ok(out)
+    }
+
+    /// Writes `batch` without RocksDB's WAL, then flushes the column families `cfs` (and meta)
+    /// atomically and waits: when this returns, the batch is durable, all of it or none.
+    pub(crate) fn commit(&self, batch: WriteBatch, cfs: &[String]) -> Result<()> {
+        self.faults.check_commit()?;
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(|e| StorageError::rocks("write batch", e))?;
+        let mut handles = vec![self.cf(META_CF)?];
+        for n in cfs {
+            handles.push(self.cf(n)?);
+        }
+        let refs: Vec<&Arc<BoundColumnFamily<'_>>> = handles.iter().collect();
+        let mut fo = FlushOptions::default();
+        fo.set_wait(true);
+        self.db
+            .flush_cfs_opt(&refs, &fo)
+            .map_err(|e| StorageError::rocks("flush", e))
+    }
+}

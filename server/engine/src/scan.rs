@@ -1,0 +1,148 @@
+//! Streaming the stored rows of a key range in key order, a batch at a time, merging the
+//! in-memory layers (dirty, frozen) with RocksDB.
+//!
+//! The in-memory layers are hash maps, so a scan takes, once at its start, the sorted list of
+//! in-memory keys inside its range. Memory is bounded by that list (at most the rows changed
+//! since the last checkpoint) plus one batch; never by the size of the table. Each row comes
+//! back at least as new as the scan's start; rows first written after the start may be missed.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use paramdb_types::{Key, KeyRange};
+
+use crate::catalog::Table;
+use crate::error::{PullError, StorageError};
+use crate::row;
+use crate::state_machine::lookup;
+use crate::store::Core;
+
+/// Rows fetched per batch from each source.
+const BATCH: usize = 1024;
+
+/// Iterator over `(key, weights)` of the stored rows in a range.
+#[derive(Debug)]
+pub struct RangeScan {
+    core: Arc<Core>,
+    table: Arc<Table>,
+    cursor: Key,
+    end: Key,
+    done: bool,
+    /// In-memory keys of the range at the scan's start, sorted; `mem_pos` is the next one.
+    mem_keys: Vec<Key>,
+    mem_pos: usize,
+    batch: VecDeque<(Key, Vec<f32>)>,
+}
+
+impl RangeScan {
+    pub(crate) fn new(core: Arc<Core>, table: Arc<Table>, range: KeyRange) -> Self {
+        let mut mem_keys: Vec<Key> = {
+            let layers = core.state.read();
+            let (dirty, frozen) = layers.of(table.id);
+            dirty
+                .into_iter()
+                .chain(frozen)
+                .flat_map(|m| m.keys().copied())
+                .filter(|k| range.contains(*k))
+                .collect()
+        };
+        mem_keys.sort_unstable();
+        mem_keys.dedup();
+        RangeScan {
+            core,
+            table,
+            cursor: range.start,
+            end: range.end,
+            done: range.is_empty(),
+            mem_keys,
+            mem_pos: 0,
+            batch: VecDeque::new(),
+        }
+    }
+
+    fn fill(&mut self) -> Result<(), StorageError> {
+        let t = &self.table;
+        let dim = t.spec.dim as usize;
+        // Memory first: a key absent from memory now has its latest value in RocksDB, and the
+        // RocksDB read that follows can only see something newer.
+        let take = (self.mem_keys.len() - self.mem_pos).min(BATCH);
+        let candidates = &self.mem_keys[self.mem_pos..self.mem_pos + take];
+        let mem_full = self.mem_pos + take < self.mem_keys.len();
+        let mem_last = candidates.last().copied();
+        let mut mem: Vec<(Key, Vec<f32>)> = Vec::with_capacity(take);
+        {
+            let layers = self.core.state.read();
+            let (dirty, frozen) = layers.of(t.id);
+            for &k in candidates {
+                // Gone from memory means checkpointed: RocksDB has it now.
+                if let Some(r) = lookup(dirty, frozen, k) {
+                    mem.push((k, r.weights(dim).to_vec()));
+                }
+            }
+        }
+        self.mem_pos += take;
+        let disk = self.core.rocks.range(&t.cf, self.cursor, self.end, BATCH)?;
+        let disk_full = disk.len() >= BATCH;
+        // Only keys up to the smaller of the two batch ends are complete in both sources.
+        let mut limit = Key::MAX;
+        if mem_full {
+            limit = limit.min(mem_last.unwrap_or(Key::MAX));
+        }
+        if disk_full {
+            limit = limit.min(disk.last().map_or(Key::MAX, |e| e.0));
+        }
+        // Candidates past the limit are read again in the next batch.
+        let beyond = candidates.iter().rev().take_while(|&&k| k > limit).count();
+        self.mem_pos -= beyond;
+        let mut mi = mem.into_iter().filter(|e| e.0 <= limit).peekable();
+        let mut di = disk.into_iter().filter(|e| e.0 <= limit).peekable();
+        let mut last = None;
+        loop {
+            let (k, w) = match (mi.peek().map(|e| e.0), di.peek().map(|e| e.0)) {
+                (None, None) => break,
+                (Some(m), Some(d)) if m == d => {
+                    di.next();
+                    mi.next().expect("peeked")
+                }
+                (Some(m), Some(d)) if m < d => mi.next().expect("peeked"),
+                (Some(_), None) => mi.next().expect("peeked"),
+                _ => {
+                    let (k, b) = di.next().expect("peeked");
+                    let mut w = vec![0.0; dim];
+                    row::decode_weights_into(&b, &t.spec.rule, t.spec.dim, &mut w).map_err(
+                        |reason| StorageError::CorruptRow {
+                            table: t.spec.name.clone(),
+                            key: k,
+                            reason,
+                        },
+                    )?;
+                    (k, w)
+                }
+            };
+            last = Some(k);
+            self.batch.push_back((k, w));
+        }
+        match last {
+            Some(k) if k < Key::MAX && k + 1 < self.end => self.cursor = k + 1,
+            // An empty batch with more in-memory candidates left: they were all checkpointed
+            // meanwhile and RocksDB's next window will have them.
+            None if mem_full || disk_full => {}
+            _ => self.done = true,
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for RangeScan {
+    type Item = Result<(Key, Vec<f32>), PullError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.batch.is_empty() && !self.done {
+            if let Err(e) = self.fill() {
+                self.done = true;
+                return Some(Err(e.into()));
+            }
+        }
+        self.batch.pop_front().map(Ok)
+    }
+}

@@ -1,0 +1,362 @@
+//! The state machine: the rows changed since the last checkpoint (the *dirty* layer), the rows
+//! of the checkpoint in progress (*frozen*), and the exactly-once windows.
+//!
+//! `apply_updates` applies one push to a layer, deterministically. Live pushes (`apply`) and
+//! replay (`Replay`) both go through it, in LSN order, so the bits after a crash are the bits
+//! before it. This is the seam between "a record is durable in the log" and "a record is
+//! applied": whatever produces records in LSN order (the local log today, a replicated log
+//! tomorrow) feeds them here.
+//!
+//! Locks: `layers` is a reader-writer lock, so pulls read the layers together and a push holds
+//! it for writing only while it applies (never while it logs or syncs). `dedup` has its own
+//! mutex. Both change only under the log's sequencer.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use paramdb_types::{ClientId, Key};
+use rustc_hash::FxHashMap;
+
+use crate::catalog::{Catalog, Table};
+use crate::dedup::{SeqWindow, Verdict};
+use crate::error::StorageError;
+use crate::rocks::Rocks;
+use crate::row::Row;
+use crate::wal::Record;
+
+/// One table's rows in a layer. A hash map: a B-tree costs several cache misses per lookup at
+/// a million rows, and lookups are the hot path of pushes, pulls and replay. Range scans sort
+/// the keys they need once (see `scan`).
+pub(crate) type TableRows = FxHashMap<Key, Row>;
+/// Rows by table id, then key.
+pub(crate) type Rows = HashMap<u32, TableRows>;
+/// Exactly-once windows by client id.
+pub(crate) type Dedup = HashMap<u64, SeqWindow>;
+
+/// The in-memory layers in front of RocksDB.
+#[derive(Debug, Default)]
+pub(crate) struct Layers {
+    pub(crate) dirty: Rows,
+    /// Bytes of the rows in `dirty` (`Row::encoded_len` each).
+    pub(crate) dirty_bytes: u64,
+    /// Rows of the checkpoint in progress, until RocksDB has them.
+    pub(crate) frozen: Option<Arc<Rows>>,
+}
+
+impl Layers {
+    /// The dirty and frozen rows of a table (looked up once, then per key with `lookup`).
+    pub(crate) fn of(&self, table: u32) -> (Option<&TableRows>, Option<&TableRows>) {
+        (
+            self.dirty.get(&table),
+            self.frozen.as_ref().and_then(|f| f.get(&table)),
+        )
+    }
+
+    pub(crate) fn dirty_rows(&self) -> usize {
+        self.dirty.values().map(|t| t.len()).sum()
+    }
+}
+
+/// A row in the dirty layer, else in the frozen one.
+pub(crate) fn lookup<'a>(
+    dirty: Option<&'a TableRows>,
+    frozen: Option<&'a TableRows>,
+    key: Key,
+) -> Option<&'a Row> {
+    dirty
+        .and_then(|d| d.get(&key))
+        .or_else(|| frozen.and_then(|f| f.get(&key)))
+}
+
+/// The rows of one push: keys and their update vectors, from a request or from a log record.
+pub(crate) trait Updates {
+    fn rows(&self) -> usize;
+    fn key(&self, i: usize) -> Key;
+    /// Row `i`'s update vector, copied into `scratch` if it must be decoded.
+    fn values<'s>(&'s self, i: usize, scratch: &'s mut [f32]) -> &'s [f32];
+}
+
+/// A push as a request carries it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Request<'a> {
+    pub(crate) keys: &'a [Key],
+    pub(crate) values: &'a [f32],
+    pub(crate) dim: usize,
+}
+
+impl Updates for Request<'_> {
+    fn rows(&self) -> usize {
+        self.keys.len()
+    }
+    fn key(&self, i: usize) -> Key {
+        self.keys[i]
+    }
+    fn values<'s>(&'s self, i: usize, _: &'s mut [f32]) -> &'s [f32] {
+        &self.values[i * self.dim..(i + 1) * self.dim]
+    }
+}
+
+impl Updates for Record<'_> {
+    fn rows(&self) -> usize {
+        self.rows as usize
+    }
+    fn key(&self, i: usize) -> Key {
+        Record::key(self, i)
+    }
+    fn values<'s>(&'s self, i: usize, scratch: &'s mut [f32]) -> &'s [f32] {
+        self.values_into(i, scratch);
+        scratch
+    }
+}
+
+/// A row a push needed was neither in memory nor among the rows read for it.
+#[derive(Debug)]
+pub(crate) struct MissingBase {
+    pub(crate) key: Key,
+}
+
+/// Applies `u` to the rows of table `t` in `rows`: each row in `rows` is updated in place; a
+/// row not there yet starts from `base(key)`. Only keys for which `mine` holds are touched
+/// (replay partitions rows between threads). Returns the bytes added to `rows`. Keys within
+/// one push are distinct, so each row sees its updates in LSN order.
+pub(crate) fn apply_updates(
+    rows: &mut TableRows,
+    t: &Table,
+    u: &impl Updates,
+    mine: impl Fn(Key) -> bool,
+    mut base: impl FnMut(Key) -> Option<Row>,
+) -> Result<u64, MissingBase> {
+    let mut scratch = vec![0.0f32; t.dim()];
+    let mut added = 0;
+    for i in 0..u.rows() {
+        let k = u.key(i);
+        if !mine(k) {
+            continue;
+        }
+        let row = match rows.entry(k) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                let b = base(k).ok_or(MissingBase { key: k })?;
+                added += b.encoded_len() as u64;
+                v.insert(b)
+            }
+        };
+        row.apply(&t.spec.rule, u.values(i, &mut scratch));
+    }
+    Ok(added)
+}
+
+/// The dirty and frozen layers and the exactly-once windows of a store.
+#[derive(Debug)]
+pub(crate) struct StateMachine {
+    layers: RwLock<Layers>,
+    dedup: Mutex<Dedup>,
+}
+
+impl StateMachine {
+    pub(crate) fn new(dirty: Rows, dedup: Dedup) -> StateMachine {
+        let dirty_bytes = dirty
+            .values()
+            .flat_map(|t| t.values())
+            .map(|r| r.encoded_len() as u64)
+            .sum();
+        StateMachine {
+            layers: RwLock::new(Layers {
+                dirty,
+                dirty_bytes,
+                frozen: None,
+            }),
+            dedup: Mutex::new(dedup),
+        }
+    }
+
+    /// The layers for reading. A panic while a writer held them may have left a row half
+    /// updated; the log is the truth, and the store is poisoned by whoever saw the panic.
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Layers> {
+        self.layers.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Layers> {
+        self.layers.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn dedup(&self) -> MutexGuard<'_, Dedup> {
+        self.dedup.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the windows say about `(client, seq)` (anonymous pushes are always new).
+    pub(crate) fn verdict(&self, client: ClientId, seq: u64) -> Verdict {
+        if client == ClientId::ANONYMOUS {
+            return Verdict::New;
+        }
+        self.dedup()
+            .get(&client.0)
+            .map_or(Verdict::New, |w| w.check(seq))
+    }
+
+    /// Applies a logged push of `(client, seq)` to the dirty layer. Rows not in memory come
+    /// from `fetched` (read before the push was logged). Call under the sequencer, in LSN
+    /// order. Returns the dirty layer's bytes afterwards.
+    pub(crate) fn apply(
+        &self,
+        t: &Table,
+        client: ClientId,
+        seq: u64,
+        u: &impl Updates,
+        fetched: &mut HashMap<Key, Row>,
+    ) -> Result<u64, MissingBase> {
+        let mut guard = self.write();
+        let layers = &mut *guard;
+        let frozen = layers.frozen.as_ref().and_then(|f| f.get(&t.id));
+        let dirty = layers.dirty.entry(t.id).or_default();
+        let added = apply_updates(
+            dirty,
+            t,
+            u,
+            |_| true,
+            |k| {
+                frozen
+                    .and_then(|f| f.get(&k).cloned())
+                    .or_else(|| fetched.remove(&k))
+            },
+        )?;
+        layers.dirty_bytes += added;
+        let bytes = layers.dirty_bytes;
+        drop(guard);
+        if client != ClientId::ANONYMOUS {
+            self.dedup().entry(client.0).or_default().mark(seq);
+        }
+        Ok(bytes)
+    }
+}
+
+/// Replays logged pushes into fresh layers at open. Rows are independent, so the work is split
+/// across threads by key: each thread owns the rows of its partition and applies their updates
+/// in log order, which gives the same bits as a sequential replay.
+#[derive(Debug)]
+pub(crate) struct Replay {
+    parts: Vec<Rows>,
+    dedup: Dedup,
+}
+
+impl Replay {
+    pub(crate) fn new(threads: usize, dedup: Dedup) -> Replay {
+        Replay {
+            parts: (0..threads.max(1)).map(|_| Rows::new()).collect(),
+            dedup,
+        }
+    }
+
+    /// Applies a segment's records (in LSN order). Their exactly-once windows are checked
+    /// first: the writer never logs a duplicate, so one means the log disagrees with the
+    /// checkpointed windows, and applying it would double-count.
+    pub(crate) fn apply(
+        &mut self,
+        rocks: &Rocks,
+        catalog: &Catalog,
+        recs: &[Record<'_>],
+    ) -> Result<(), StorageError> {
+        for rec in recs {
+            if rec.client != 0 {
+                let w = self.dedup.entry(rec.client).or_default();
+                if w.check(rec.seq) != Verdict::New {
+                    return Err(StorageError::CorruptMeta {
+                        reason: format!(
+                            "log record LSN {} repeats client {} sequence {}",
+                            rec.lsn, rec.client, rec.seq
+                        ),
+                    });
+                }
+                w.mark(rec.seq);
+            }
+            if let Some(t) = catalog.by_id.get(&rec.table) {
+                if rec.dim != t.spec.dim {
+                    return Err(StorageError::CorruptMeta {
+                        reason: format!(
+                            "log record LSN {} has dim {} for table {:?} of dim {}",
+                            rec.lsn, rec.dim, t.spec.name, t.spec.dim
+                        ),
+                    });
+                }
+            }
+        }
+        let n = self.parts.len();
+        if n == 1 {
+            return replay_partition(rocks, catalog, &mut self.parts[0], recs, 0, 1);
+        }
+        std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .parts
+                .iter_mut()
+                .enumerate()
+                .map(|(p, rows)| {
+                    std::thread::Builder::new()
+                        .name(format!("paramdb-replay-{p}"))
+                        .spawn_scoped(s, move || {
+                            replay_partition(rocks, catalog, rows, recs, p, n)
+                        })
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(|e| StorageError::io("starting replay threads", e))?;
+            handles.into_iter().try_for_each(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(StorageError::CorruptMeta {
+                        reason: "a replay thread panicked".into(),
+                    })
+                })
+            })
+        })
+    }
+
+    /// The state machine the replayed records leave.
+    pub(crate) fn finish(self) -> StateMachine {
+        let mut dirty = Rows::new();
+        for part in self.parts {
+            for (table, rows) in part {
+                let d = dirty.entry(table).or_default();
+                if d.is_empty() {
+                    *d = rows;
+                } else {
+                    d.extend(rows);
+                }
+            }
+        }
+        StateMachine::new(dirty, self.dedup)
+    }
+}
+
+/// Which of `n` replay partitions owns `key`.
+fn partition(key: Key, n: usize) -> usize {
+    ((key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % n as u64) as usize
+}
+
+/// Replays partition `p` of `n`: for each record, the partition's rows not yet in memory are
+/// read from RocksDB in one batch, then the record is applied as a live push is.
+fn replay_partition(
+    rocks: &Rocks,
+    catalog: &Catalog,
+    rows: &mut Rows,
+    recs: &[Record<'_>],
+    p: usize,
+    n: usize,
+) -> Result<(), StorageError> {
+    let mine = |k: Key| partition(k, n) == p;
+    for rec in recs {
+        let Some(t) = catalog.by_id.get(&rec.table) else {
+            continue; // table dropped after this push
+        };
+        let rows = rows.entry(t.id).or_default();
+        let missing: Vec<Key> = (0..rec.rows as usize)
+            .map(|i| rec.key(i))
+            .filter(|&k| mine(k) && !rows.contains_key(&k))
+            .collect();
+        let mut fetched = crate::read_path::stored_rows(rocks, t, &missing)?;
+        apply_updates(rows, t, rec, mine, |k| fetched.remove(&k)).map_err(|m| {
+            StorageError::CorruptMeta {
+                reason: format!("replay of LSN {} found no row for key {}", rec.lsn, m.key),
+            }
+        })?;
+    }
+    Ok(())
+}
