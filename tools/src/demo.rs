@@ -75,7 +75,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         threads: 2,
         process: 0,
         processes: 1,
-        batch_words: 20_000,
+        batch_words: Some(20_000),
         negative_pool: 8192,
         seed: 1,
         checkpoint_secs: 10.0,

@@ -50,9 +50,10 @@ pub struct Word2VecArgs {
     /// Trainer processes training this model at once (each with --process 0..N-1).
     #[arg(long, default_value_t = 1)]
     pub processes: usize,
-    /// Words per worker minibatch (pull, train locally, push deltas).
-    #[arg(long, default_value_t = 50_000)]
-    pub batch_words: usize,
+    /// Words per worker minibatch (pull, train locally, push deltas); 50,000 for skip-gram
+    /// and 100,000 for CBOW by default.
+    #[arg(long)]
+    pub batch_words: Option<usize>,
     /// Noise words drawn per minibatch; negatives are taken from this pool.
     #[arg(long, default_value_t = 8192)]
     pub negative_pool: usize,
@@ -85,7 +86,9 @@ impl Word2VecArgs {
             threads: self.threads,
             process: self.process,
             processes: self.processes,
-            batch_words: self.batch_words,
+            batch_words: self
+                .batch_words
+                .unwrap_or_else(|| word2vec::default_batch_words(self.cbow)),
             negative_pool: self.negative_pool,
             seed: self.seed,
             checkpoint_secs: self.checkpoint_secs,

@@ -187,6 +187,7 @@ impl Flags {
             }),
             cbow: self.cbow,
             threads: self.threads,
+            batch_words: word2vec::default_batch_words(self.cbow),
             read_vocab: self.read_vocab.clone(),
             ..Config::default()
         }

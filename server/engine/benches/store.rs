@@ -215,7 +215,27 @@ fn main() {
         }
 
         // --- pull ---
-        let (store, db) = pull_store.expect("store from the push runs");
+        // The raw peer holds the rows the push runs wrote; paramdb's side is a store of its
+        // own with every row pushed once and the background thread off, so "in memory" stays
+        // in memory until the checkpoint below.
+        let (_, db) = pull_store.expect("store from the push runs");
+        let store = Store::open(
+            tmp.path().join("pull"),
+            StoreOptions {
+                background: false,
+                checkpoint_dirty_bytes: 0,
+                ..opts(SyncPolicy::None)
+            },
+        )
+        .expect("open");
+        store.create_table(spec()).expect("table");
+        let mut rng = StdRng::seed_from_u64(4);
+        for start in (0..KEYS).step_by(BATCH) {
+            let g = grads(&mut rng);
+            store
+                .push_range("emb", ClientId::ANONYMOUS, 0, start, &g)
+                .expect("push");
+        }
         println!("\n### Pull\n");
         println!("| rows are | threads | paramdb rows/s | raw RocksDB multi-get rows/s | ratio |");
         println!("|---|---|---|---|---|");
@@ -364,24 +384,12 @@ fn cache_section(tmp: &Path, secs: f64) {
     println!("| pull path | keys | paramdb rows/s | peer | peer rows/s | paramdb / peer | cache hit rate |");
     println!("|---|---|---|---|---|---|---|");
     let dir = tmp.join("cache");
-    let populate = |cache_bytes: u64| {
-        let o = StoreOptions {
-            cache_bytes,
-            background: false,
-            ..opts(SyncPolicy::None)
-        };
-        let store = Store::open(&dir, o).expect("open");
-        store.create_table(spec()).expect("table");
-        let mut rng = StdRng::seed_from_u64(3);
-        for start in (0..KEYS).step_by(BATCH) {
-            let g = grads(&mut rng);
-            store
-                .push_range("emb", ClientId::ANONYMOUS, 0, start, &g)
-                .expect("push");
-        }
-        store.close().expect("close");
+    let o = StoreOptions {
+        cache_bytes: 0,
+        background: false,
+        ..opts(SyncPolicy::None)
     };
-    populate(0);
+    filled_store(&dir, o).close().expect("close");
     let open = |cache_bytes: u64| {
         let o = StoreOptions {
             cache_bytes,
@@ -515,19 +523,9 @@ fn open_rate_off(dir: &Path, zipf: &rand_distr::Zipf<f64>, secs: f64, store: Sto
     r
 }
 
-/// Pulls of cached rows from 2 threads, alone and while 2 threads push under `sync`.
-fn contended_section(tmp: &Path, secs: f64) {
-    println!("\n### Pulls during a sync push load\n");
-    println!("A table of {KEYS} AdaGrad rows of dim {DIM}, stored and all in the hot-row cache; {BATCH}-key batches, uniform keys. Pullers: 2 threads. Pushers: 2 threads under `sync` (each push waits for its fsync, with group commit).\n");
-    println!("| load | pull rows/s | push rows/s | pull rows/s under load / alone |");
-    println!("|---|---|---|---|");
-    let dir = tmp.join("contended");
-    let o = StoreOptions {
-        cache_bytes: KEYS * CACHE_SLOT + (64 << 20),
-        background: true,
-        ..opts(SyncPolicy::Sync)
-    };
-    let store = Store::open(&dir, o).expect("open");
+/// A store in `dir` with every one of the `KEYS` rows pushed once and checkpointed.
+fn filled_store(dir: &Path, o: StoreOptions) -> Store {
+    let store = Store::open(dir, o).expect("open");
     store.create_table(spec()).expect("table");
     let mut rng = StdRng::seed_from_u64(3);
     for start in (0..KEYS).step_by(BATCH) {
@@ -537,19 +535,47 @@ fn contended_section(tmp: &Path, secs: f64) {
             .expect("push");
     }
     store.checkpoint().expect("checkpoint");
+    store
+}
+
+/// Pull latencies (µs) of 2 threads pulling for `secs`: p50, p99, max, and rows/s.
+fn timed_pulls(store: &Store, secs: f64) -> (f64, f64, f64, f64) {
+    let lat = std::sync::Mutex::new(Vec::new());
+    let rate = run_for(2, secs, |_, rng| {
+        let keys = batch_keys(rng);
+        let t = Instant::now();
+        std::hint::black_box(store.pull("emb", &keys).expect("pull"));
+        let us = t.elapsed().as_secs_f64() * 1e6;
+        lat.lock().expect("lock").push(us);
+    });
+    let mut v = lat.into_inner().expect("lock");
+    v.sort_by(|a, b| a.total_cmp(b));
+    let q = |f: f64| v[((v.len() - 1) as f64 * f) as usize];
+    (q(0.5), q(0.99), q(1.0), rate * BATCH as f64)
+}
+
+/// Pulls of cached rows from 2 threads, alone and while 2 threads push under `sync`.
+fn contended_section(tmp: &Path, secs: f64) {
+    println!("\n### Pulls during a sync push load\n");
+    println!("A table of {KEYS} AdaGrad rows of dim {DIM}, stored and all in the hot-row cache; {BATCH}-key batches, uniform keys. Pullers: 2 threads. Pushers: 2 threads under `sync` (each push waits for its fsync, with group commit). Latency is per {BATCH}-key pull.\n");
+    println!("| load | pull rows/s | pull p50 µs | pull p99 µs | pull max µs | push rows/s |");
+    println!("|---|---|---|---|---|---|");
+    let dir = tmp.join("contended");
+    let o = StoreOptions {
+        cache_bytes: KEYS * CACHE_SLOT + (64 << 20),
+        background: true,
+        ..opts(SyncPolicy::Sync)
+    };
+    let store = filled_store(&dir, o);
     let all: Vec<u64> = (0..KEYS).collect();
     for chunk in all.chunks(BATCH) {
         store.pull("emb", chunk).expect("warm");
     }
-    let pull = |rng: &mut StdRng| {
-        let keys = batch_keys(rng);
-        std::hint::black_box(store.pull("emb", &keys).expect("pull"));
-    };
-    let alone = run_for(2, secs, |_, rng| pull(rng)) * BATCH as f64;
-    println!("| none | {alone:.0} | - | 1.00 |");
+    let (p50, p99, max, alone) = timed_pulls(&store, secs);
+    println!("| none | {alone:.0} | {p50:.0} | {p99:.0} | {max:.0} | - |");
     let stop = AtomicBool::new(false);
     let pushed = AtomicU64::new(0);
-    let under = std::thread::scope(|s| {
+    let (p50, p99, max, under, push_rate) = std::thread::scope(|s| {
         for t in 0..2u64 {
             let (stop, pushed, store) = (&stop, &pushed, &store);
             s.spawn(move || {
@@ -565,16 +591,11 @@ fn contended_section(tmp: &Path, secs: f64) {
             });
         }
         let started = Instant::now();
-        let r = run_for(2, secs, |_, rng| pull(rng)) * BATCH as f64;
+        let (p50, p99, max, r) = timed_pulls(&store, secs);
         let push_rate = pushed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
         stop.store(true, Ordering::Relaxed);
-        (r, push_rate)
+        (p50, p99, max, r, push_rate)
     });
-    println!(
-        "| 2 threads pushing under `sync` | {:.0} | {:.0} | {:.2} |",
-        under.0,
-        under.1,
-        under.0 / alone
-    );
+    println!("| 2 threads pushing under `sync` | {under:.0} | {p50:.0} | {p99:.0} | {max:.0} | {push_rate:.0} |");
     store.close().expect("close");
 }

@@ -55,6 +55,8 @@ pub(crate) struct RowCache {
     /// Keys that missed once while their table was full; a second miss admits them.
     doorkeeper: FxHashSet<(u32, Key)>,
     stats: CacheStats,
+    /// Scratch of `read_weights`: (index, slot) of the keys found.
+    found: Vec<(usize, u32)>,
 }
 
 impl RowCache {
@@ -83,6 +85,7 @@ impl RowCache {
             budget,
             tables: FxHashMap::default(),
             doorkeeper: FxHashSet::default(),
+            found: Vec::new(),
             stats: CacheStats {
                 budget_bytes: budget,
                 ..CacheStats::default()
@@ -105,6 +108,7 @@ impl RowCache {
             budget: 0,
             tables: FxHashMap::default(),
             doorkeeper: FxHashSet::default(),
+            found: Vec::new(),
             stats: CacheStats::default(),
         }
     }
@@ -160,24 +164,22 @@ impl RowCache {
         Ok(())
     }
 
-    /// The cached row of `key`: copies its weights into `out` and returns true, or counts a
-    /// miss and returns false.
-    pub(crate) fn read_weights(&mut self, table: u32, key: Key, out: &mut [f32]) -> bool {
+    /// The cached weights of `keys[i]` for each `i` in `want`, copied into row `i` of `out`;
+    /// `want` keeps the indices that missed. Counts hits and misses.
+    pub(crate) fn read_weights(
+        &mut self,
+        table: u32,
+        keys: &[Key],
+        want: &mut Vec<usize>,
+        out: &mut [f32],
+    ) {
         let Some(t) = self.tables.get_mut(&table) else {
-            return false;
+            return;
         };
-        match t.index.get(&key) {
-            Some(&s) => {
-                t.referenced[s as usize] = true;
-                out.copy_from_slice(&t.floats_of(s)[..out.len()]);
-                self.stats.hits += 1;
-                true
-            }
-            None => {
-                self.stats.misses += 1;
-                false
-            }
-        }
+        let asked = want.len() as u64;
+        let hits = t.read_weights(keys, want, out, &mut self.found) as u64;
+        self.stats.hits += hits;
+        self.stats.misses += asked - hits;
     }
 
     /// A copy of the cached row of `key`, counting a hit or a miss.
@@ -295,9 +297,13 @@ mod tests {
         assert!(c.get_row(1, 11).is_none());
         let s = c.stats();
         assert_eq!((s.evictions, s.declined, s.resident_rows), (1, 1, 2));
-        let mut w = [0.0; 4];
-        assert!(c.read_weights(1, 12, &mut w));
-        assert_eq!(w, [3.0; 4]);
+        // A batch: the cached keys are copied, the others stay wanted.
+        let mut w = [0.0; 12];
+        let mut want = vec![0, 1, 2];
+        c.read_weights(1, &[12, 11, 10], &mut want, &mut w);
+        assert_eq!(want, vec![1]);
+        assert_eq!((&w[..4], &w[8..]), (&[3.0; 4][..], &[1.0; 4][..]));
+        assert_eq!(w[4..8], [0.0; 4]);
     }
 
     #[test]

@@ -216,46 +216,62 @@ pub enum OpenError {
     Storage(#[from] StorageError),
 }
 
-/// A push was refused or failed. Unless the store is now poisoned, nothing was logged.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PushError {
-    #[error(transparent)]
-    Input(#[from] InputError),
-    #[error(transparent)]
-    Storage(#[from] StorageError),
+/// An error of an operation that fails either on bad input or on storage trouble, and
+/// `Classify` for it.
+macro_rules! operation_error {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, thiserror::Error)]
+        #[non_exhaustive]
+        pub enum $name {
+            #[error(transparent)]
+            Input(#[from] InputError),
+            #[error(transparent)]
+            Storage(#[from] StorageError),
+        }
+
+        impl Classify for $name {
+            fn code(&self) -> Code {
+                match self {
+                    Self::Input(e) => e.code(),
+                    Self::Storage(e) => e.code(),
+                }
+            }
+
+            fn is_bad_input(&self) -> bool {
+                matches!(self, Self::Input(_))
+            }
+        }
+
+        impl $name {
+            /// The storage error underneath, if it is one.
+            pub fn storage(&self) -> Option<&StorageError> {
+                match self {
+                    Self::Storage(e) => Some(e),
+                    Self::Input(_) => None,
+                }
+            }
+        }
+    };
 }
 
-/// A pull or a range scan failed. Reads change nothing.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PullError {
-    #[error(transparent)]
-    Input(#[from] InputError),
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-}
-
-/// Creating, dropping or describing a table failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TableError {
-    #[error(transparent)]
-    Input(#[from] InputError),
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-}
-
-/// A checkpoint, a sync, a compaction or a clean close failed. A failed checkpoint poisons the
-/// store: the log still holds everything, and the next open replays it.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CheckpointError {
-    #[error(transparent)]
-    Input(#[from] InputError),
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-}
+operation_error!(
+    /// A push was refused or failed. Unless the store is now poisoned, nothing was logged.
+    PushError
+);
+operation_error!(
+    /// A pull or a range scan failed. Reads change nothing.
+    PullError
+);
+operation_error!(
+    /// Creating, dropping or describing a table failed.
+    TableError
+);
+operation_error!(
+    /// A checkpoint, a sync, a compaction or a clean close failed. A failed checkpoint poisons
+    /// the store: the log still holds everything, and the next open replays it.
+    CheckpointError
+);
 
 impl Classify for OpenError {
     fn code(&self) -> Code {
@@ -269,35 +285,6 @@ impl Classify for OpenError {
         false
     }
 }
-
-/// `Classify` for the errors that are either bad input or storage trouble.
-macro_rules! classify_input_or_storage {
-    ($($t:ty),*) => {$(
-        impl Classify for $t {
-            fn code(&self) -> Code {
-                match self {
-                    Self::Input(e) => e.code(),
-                    Self::Storage(e) => e.code(),
-                }
-            }
-
-            fn is_bad_input(&self) -> bool {
-                matches!(self, Self::Input(_))
-            }
-        }
-
-        impl $t {
-            /// The storage error underneath, if it is one.
-            pub fn storage(&self) -> Option<&StorageError> {
-                match self {
-                    Self::Storage(e) => Some(e),
-                    Self::Input(_) => None,
-                }
-            }
-        }
-    )*};
-}
-classify_input_or_storage!(PushError, PullError, TableError, CheckpointError);
 
 /// `From<A> for B` between two errors that are both "bad input or storage trouble".
 macro_rules! widen {

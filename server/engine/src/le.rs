@@ -13,6 +13,18 @@ pub fn extend_f32s(out: &mut Vec<u8>, values: &[f32]) {
     }
 }
 
+/// The little-endian bytes of `values`: borrowed as they are on little-endian machines,
+/// converted on others.
+pub fn f32s_as_le_bytes(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        std::borrow::Cow::Borrowed(bytemuck::cast_slice(values))
+    } else {
+        let mut out = Vec::new();
+        extend_f32s(&mut out, values);
+        std::borrow::Cow::Owned(out)
+    }
+}
+
 /// Fills `out` from little-endian `bytes` (`bytes.len() == out.len() * 4`).
 pub fn read_f32s_into(bytes: &[u8], out: &mut [f32]) {
     assert_eq!(bytes.len(), out.len() * 4, "f32 byte length");

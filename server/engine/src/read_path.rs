@@ -96,10 +96,8 @@ impl Core {
             false
         } else {
             let mut cache = self.cache();
-            let rows = &mut cache.rows;
-            missing
-                .retain(|&i| !rows.read_weights(t.id, keys[i], &mut out[i * dim..(i + 1) * dim]));
-            rows.has_room_for(t.id)
+            cache.rows.read_weights(t.id, keys, &mut missing, out);
+            cache.rows.has_room_for(t.id)
         };
         if !missing.is_empty() {
             self.pull_stored(t, keys, &missing, out, offer, generation)?;

@@ -16,7 +16,7 @@ use paramdb_types::KeyRange;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-use super::service::{Limits, OversizeLayer, ShardService};
+use super::service::{oversize_as_exhausted, Limits, ShardService};
 
 /// What one shard server needs to run.
 #[derive(Clone, Debug)]
@@ -160,7 +160,9 @@ pub async fn serve_with_metrics(
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .max_frame_size(Some(MAX_FRAME))
-        .layer(OversizeLayer)
+        .layer(tower::util::MapResponseLayer::new(
+            oversize_as_exhausted::<tonic::body::Body>,
+        ))
         .layer(super::metrics::MetricsLayer)
         .add_service(health)
         .add_service(reflection)

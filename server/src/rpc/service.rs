@@ -2,10 +2,7 @@
 //! concurrency, message size, key range, table names), and the trait implementation, which
 //! hands each call to its handler in `handlers/`.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 
 use paramdb_engine::Store;
 use paramdb_proto::v1::{self, paramdb_server::Paramdb};
@@ -124,7 +121,7 @@ impl ShardService {
     }
 
     /// Requests over the message limit get `RESOURCE_EXHAUSTED`. (tonic itself stops reading
-    /// at 4× the limit, and `OversizeLayer` gives that the same code.)
+    /// at 4× the limit, and `oversize_as_exhausted` gives that the same code.)
     pub(super) fn check_size(&self, msg: &impl prost::Message) -> Result<(), Status> {
         let len = msg.encoded_len();
         if len > self.limits.max_message_bytes {
@@ -282,50 +279,15 @@ impl Paramdb for ShardService {
 /// Gives a request that tonic refused for its size (`OUT_OF_RANGE`, "decoded message length
 /// too large", past the 4× hard cap) the code the service gives every other oversized message,
 /// `RESOURCE_EXHAUSTED`. No handler answers `OUT_OF_RANGE`, so only tonic's refusal is
-/// rewritten.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct OversizeLayer;
-
-impl<S> tower::Layer<S> for OversizeLayer {
-    type Service = Oversize<S>;
-
-    fn layer(&self, inner: S) -> Oversize<S> {
-        Oversize(inner)
+/// rewritten. Used as a `tower::util::MapResponseLayer` around the whole server.
+pub fn oversize_as_exhausted<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let h = resp.headers_mut();
+    let out_of_range = (tonic::Code::OutOfRange as i32).to_string();
+    if h.get("grpc-status").and_then(|v| v.to_str().ok()) == Some(out_of_range.as_str()) {
+        let code = (tonic::Code::ResourceExhausted as i32).to_string();
+        if let Ok(v) = http::HeaderValue::from_str(&code) {
+            h.insert("grpc-status", v);
+        }
     }
-}
-
-#[derive(Clone, Debug)]
-pub struct Oversize<S>(S);
-
-impl<S, B, RB> tower::Service<http::Request<B>> for Oversize<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let fut = self.0.call(req);
-        Box::pin(async move {
-            let mut r = fut.await;
-            if let Ok(resp) = &mut r {
-                let out_of_range = (tonic::Code::OutOfRange as i32).to_string();
-                let h = resp.headers_mut();
-                if h.get("grpc-status").and_then(|v| v.to_str().ok()) == Some(out_of_range.as_str())
-                {
-                    let code = (tonic::Code::ResourceExhausted as i32).to_string();
-                    if let Ok(v) = http::HeaderValue::from_str(&code) {
-                        h.insert("grpc-status", v);
-                    }
-                }
-            }
-            r
-        })
-    }
+    resp
 }

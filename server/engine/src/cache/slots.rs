@@ -47,13 +47,66 @@ pub(super) fn map(file: &File, len: usize, path: &Path) -> Result<Option<MmapMut
     }
     // SAFETY: the file is private to this store (it lives in the store's data directory, which
     // RocksDB's lock file keeps to one process), nothing else truncates or writes it while it
-    // is mapped, and every access goes through the store's state lock.
+    // is mapped, and every access goes through the cache's mutex.
     let m = unsafe { memmap2::MmapOptions::new().len(len).map_mut(file) }
         .map_err(|e| io("mapping", path, e))?;
     Ok(Some(m))
 }
 
+/// Asks the CPU to start loading `bytes` into its caches. A hint only: it reads nothing and
+/// cannot fault, so a batch of lookups can have many slots in flight at once instead of
+/// waiting on each in turn.
+#[inline(always)]
+#[allow(unsafe_code)]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: `_mm_prefetch` needs SSE, which every x86_64 CPU has, and has no effect on
+        // memory: it is a hint about an address inside a live slice.
+        unsafe {
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
+}
+
 impl TableCache {
+    /// Copies the weights of `keys[i]` for each `i` in `want` into row `i` of `out` (rows of
+    /// `out.len() / keys.len()` floats), marking each referenced, and keeps in `want` the
+    /// indices whose key is not cached. Returns the number found. Two passes, so the index
+    /// probes and the slot loads of a batch overlap instead of running one after the other.
+    pub(super) fn read_weights(
+        &mut self,
+        keys: &[Key],
+        want: &mut Vec<usize>,
+        out: &mut [f32],
+        found: &mut Vec<(usize, u32)>,
+    ) -> usize {
+        let dim = out.len() / keys.len().max(1);
+        found.clear();
+        want.retain(|&i| match self.index.get(&keys[i]) {
+            Some(&s) => {
+                found.push((i, s));
+                false
+            }
+            None => true,
+        });
+        for &(_, s) in found.iter() {
+            let r = self.slot_range(s);
+            if let Some(m) = &self.map {
+                prefetch(&m[r.start + SLOT_HEADER..r.start + SLOT_HEADER + dim * 4]);
+            }
+        }
+        for &(i, s) in found.iter() {
+            self.referenced[s as usize] = true;
+            out[i * dim..(i + 1) * dim].copy_from_slice(&self.floats_of(s)[..dim]);
+        }
+        found.len()
+    }
+
     pub(super) fn open(
         dir: &Path,
         id: u32,

@@ -122,8 +122,91 @@ pub fn frame_len(payload: usize) -> usize {
     (FRAME_HEADER_LEN + payload + 7) & !7
 }
 
-/// Appends a complete frame for a push to `out`. `keys` is either the key list or, for a range
-/// push, `None` with `range_start`. Values are written as little-endian f32.
+/// A push frame in three parts, written with one vectored write so the values are not
+/// copied into a buffer first: the frame header, record header and keys (`head`), the values
+/// (as they lie in memory, on a little-endian machine), and the padding to 8 bytes.
+#[derive(Debug)]
+pub struct PushFrame<'a> {
+    pub head: &'a [u8],
+    pub values: std::borrow::Cow<'a, [u8]>,
+    pub pad: &'static [u8],
+}
+
+impl PushFrame<'_> {
+    pub fn len(&self) -> usize {
+        self.head.len() + self.values.len() + self.pad.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn parts(&self) -> [&[u8]; 3] {
+        [self.head, &self.values, self.pad]
+    }
+}
+
+/// Builds the frame of a push, its head in `head` (cleared first). `keys` is the key list, or
+/// `Err(start)` for a contiguous block. Values are little-endian f32.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_push_frame<'a>(
+    head: &'a mut Vec<u8>,
+    lsn: u64,
+    client: u64,
+    seq: u64,
+    table: u32,
+    dim: u32,
+    keys: Result<&[u64], u64>,
+    values: &'a [f32],
+) -> PushFrame<'a> {
+    const PAD: [u8; 8] = [0; 8];
+    let rows = match keys {
+        Ok(k) => k.len(),
+        Err(_) => values.len() / dim as usize,
+    };
+    let len = payload_len(rows, dim as usize, keys.is_err());
+    head.clear();
+    head.extend_from_slice(&(len as u32).to_le_bytes());
+    head.extend_from_slice(&[0; 4]); // crc, filled below
+    head.push(if keys.is_ok() {
+        TYPE_PUSH_KEYS
+    } else {
+        TYPE_PUSH_RANGE
+    });
+    head.extend_from_slice(&[0; 7]);
+    head.extend_from_slice(&lsn.to_le_bytes());
+    head.extend_from_slice(&client.to_le_bytes());
+    head.extend_from_slice(&seq.to_le_bytes());
+    head.extend_from_slice(&table.to_le_bytes());
+    head.extend_from_slice(&dim.to_le_bytes());
+    head.extend_from_slice(&(rows as u32).to_le_bytes());
+    head.extend_from_slice(&[0; 4]);
+    match keys {
+        Ok(k) => {
+            for key in k {
+                head.extend_from_slice(&key.to_le_bytes());
+            }
+        }
+        Err(s) => head.extend_from_slice(&s.to_le_bytes()),
+    }
+    let values = crate::le::f32s_as_le_bytes(values);
+    debug_assert_eq!(head.len() + values.len(), FRAME_HEADER_LEN + len);
+    let mut h = crc32fast::Hasher::new();
+    h.update(&head[..4]);
+    h.update(&head[FRAME_HEADER_LEN..]);
+    h.update(&values);
+    let crc = h.finalize();
+    head[4..8].copy_from_slice(&crc.to_le_bytes());
+    let pad = frame_len(len) - FRAME_HEADER_LEN - len;
+    PushFrame {
+        head,
+        values,
+        pad: &PAD[..pad],
+    }
+}
+
+/// Appends a complete frame for a push to `out` (the frame `encode_push_frame` describes, in
+/// one buffer).
 #[allow(clippy::too_many_arguments)]
 pub fn encode_push(
     out: &mut Vec<u8>,
@@ -135,44 +218,11 @@ pub fn encode_push(
     keys: Result<&[u64], u64>,
     values: &[f32],
 ) {
-    let rows = match keys {
-        Ok(k) => k.len(),
-        Err(_) => values.len() / dim as usize,
-    };
-    let len = payload_len(rows, dim as usize, keys.is_err());
-    let start = out.len();
-    out.reserve(frame_len(len));
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]); // crc, filled below
-    out.push(if keys.is_ok() {
-        TYPE_PUSH_KEYS
-    } else {
-        TYPE_PUSH_RANGE
-    });
-    out.extend_from_slice(&[0; 7]);
-    out.extend_from_slice(&lsn.to_le_bytes());
-    out.extend_from_slice(&client.to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&table.to_le_bytes());
-    out.extend_from_slice(&dim.to_le_bytes());
-    out.extend_from_slice(&(rows as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    match keys {
-        Ok(k) => {
-            for key in k {
-                out.extend_from_slice(&key.to_le_bytes());
-            }
-        }
-        Err(s) => out.extend_from_slice(&s.to_le_bytes()),
+    let mut head = Vec::new();
+    let f = encode_push_frame(&mut head, lsn, client, seq, table, dim, keys, values);
+    for p in f.parts() {
+        out.extend_from_slice(p);
     }
-    crate::le::extend_f32s(out, values);
-    debug_assert_eq!(out.len() - start, FRAME_HEADER_LEN + len);
-    let mut h = crc32fast::Hasher::new();
-    h.update(&out[start..start + 4]);
-    h.update(&out[start + FRAME_HEADER_LEN..]);
-    let crc = h.finalize();
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    out.resize(start + frame_len(len), 0);
 }
 
 /// Why bytes at some offset are not a valid frame.

@@ -11,6 +11,12 @@ use std::sync::Arc;
 /// appends (group commit): an fsync covers every byte appended before it started.
 pub trait LogFile: Send + Sync + Debug {
     fn append(&self, buf: &[u8]) -> io::Result<()>;
+    /// Appends `parts` as one write, in order. By default they are joined and appended (so a
+    /// fault-injecting file sees one write); the real file writes them vectored, without
+    /// joining them first.
+    fn append_parts(&self, parts: &[&[u8]]) -> io::Result<()> {
+        self.append(&parts.concat())
+    }
     /// Makes every byte appended so far durable (`fdatasync`).
     fn sync(&self) -> io::Result<()>;
 }
@@ -41,6 +47,21 @@ pub trait LogFs: Send + Sync + Debug {
 }
 
 /// The operating system's file system.
+/// Writes every byte of `parts`, in order, with vectored writes.
+fn write_parts(mut file: &File, parts: &[&[u8]]) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StdFs;
 
@@ -50,6 +71,10 @@ struct StdFile(File);
 impl LogFile for StdFile {
     fn append(&self, buf: &[u8]) -> io::Result<()> {
         (&self.0).write_all(buf)
+    }
+
+    fn append_parts(&self, parts: &[&[u8]]) -> io::Result<()> {
+        write_parts(&self.0, parts)
     }
 
     fn sync(&self) -> io::Result<()> {
@@ -232,6 +257,10 @@ struct JournaledFile {
 impl LogFile for JournaledFile {
     fn append(&self, buf: &[u8]) -> io::Result<()> {
         (&self.file).write_all(buf)
+    }
+
+    fn append_parts(&self, parts: &[&[u8]]) -> io::Result<()> {
+        write_parts(&self.file, parts)
     }
 
     fn sync(&self) -> io::Result<()> {

@@ -99,15 +99,29 @@ impl LogWriter {
         values: &[f32],
     ) -> io::Result<(u64, u64)> {
         let lsn = self.next_lsn;
-        self.buf.clear();
-        format::encode_push(&mut self.buf, lsn, client, seq, table, dim, keys, values);
-        let len = self.buf.len() as u64;
+        let frame =
+            format::encode_push_frame(&mut self.buf, lsn, client, seq, table, dim, keys, values);
+        let len = frame.len() as u64;
         if self.segment_bytes + len > self.max_segment_bytes
             && self.segment_bytes > format::SEGMENT_HEADER_LEN as u64
         {
+            // Rotating needs `self`; the frame is rebuilt after (it names no segment).
+            drop(frame);
             self.rotate()?;
+            let frame = format::encode_push_frame(
+                &mut self.buf,
+                lsn,
+                client,
+                seq,
+                table,
+                dim,
+                keys,
+                values,
+            );
+            self.file.append_parts(&frame.parts())?;
+        } else {
+            self.file.append_parts(&frame.parts())?;
         }
-        self.file.append(&self.buf)?;
         self.segment_bytes += len;
         self.bytes_appended += len;
         self.next_lsn += 1;
