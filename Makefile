@@ -20,8 +20,11 @@ demo: deps
 
 # cargo prints one summary per test binary (the last ones are empty doc-test runs), so the
 # run ends with the total over all of them.
+# `cargo test` builds a package's binaries only for that package's own integration tests, so the
+# `paramdb` binary the tests start as servers is built first.
 test: deps pydeps
 	mkdir -p $(dir $(TEST_LOG))
+	$(CARGO) build --release --workspace --bins
 	set -o pipefail; PARAMDB_PYTHON=$(PYTHON) $(CARGO) test --release --workspace 2>&1 | tee $(TEST_LOG)
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f; exit (p == 0 || f > 0)}' $(TEST_LOG)
 

@@ -3,7 +3,7 @@
 //! bounded staleness (s = 2), 2 and 4 workers. Each worker is a thread with its own client
 //! (own connections and runtime), as a worker process would be. Prints Markdown.
 //!
-//! Needs the `paramdb` binary (`cargo build --release -p paramdb-tools`).
+//! Needs the `paramdb` binary (`cargo build --release --workspace --bins`).
 //!
 //! `cargo bench -p paramdb-tests --bench linreg`
 

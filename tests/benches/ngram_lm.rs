@@ -6,7 +6,7 @@
 //!
 //! `cargo bench -p paramdb-tests --bench ngram_lm [-- --orders 3,5] [--epochs 2] [--only kn|neural]`
 //!
-//! Needs `cargo build --release -p paramdb-tools`.
+//! Needs `cargo build --release --workspace --bins`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! ≤ 1.1× the first half, open files flat, the log bounded by checkpoints, zero errors. Prints
 //! Markdown for BENCHMARKS.md.
 //!
-//! Needs the `paramdb` binary (`cargo build --release -p paramdb-tools`).
+//! Needs the `paramdb` binary (`cargo build --release --workspace --bins`).
 //!
 //! `cargo bench -p paramdb-tests --bench soak [-- --secs S --clients N]`
 

@@ -6,7 +6,7 @@
 //! against 2 local `paramdb serve` processes over gRPC, and the trainer process's RSS is
 //! sampled every 100 ms (its peak is read from `VmHWM`). Prints Markdown for BENCHMARKS.md.
 //!
-//! Needs the `paramdb` binary (`cargo build --release -p paramdb-tools`) and, at 10M words,
+//! Needs the `paramdb` binary (`cargo build --release --workspace --bins`) and, at 10M words,
 //! about 8 GB of free disk.
 //!
 //! `cargo bench -p paramdb-tests --bench vocab_scale [-- --sizes 1000000,10000000 --zipf-per-word 2 --dim 32]`

@@ -9,7 +9,7 @@
 //! gensim covers on it with `restrict_vocab=30000`, against gensim's own vectors. Prints
 //! Markdown.
 //!
-//! Needs the `paramdb` binary (`cargo build --release -p paramdb-tools`) and a Python with
+//! Needs the `paramdb` binary (`cargo build --release --workspace --bins`) and a Python with
 //! gensim (`PARAMDB_PYTHON`, else `.venv`; `make bench` sets both up).
 //!
 //! `cargo bench -p paramdb-tests --bench word2vec [-- --epochs N] [--quick] [--only sg|cbow]`

@@ -7,8 +7,8 @@ use std::process::{Child, Command, Stdio};
 use paramdb_client::ClusterMap;
 
 /// The `paramdb` binary beside the running test or bench binary (both live in
-/// `target/<profile>/deps/`), built by `cargo test --workspace` or
-/// `cargo build --release -p paramdb-tools`.
+/// `target/<profile>/deps/`), built by `cargo build --release --workspace --bins`, which `make
+/// test` runs first: `cargo test` builds a package's binaries only for its own integration tests.
 pub fn paramdb_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let bin = exe
@@ -18,7 +18,7 @@ pub fn paramdb_bin() -> PathBuf {
         .expect("target dir");
     assert!(
         bin.exists(),
-        "{} is missing: build it with `cargo build --release -p paramdb-tools` (or run the tests with `cargo test --workspace`)",
+        "{} is missing: build it with `cargo build --release --workspace --bins` (`make test` does it first)",
         bin.display()
     );
     bin
