@@ -143,6 +143,33 @@ impl BlockingClient {
             .block_on(self.client.push_range(table, start, values))
     }
 
+    pub fn delete(&self, table: &str, keys: &[u64]) -> Result<PushResult, ClientError> {
+        self.rt.block_on(self.client.delete(table, keys))
+    }
+
+    pub fn delete_with_seq(
+        &self,
+        table: &str,
+        seq: u64,
+        keys: &[u64],
+    ) -> Result<PushResult, ClientError> {
+        self.rt
+            .block_on(self.client.delete_with_seq(table, seq, keys))
+    }
+
+    pub fn delete_range(&self, table: &str, range: KeyRange) -> Result<PushResult, ClientError> {
+        self.rt.block_on(self.client.delete_range(table, range))
+    }
+
+    /// Starts a bulk import into `table` (see `Importer`).
+    pub fn import(&self, table: &str) -> Result<BlockingImporter, ClientError> {
+        let inner = self.rt.block_on(self.client.import(table))?;
+        Ok(BlockingImporter {
+            rt: self.rt.clone(),
+            inner,
+        })
+    }
+
     /// The stored rows of `range` in key order, block by block.
     pub fn pull_range(&self, table: &str, range: KeyRange) -> BlockingRows {
         BlockingRows {
@@ -237,5 +264,26 @@ impl Iterator for BlockingRows {
 
     fn next(&mut self) -> Option<Self::Item> {
         self.rt.block_on(self.stream.next())
+    }
+}
+
+/// A bulk import for synchronous callers.
+#[derive(Debug)]
+pub struct BlockingImporter {
+    rt: Arc<tokio::runtime::Runtime>,
+    inner: crate::import::Importer,
+}
+
+impl BlockingImporter {
+    pub fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    pub fn add(&mut self, key: u64, weights: &[f32]) -> Result<(), ClientError> {
+        self.rt.block_on(self.inner.add(key, weights))
+    }
+
+    pub fn finish(self) -> Result<crate::transport::ImportResult, ClientError> {
+        self.rt.block_on(self.inner.finish())
     }
 }

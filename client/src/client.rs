@@ -570,6 +570,74 @@ impl Client {
         })
     }
 
+    /// Deletes `keys` with a fresh sequence number: logged and applied once per shard, like a
+    /// push (retries reuse the sequence number). A deleted row pulls its initializer again,
+    /// and a push starts it from there. Repeated keys are harmless.
+    pub async fn delete(&self, table: &str, keys: &[u64]) -> Result<PushResult, ClientError> {
+        let seq = self.next_seq();
+        self.delete_with_seq(table, seq, keys).await
+    }
+
+    /// Deletes with a given sequence number (see `push_with_seq`).
+    pub async fn delete_with_seq(
+        &self,
+        table: &str,
+        seq: u64,
+        keys: &[u64],
+    ) -> Result<PushResult, ClientError> {
+        if keys.is_empty() {
+            return Err(ClientError::Invalid(format!(
+                "a delete from table {} names no keys",
+                paramdb_types::quote(table)
+            )));
+        }
+        let parts = routing::split_keys(&self.inner.map, keys)?;
+        let client = self.inner.client_id;
+        let acks: Vec<ShardAck> =
+            futures::future::try_join_all(parts.iter().map(|(shard, idx)| {
+                let sub_k: Vec<u64> = idx.iter().map(|&i| keys[i]).collect();
+                self.retry(*shard, move |s| {
+                    let (k, table) = (sub_k.clone(), table.to_string());
+                    async move { s.delete(&table, client, seq, k).await }
+                })
+            }))
+            .await?;
+        Ok(PushResult {
+            seq,
+            duplicate: acks.iter().all(|a| a.duplicate),
+        })
+    }
+
+    /// Deletes every row of `range`, stored or not: each shard deletes its part, all under
+    /// one sequence number.
+    pub async fn delete_range(
+        &self,
+        table: &str,
+        range: KeyRange,
+    ) -> Result<PushResult, ClientError> {
+        if range.is_empty() {
+            return Err(ClientError::Invalid(format!(
+                "empty key range {range} for table {}: nothing to delete",
+                paramdb_types::quote(table)
+            )));
+        }
+        let parts = routing::split_range(&self.inner.map, range);
+        let seq = self.next_seq();
+        let client = self.inner.client_id;
+        let acks: Vec<ShardAck> =
+            futures::future::try_join_all(parts.into_iter().map(|(shard, part)| {
+                self.retry(shard, move |s| {
+                    let table = table.to_string();
+                    async move { s.delete_range(&table, client, seq, part).await }
+                })
+            }))
+            .await?;
+        Ok(PushResult {
+            seq,
+            duplicate: acks.iter().all(|a| a.duplicate),
+        })
+    }
+
     /// The stored rows of `range`, in key order: each shard's part streamed in turn. A part
     /// interrupted by a retryable failure resumes after its last delivered key.
     pub fn pull_range(&self, table: &str, range: KeyRange) -> RowStream {
@@ -674,6 +742,24 @@ impl Client {
             .await
             .into_iter()
             .collect()
+    }
+
+    /// The cluster map the client routes by.
+    pub fn map(&self) -> &ClusterMap {
+        &self.inner.map
+    }
+
+    pub(crate) fn shard_count(&self) -> usize {
+        self.inner.shards.len()
+    }
+
+    pub(crate) fn shard(&self, shard: usize) -> Result<Shard, ClientError> {
+        self.inner.shards.get(shard).cloned().ok_or_else(|| {
+            ClientError::Invalid(format!(
+                "no shard {shard}: the cluster has {}",
+                self.inner.shards.len()
+            ))
+        })
     }
 
     /// Shard `shard`'s log records with LSN ≥ `from`, at most `limit`.

@@ -5,6 +5,7 @@
 //! - `transport`: one shard behind either transport.
 //! - `client`: splitting, parallel fan-out, ordered range streams, retries with the same
 //!   sequence number (so a retried push is applied once).
+//! - `import`: bulk loads routed to the shards, ingested there as RocksDB table files.
 //! - `blocking`: the same API for synchronous callers.
 //! - `staleness`: worker clocks for bounded-staleness and bulk-synchronous training.
 //!
@@ -16,13 +17,15 @@
 pub mod blocking;
 pub mod client;
 pub mod error;
+pub mod import;
 pub mod routing;
 pub mod staleness;
 pub mod transport;
 
-pub use blocking::{BlockingClient, BlockingClock, BlockingRows};
+pub use blocking::{BlockingClient, BlockingClock, BlockingImporter, BlockingRows};
 pub use client::{embedded_shard_dirs, Client, ClientOptions, PushResult, RowStream};
 pub use error::ClientError;
+pub use import::Importer;
 #[cfg(feature = "embedded")]
 pub use paramdb_engine::{Store, StoreOptions, SyncPolicy};
 pub use paramdb_proto::cluster::ClusterMap;
@@ -31,4 +34,4 @@ pub use paramdb_types::{
     StoreStats, TableReport, TableSpec, UpdateRule, VerifyReport,
 };
 pub use staleness::Clock;
-pub use transport::{LogDump, RowBlock, ShardStats};
+pub use transport::{ImportResult, LogDump, RowBlock, ShardStats};

@@ -14,8 +14,49 @@ use paramdb_types::{KeyRange, LogRecord, ShardReport, StoreStats, TableSpec, Ver
 
 use crate::error::ClientError;
 #[cfg(feature = "embedded")]
-pub use embedded::EmbeddedShard;
-pub use grpc::{GrpcShard, Security};
+pub use embedded::{EmbeddedImport, EmbeddedShard};
+pub use grpc::{GrpcImport, GrpcShard, Security};
+
+/// Bytes of rows an embedded shard stages per table file while importing.
+#[cfg(feature = "embedded")]
+const IMPORT_STAGING_BYTES: usize = 256 << 20;
+
+/// What a bulk import did (summed over shards by the client).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportResult {
+    pub rows: u64,
+    /// RocksDB table files ingested, and their bytes.
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// A bulk import in progress on one shard.
+#[derive(Debug)]
+pub enum ShardImport {
+    Grpc(GrpcImport),
+    #[cfg(feature = "embedded")]
+    Embedded(EmbeddedImport),
+}
+
+impl ShardImport {
+    /// Sends rows (`keys.len() × dim` values), all in the shard's range.
+    pub async fn send(&mut self, keys: Vec<u64>, values: Vec<f32>) -> Result<(), ClientError> {
+        match self {
+            ShardImport::Grpc(i) => i.send(keys, values).await,
+            #[cfg(feature = "embedded")]
+            ShardImport::Embedded(i) => i.send(keys, values).await,
+        }
+    }
+
+    /// Ends the import: the shard ingests everything sent, or nothing.
+    pub async fn finish(self) -> Result<ImportResult, ClientError> {
+        match self {
+            ShardImport::Grpc(i) => i.finish().await,
+            #[cfg(feature = "embedded")]
+            ShardImport::Embedded(i) => i.finish().await,
+        }
+    }
+}
 
 /// Rows of a range, as one block.
 #[derive(Clone, Debug, PartialEq)]
@@ -108,6 +149,35 @@ impl Shard {
         values: Arc<[f32]>,
     ) -> Result<ShardAck, ClientError> {
         each!(self, s => s.push_range(table, client, seq, start, values).await)
+    }
+
+    pub async fn delete(
+        &self,
+        table: &str,
+        client: u64,
+        seq: u64,
+        keys: Vec<u64>,
+    ) -> Result<ShardAck, ClientError> {
+        each!(self, s => s.delete(table, client, seq, keys).await)
+    }
+
+    pub async fn begin_import(&self, table: &str) -> Result<ShardImport, ClientError> {
+        match self {
+            Shard::Grpc(s) => s.begin_import(table).await.map(ShardImport::Grpc),
+            #[cfg(feature = "embedded")]
+            Shard::Embedded(s) => s.begin_import(table).await.map(ShardImport::Embedded),
+        }
+    }
+
+    /// Deletes every row of `range` (inside this shard's range).
+    pub async fn delete_range(
+        &self,
+        table: &str,
+        client: u64,
+        seq: u64,
+        range: KeyRange,
+    ) -> Result<ShardAck, ClientError> {
+        each!(self, s => s.delete_range(table, client, seq, range).await)
     }
 
     /// The stored rows of `range` (inside this shard's range), streamed in blocks.

@@ -68,6 +68,22 @@ def main():
     blocks = list(c.iter_range("py", block_rows=1))
     assert len(blocks) == len(keys) and all(len(k) == 1 for k, _ in blocks)
 
+    # Deletes: by key across shards (retried with the same seq: applied once), and a range
+    # spanning shard boundaries. Deleted rows pull zeros (the initializer) and are no longer
+    # stored; a push starts them from zero again.
+    d = c.delete("py", [7, 2**64 - 2, 7])
+    assert not d["duplicate"]
+    assert c.delete("py", [7, 2**64 - 2], seq=d["seq"])["duplicate"]
+    np.testing.assert_array_equal(c.pull("py", [7, 2**64 - 2]), np.zeros((2, 4), np.float32))
+    c.delete_range("py", 2**62, 2**63 + 6)
+    rk, _ = c.pull_range("py")
+    gone = {7, 2**64 - 2} | {int(k) for k in keys if 2**62 <= int(k) < 2**63 + 6}
+    assert sorted(int(k) for k in rk) == sorted(int(k) for k in keys if int(k) not in gone), rk
+    c.push("py", [7], np.full((1, 4), 2.0, np.float32))
+    np.testing.assert_array_equal(c.pull("py", [7]), np.full((1, 4), 2.0, np.float32))
+    expect_error(lambda: c.delete_range("py", 5, 5), "INVALID_ARGUMENT", "nothing to delete")
+    expect_error(lambda: c.delete("nope", [1]), "NOT_FOUND", "nope")
+
     # Bad input gets a clear error, and the cluster keeps serving.
     expect_error(lambda: c.pull("nope", [1]), "NOT_FOUND", "nope")
     expect_error(lambda: c.push("py", [1], np.ones(5, np.float32)), "INVALID_ARGUMENT", "")
@@ -81,7 +97,7 @@ def main():
         raise AssertionError("negative key accepted")
     except paramdb.ParamdbError as e:
         assert "non-negative" in str(e)
-    np.testing.assert_array_equal(c.pull("py", keys[:1]), vals[:1])
+    np.testing.assert_array_equal(c.pull("py", [3]), [vals[4] + 1])
 
     # Nothing listens here: retries back off, then give up naming the address.
     dead = paramdb.connect(

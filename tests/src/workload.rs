@@ -58,3 +58,74 @@ pub fn expected_shared(pushes: impl IntoIterator<Item = (u64, u64)>) -> Vec<f64>
     }
     sums
 }
+
+/// Rows each client owns alone in the workload with deletes (`op`): only that client pushes
+/// to them and deletes them, so the oracle knows their order.
+pub const PRIVATE_KEYS: u64 = 16;
+/// Where the private rows start: client `c`'s are `PRIVATE_BASE + (c << 20) + i`.
+pub const PRIVATE_BASE: u64 = 1 << 50;
+
+/// Private row `i` of `client`.
+pub fn private_key(client: u64, i: u64) -> u64 {
+    PRIVATE_BASE + (client << 20) + i
+}
+
+/// One write of the workload with deletes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// `push_content`'s rows plus one private row.
+    Push { keys: Vec<u64>, values: Vec<f32> },
+    /// Two private rows.
+    DeleteKeys(Vec<u64>),
+    /// Private rows `[start, end)`.
+    DeleteRange { start: u64, end: u64 },
+}
+
+/// Write `(client, seq)` of the workload with deletes: every 7th a range delete of some of
+/// the client's private rows, every 5th a delete of two of them, the rest pushes.
+pub fn op(client: u64, seq: u64) -> Op {
+    let h = mix(client.wrapping_mul(7_000_003) ^ seq.rotate_left(17));
+    if seq % 7 == 0 {
+        let a = h % PRIVATE_KEYS;
+        let b = a + 1 + (h >> 8) % (PRIVATE_KEYS - a);
+        return Op::DeleteRange {
+            start: private_key(client, a),
+            end: private_key(client, b),
+        };
+    }
+    if seq % 5 == 0 {
+        let a = h % PRIVATE_KEYS;
+        let b = (a + 1 + (h >> 8) % (PRIVATE_KEYS - 1)) % PRIVATE_KEYS;
+        return Op::DeleteKeys(vec![private_key(client, a), private_key(client, b)]);
+    }
+    let (mut keys, mut values) = push_content(client, seq);
+    keys.push(private_key(client, h % PRIVATE_KEYS));
+    values.extend((0..DIM as u64).map(|d| ((h >> (d * 2)) % 3 + 1) as f32));
+    Op::Push { keys, values }
+}
+
+/// What `client`'s private rows hold (`PRIVATE_KEYS × DIM`, zeros when deleted or never
+/// pushed) after its writes `1..=last`, each applied once in order.
+pub fn expected_private(client: u64, last: u64) -> Vec<f64> {
+    let mut rows = vec![0.0f64; PRIVATE_KEYS as usize * DIM];
+    let index = |k: u64| (k - private_key(client, 0)) as usize;
+    for seq in 1..=last {
+        match op(client, seq) {
+            Op::Push { keys, values } => {
+                let i = index(keys[4]);
+                for d in 0..DIM {
+                    rows[i * DIM + d] += values[4 * DIM + d] as f64;
+                }
+            }
+            Op::DeleteKeys(keys) => {
+                for k in keys {
+                    rows[index(k) * DIM..(index(k) + 1) * DIM].fill(0.0);
+                }
+            }
+            Op::DeleteRange { start, end } => {
+                rows[index(start) * DIM..index(end) * DIM].fill(0.0);
+            }
+        }
+    }
+    rows
+}

@@ -14,8 +14,8 @@ use anyhow::{bail, Context};
 use paramdb_client::{BlockingClient, BlockingRows, KeyRange};
 use paramdb_trainer::vocab;
 
-pub use sink::Format;
 use sink::Sink;
+pub use sink::{sibling, Format};
 use sort::{Entry, Sorter};
 
 use crate::target::Target;

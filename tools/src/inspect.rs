@@ -40,6 +40,21 @@ pub struct GetArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct DeleteArgs {
+    pub table: String,
+    /// Keys to delete.
+    pub keys: Vec<u64>,
+    /// Words to delete (a word2vec model's tables are keyed by the words' hashes).
+    #[arg(long = "word", num_args = 1..)]
+    pub words: Vec<String>,
+    /// Every key in `START..END` (end exclusive; either side may be left out).
+    #[arg(long)]
+    pub range: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct ScanArgs {
     pub table: String,
     /// `START..END` (end exclusive; either side may be left out).
@@ -300,6 +315,32 @@ fn parse_range(s: &str) -> anyhow::Result<KeyRange> {
         bail!("range {s:?} is empty");
     }
     Ok(KeyRange::new(start, end))
+}
+
+pub fn delete(args: DeleteArgs) -> anyhow::Result<()> {
+    let mut keys = args.keys.clone();
+    keys.extend(
+        args.words
+            .iter()
+            .map(|w| paramdb_trainer::keys::word_key(w)),
+    );
+    if keys.is_empty() && args.range.is_none() {
+        anyhow::bail!("name keys, --word WORD or --range START..END to delete");
+    }
+    let client = args.target.connect_existing()?;
+    client
+        .describe_table(&args.table)
+        .with_context(|| format!("table {:?}", args.table))?;
+    if !keys.is_empty() {
+        client.delete(&args.table, &keys)?;
+        println!("deleted {} keys of {}", keys.len(), args.table);
+    }
+    if let Some(r) = &args.range {
+        let range = parse_range(r)?;
+        client.delete_range(&args.table, range)?;
+        println!("deleted the keys {range} of {}", args.table);
+    }
+    Ok(())
 }
 
 pub fn scan(args: ScanArgs) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@
 mod crash_demo;
 mod demo;
 mod export;
+mod import;
 mod inspect;
 mod lm;
 mod progress;
@@ -57,6 +58,11 @@ enum Command {
     Neighbours(train::NeighboursArgs),
     /// Export a table (word2vec text/binary, npy, safetensors, tsv), streaming.
     Export(export::ExportArgs),
+    /// Import a file in any export format (and GloVe text) as a bulk load: RocksDB table
+    /// files ingested by each shard, not pushes through the log.
+    Import(import::ImportArgs),
+    /// Delete rows by key or a key range (logged, exactly once, like pushes).
+    Delete(inspect::DeleteArgs),
     /// Tables, rows, bytes on disk, log, checkpoint and format versions of every shard.
     Inspect(inspect::InspectArgs),
     /// Rows by key, or by word for a word2vec model's tables.
@@ -149,6 +155,8 @@ fn main() -> std::process::ExitCode {
         Command::Eval(EvalCommand::Similarity(args)) => train::similarity(args),
         Command::Neighbours(args) => train::neighbours(args),
         Command::Export(args) => export::run(args),
+        Command::Import(args) => import::run(args),
+        Command::Delete(args) => inspect::delete(args),
         Command::Inspect(args) => inspect::inspect(args),
         Command::Get(args) => inspect::get(args),
         Command::Scan(args) => inspect::scan(args),

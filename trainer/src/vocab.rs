@@ -7,8 +7,9 @@
 //!   are exact and memory is bounded however many distinct words the corpus has.
 //! - **Summaries** (`summarize`) stream over the stored vocabulary once: its size, total count,
 //!   the normalizer of the unigram^0.75 noise distribution and the `top` most frequent words.
-//!   Rows of words below `min_count` are zeroed there, so afterwards "in the vocabulary" is
-//!   simply "count above zero" for every process and tool.
+//!   Rows of words below `min_count` are deleted there, so afterwards "in the vocabulary" is
+//!   simply "count above zero" (a deleted row pulls zeros) for every process and tool, and
+//!   the rare words' rows take no space.
 //! - **Noise** (`noise_table`) is a fixed-size table of keys filled in proportion to
 //!   count^0.75 in a second streaming pass, as word2vec's own table is.
 //!
@@ -93,7 +94,8 @@ pub fn table(model: &str) -> String {
     format!("{model}.vocab")
 }
 
-fn encode(word: &str, count: u64) -> Vec<f32> {
+/// The vocabulary row of `word` with `count` (what `decode` reads back).
+pub fn encode(word: &str, count: u64) -> Vec<f32> {
     let mut row = vec![0.0f32; VOCAB_DIM as usize];
     row[..4].copy_from_slice(&u64_to_f32s(count));
     row[4] = word.len() as f32;
@@ -294,7 +296,8 @@ impl Summary {
 }
 
 /// Reads the whole vocabulary table once, in blocks. With `min_count` above 1, rows below it
-/// are zeroed in the server (done once, by the process that counted).
+/// are deleted in the server (done once, by the process that counted): they pull zeros (the
+/// table's initializer) and range reads no longer return them.
 pub fn summarize(
     client: &BlockingClient,
     model: &str,
@@ -307,7 +310,7 @@ pub fn summarize(
     for block in client.pull_range(&t, KeyRange::new(0, u64::MAX)) {
         let block = block?;
         let dim = block.dim as usize;
-        let (mut drop_keys, mut drop_rows) = (Vec::new(), Vec::new());
+        let mut drop_keys = Vec::new();
         for (&key, row) in block.keys.iter().zip(block.values.chunks(dim)) {
             let count = decode_count(row).ok_or_else(|| undecodable(model, key))?;
             if count == 0 {
@@ -315,7 +318,6 @@ pub fn summarize(
             }
             if count < min_count {
                 drop_keys.push(key);
-                drop_rows.extend(row.iter().map(|x| -x));
                 continue;
             }
             s.words += 1;
@@ -328,8 +330,8 @@ pub fn summarize(
                 }
             }
         }
-        for (keys, rows) in drop_keys.chunks(CHUNK).zip(drop_rows.chunks(CHUNK * dim)) {
-            client.push(&t, keys, rows)?;
+        for keys in drop_keys.chunks(CHUNK) {
+            client.delete(&t, keys)?;
         }
     }
     s.top = heap

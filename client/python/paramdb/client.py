@@ -300,6 +300,51 @@ class Client:
             dup = dup and r.duplicate
         return {"seq": seq, "duplicate": dup}
 
+    def delete(self, table: str, keys, seq: Optional[int] = None) -> dict:
+        """Deletes the rows of `keys`: each then pulls the table's initial value again, and a
+        push starts it from there. Logged and applied exactly once like a push (every shard's
+        part carries the same sequence number, and a retry reuses it). Repeated keys are
+        harmless. Returns {"seq": …, "duplicate": …} as `push` does."""
+        keys = self._keys(keys)
+        if keys.size == 0:
+            raise ParamdbError("no keys to delete", grpc.StatusCode.INVALID_ARGUMENT)
+        seq = self.next_seq() if seq is None else seq
+        dup = True
+        for s, pos in self._each_shard(keys):
+            r = self._call(
+                s,
+                "DeleteRows",
+                pb.DeleteRowsRequest(
+                    table=table, client_id=self.client_id, seq=seq, keys=keys[pos].tolist()
+                ),
+            )
+            dup = dup and r.duplicate
+        return {"seq": seq, "duplicate": dup}
+
+    def delete_range(self, table: str, start: int, end: int, seq: Optional[int] = None) -> dict:
+        """Deletes every row with a key in [start, end), stored or not; each shard deletes
+        its part, all under one sequence number."""
+        if not 0 <= start < end <= KEY_MAX:
+            raise ParamdbError(
+                f"empty or invalid key range [{start}, {end}): nothing to delete",
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
+        seq = self.next_seq() if seq is None else seq
+        dup = True
+        for s, shard in enumerate(self.shards):
+            lo, hi = max(start, shard.start), min(end, shard.end)
+            if lo >= hi:
+                continue
+            r = self._call(
+                s,
+                "DeleteRange",
+                pb.DeleteRangeRequest(
+                    table=table, client_id=self.client_id, seq=seq, start=lo, end=hi
+                ),
+            )
+            dup = dup and r.duplicate
+        return {"seq": seq, "duplicate": dup}
+
     def iter_range(
         self, table: str, start: int = 0, end: int = KEY_MAX, block_rows: int = 0
     ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:

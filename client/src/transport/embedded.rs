@@ -140,6 +140,47 @@ impl EmbeddedShard {
             .map(ack)
     }
 
+    pub(super) async fn delete(
+        &self,
+        table: &str,
+        client: u64,
+        seq: u64,
+        keys: Vec<u64>,
+    ) -> Result<ShardAck, ClientError> {
+        self.check_keys(&keys)?;
+        let table = table.to_string();
+        self.run(move |s| s.delete(&table, ClientId(client), seq, &keys))
+            .await
+            .map(ack)
+    }
+
+    pub(super) async fn delete_range(
+        &self,
+        table: &str,
+        client: u64,
+        seq: u64,
+        range: KeyRange,
+    ) -> Result<ShardAck, ClientError> {
+        if !range.is_empty() {
+            self.check_keys(&[range.start, range.end - 1])?;
+        }
+        let table = table.to_string();
+        self.run(move |s| s.delete_range(&table, ClientId(client), seq, range))
+            .await
+            .map(ack)
+    }
+
+    pub(super) async fn begin_import(&self, table: &str) -> Result<EmbeddedImport, ClientError> {
+        let table = table.to_string();
+        let imp = self
+            .run(move |s| s.begin_import(&table, super::IMPORT_STAGING_BYTES))
+            .await?;
+        Ok(EmbeddedImport {
+            shard: self.clone(),
+            imp: Some(imp),
+        })
+    }
+
     pub(super) async fn pull_range(
         &self,
         table: &str,
@@ -212,6 +253,66 @@ impl EmbeddedShard {
             shard: self.index,
             range: self.range,
             store: self.store.stats(),
+        })
+    }
+}
+
+/// A bulk import into an embedded shard: the engine's `Import`, fed on blocking threads.
+#[derive(Debug)]
+pub struct EmbeddedImport {
+    shard: EmbeddedShard,
+    /// `None` only while a block is being added, or after a failure.
+    imp: Option<paramdb_engine::Import>,
+}
+
+impl EmbeddedImport {
+    fn gone(&self) -> ClientError {
+        ClientError::Status {
+            shard: self.shard.index,
+            code: Code::Aborted,
+            message: "the import failed before; start a new one".into(),
+        }
+    }
+
+    pub(super) async fn send(
+        &mut self,
+        keys: Vec<u64>,
+        values: Vec<f32>,
+    ) -> Result<(), ClientError> {
+        self.shard.check_keys(&keys)?;
+        let mut imp = self.imp.take().ok_or_else(|| self.gone())?;
+        let index = self.shard.index;
+        let r = tokio::task::spawn_blocking(move || {
+            let dim = imp.dim().max(1);
+            if values.len() != keys.len() * imp.dim() {
+                return Err(ClientError::Invalid(format!(
+                    "{} values do not make {} rows of dim {dim}",
+                    values.len(),
+                    keys.len()
+                )));
+            }
+            for (k, v) in keys.iter().zip(values.chunks(dim)) {
+                imp.add(*k, v).map_err(|e| error(index, e))?;
+            }
+            Ok(imp)
+        })
+        .await
+        .map_err(|e| ClientError::Status {
+            shard: index,
+            code: Code::Internal,
+            message: format!("import task failed: {e}"),
+        })??;
+        self.imp = Some(r);
+        Ok(())
+    }
+
+    pub(super) async fn finish(mut self) -> Result<super::ImportResult, ClientError> {
+        let imp = self.imp.take().ok_or_else(|| self.gone())?;
+        let i = self.shard.run(move |_| imp.finish()).await?;
+        Ok(super::ImportResult {
+            rows: i.rows,
+            files: i.files,
+            bytes: i.bytes,
         })
     }
 }

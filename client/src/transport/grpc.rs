@@ -225,6 +225,57 @@ impl GrpcShard {
         Ok(ack(r.map_err(|s| self.status(s))?.into_inner()))
     }
 
+    pub(super) async fn delete(
+        &self,
+        table: &str,
+        client: u64,
+        seq: u64,
+        keys: Vec<u64>,
+    ) -> Result<ShardAck, ClientError> {
+        let req = v1::DeleteRowsRequest {
+            table: table.into(),
+            client_id: client,
+            seq,
+            keys,
+        };
+        let r = self.client.clone().delete_rows(req).await;
+        Ok(ack(r.map_err(|s| self.status(s))?.into_inner()))
+    }
+
+    pub(super) async fn delete_range(
+        &self,
+        table: &str,
+        client: u64,
+        seq: u64,
+        range: KeyRange,
+    ) -> Result<ShardAck, ClientError> {
+        let req = v1::DeleteRangeRequest {
+            table: table.into(),
+            client_id: client,
+            seq,
+            start: range.start,
+            end: range.end,
+        };
+        let r = self.client.clone().delete_range(req).await;
+        Ok(ack(r.map_err(|s| self.status(s))?.into_inner()))
+    }
+
+    pub(super) async fn begin_import(&self, table: &str) -> Result<GrpcImport, ClientError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut client = self.client.clone();
+        let call = tokio::spawn(async move {
+            client
+                .import(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        Ok(GrpcImport {
+            index: self.index,
+            table: Some(table.to_string()),
+            tx: Some(tx),
+            call,
+        })
+    }
+
     pub(super) async fn pull_range(
         &self,
         table: &str,
@@ -335,5 +386,67 @@ fn ack(r: v1::PushResponse) -> ShardAck {
     ShardAck {
         lsn: r.lsn,
         duplicate: r.duplicate,
+    }
+}
+
+/// A bulk import streaming to a shard server: blocks go through a channel into one
+/// client-streaming call, which the server answers when the stream ends.
+#[derive(Debug)]
+pub struct GrpcImport {
+    index: usize,
+    /// Sent with the first block only.
+    table: Option<String>,
+    tx: Option<tokio::sync::mpsc::Sender<v1::ImportBlock>>,
+    call: tokio::task::JoinHandle<Result<tonic::Response<v1::ImportResponse>, tonic::Status>>,
+}
+
+impl GrpcImport {
+    pub(super) async fn send(
+        &mut self,
+        keys: Vec<u64>,
+        values: Vec<f32>,
+    ) -> Result<(), ClientError> {
+        let block = v1::ImportBlock {
+            table: self.table.take().unwrap_or_default(),
+            keys,
+            values: packed::f32s_into_bytes(values),
+        };
+        let sent = match &self.tx {
+            Some(tx) => tx.send(block).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The call ended early: the server refused the stream. Its answer says why.
+        self.tx = None;
+        match (&mut self.call).await {
+            Ok(Err(s)) => Err(status(self.index, s)),
+            _ => Err(ClientError::Status {
+                shard: self.index,
+                code: Code::Aborted,
+                message: "the import stream ended early".into(),
+            }),
+        }
+    }
+
+    pub(super) async fn finish(mut self) -> Result<super::ImportResult, ClientError> {
+        drop(self.tx.take());
+        match self.call.await {
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                Ok(super::ImportResult {
+                    rows: r.rows,
+                    files: r.files as usize,
+                    bytes: r.bytes,
+                })
+            }
+            Ok(Err(s)) => Err(status(self.index, s)),
+            Err(e) => Err(ClientError::Status {
+                shard: self.index,
+                code: Code::Internal,
+                message: format!("import task failed: {e}"),
+            }),
+        }
     }
 }

@@ -44,6 +44,8 @@ pub struct StoreStats {
     pub pushes: u64,
     pub duplicate_pushes: u64,
     pub rows_pushed: u64,
+    /// Deletes applied (of keys or of a range), retries not counted.
+    pub deletes: u64,
     pub pulls: u64,
     pub rows_pulled: u64,
     pub dirty_rows: usize,
@@ -195,7 +197,8 @@ pub struct LogRecord {
     pub segment: u64,
     pub offset: u64,
     pub lsn: u64,
-    /// `keys` (a key list) or `range` (a contiguous block).
+    /// `keys` (a push to a key list), `range` (a push to a contiguous block), `delete-keys`
+    /// or `delete-range`.
     pub kind: &'static str,
     pub client: u64,
     pub seq: u64,

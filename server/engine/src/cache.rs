@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use rustc_hash::{FxHashMap, FxHashSet};
 use slots::TableCache;
 
-use paramdb_types::{CacheStats, Key, TableSpec};
+use paramdb_types::{CacheStats, Key, KeyRange, TableSpec};
 
 use crate::error::StorageError;
 use crate::row::Row;
@@ -234,6 +234,39 @@ impl RowCache {
         match t.index.get(&key) {
             Some(&s) => t.write_slot(s, key, row),
             None => self.offer(table, key, row),
+        }
+    }
+
+    /// A checkpoint deleted `key`: its cached copy goes.
+    pub(crate) fn forget(&mut self, table: u32, key: Key) {
+        if let Some(t) = self.tables.get_mut(&table) {
+            t.remove(key);
+        }
+    }
+
+    /// A checkpoint deleted every key in `range`: their cached copies go. Walks the table's
+    /// index (the cache is a hash table, not ordered).
+    pub(crate) fn forget_range(&mut self, table: u32, range: KeyRange) {
+        if let Some(t) = self.tables.get_mut(&table) {
+            let gone: Vec<Key> = t
+                .index
+                .keys()
+                .copied()
+                .filter(|&k| range.contains(k))
+                .collect();
+            for k in gone {
+                t.remove(k);
+            }
+        }
+    }
+
+    /// Every cached row of `table` goes (its stored rows were replaced wholesale).
+    pub(crate) fn forget_table(&mut self, table: u32) {
+        if let Some(t) = self.tables.get_mut(&table) {
+            let gone: Vec<Key> = t.index.keys().copied().collect();
+            for k in gone {
+                t.remove(k);
+            }
         }
     }
 

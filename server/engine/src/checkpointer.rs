@@ -4,12 +4,12 @@
 //! 1. **Freeze** (under the sequencer, briefly): seal the log segment (so every segment before
 //!    the new one is covered), move the dirty layer to frozen, and copy the exactly-once windows,
 //!    all at one LSN.
-//! 2. **Write**: the frozen rows, the checkpoint LSN and the windows go to RocksDB in one batch,
+//! 2. **Write**: the frozen rows and deletes (range deletes first), the checkpoint LSN and the windows go to RocksDB in one batch,
 //!    flushed atomically (`rocks::commit`). No store lock is held. A failure poisons the store;
 //!    the log still holds everything, and the next open replays it.
 //! 3. **Publish**: the cache's generation is bumped (so pulls and pushes that read RocksDB
 //!    before this cannot install or use stale rows), the cached copies of the frozen rows are
-//!    refreshed a chunk at a time (reads still find those rows in frozen meanwhile), then
+//!    refreshed (deleted ones dropped) a chunk at a time (reads still find those rows in frozen meanwhile), then
 //!    frozen is dropped and the generation bumped again, under the sequencer.
 //! 4. **Purge**: the sealed segments the checkpoint covers are deleted.
 //!
@@ -27,8 +27,7 @@ use crate::catalog::{META_CHECKPOINT, META_CLIENT_PREFIX};
 use crate::error::{CheckpointError, StorageError};
 use crate::options::SyncPolicy;
 use crate::rocks::key_bytes;
-use crate::row::Row;
-use crate::state_machine::{Dedup, Rows};
+use crate::state_machine::{Dedup, Rows, Slot};
 use crate::store::Core;
 
 /// What a checkpoint did.
@@ -132,29 +131,39 @@ impl Core {
         // faults in fresh pages each time.
         let estimate: usize = frozen
             .values()
-            .map(|trows| {
-                trows
+            .map(|layer| {
+                layer
+                    .rows
                     .values()
                     .next()
-                    .map_or(0, |r| trows.len() * (r.encoded_len() + 32))
+                    .map_or(0, |r| layer.len() * (r.encoded_len() as usize + 32))
             })
             .sum();
         let mut b = WriteBatch::with_capacity_bytes(estimate + 4096);
         let mut rows = 0;
         let mut buf = Vec::new();
         let cfs = self.table_cfs();
-        for (tid, trows) in frozen.iter() {
+        for (tid, layer) in frozen.iter() {
             let Some(t) = self.catalog().by_id.get(tid).cloned() else {
                 continue; // dropped
             };
             let cf = self.rocks.cf(&t.cf)?;
+            // Range deletes first: every row the layer holds inside one was written after it.
+            for r in &layer.deleted {
+                crate::rocks::delete_range(&mut b, &cf, *r);
+            }
             // In key order: RocksDB's memtable skip list inserts ascending keys without
             // searching from the top each time.
-            let mut sorted: Vec<(&Key, &Row)> = trows.iter().collect();
+            let mut sorted: Vec<(&Key, &Slot)> = layer.rows.iter().collect();
             sorted.sort_unstable_by_key(|(k, _)| **k);
-            for (&k, row) in sorted {
-                row.encode(&t.spec.rule, t.spec.dim, &mut buf);
-                b.put_cf(&cf, key_bytes(k), &buf);
+            for (&k, slot) in sorted {
+                match slot {
+                    Slot::Row(row) => {
+                        row.encode(&t.spec.rule, t.spec.dim, &mut buf);
+                        b.put_cf(&cf, key_bytes(k), &buf);
+                    }
+                    Slot::Deleted => b.delete_cf(&cf, key_bytes(k)),
+                }
                 rows += 1;
             }
         }
@@ -178,12 +187,21 @@ impl Core {
             let _log = self.log.sequencer();
             self.cache().generation += 1;
         }
-        for (tid, trows) in frozen.iter() {
-            let rows: Vec<(&Key, &Row)> = trows.iter().collect();
+        for (tid, layer) in frozen.iter() {
+            if !layer.deleted.is_empty() {
+                let mut cache = self.cache();
+                for r in &layer.deleted {
+                    cache.rows.forget_range(*tid, *r);
+                }
+            }
+            let rows: Vec<(&Key, &Slot)> = layer.rows.iter().collect();
             for chunk in rows.chunks(REFRESH_CHUNK) {
                 let mut cache = self.cache();
-                for &(&k, row) in chunk {
-                    cache.rows.refresh(*tid, k, row);
+                for &(&k, slot) in chunk {
+                    match slot {
+                        Slot::Row(row) => cache.rows.refresh(*tid, k, row),
+                        Slot::Deleted => cache.rows.forget(*tid, k),
+                    }
                 }
             }
         }

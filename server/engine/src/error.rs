@@ -70,6 +70,16 @@ pub enum InputError {
     EmptyRequest { table: String },
     #[error("key {key} appears more than once in one push to table {} (duplicate keys are refused: sum them first)", quote(table))]
     DuplicateKey { table: String, key: u64 },
+    #[error(
+        "empty key range [{start}, {end}) for table {}: nothing to delete",
+        quote(table)
+    )]
+    EmptyRange { table: String, start: u64, end: u64 },
+    #[error(
+        "table {} kept changing during {what}: retry when its writes pause",
+        quote(table)
+    )]
+    Busy { table: String, what: &'static str },
     #[error("key range starting at {start} with {count} rows runs past the end of the key space")]
     KeyRangeOverflow { start: u64, count: u64 },
     #[error("request of {bytes} bytes is over the limit of {limit}")]
@@ -88,6 +98,7 @@ impl Classify for InputError {
             InputError::UnknownTable { .. } => Code::NotFound,
             InputError::TableExists { .. } => Code::AlreadyExists,
             InputError::SequenceTooOld { .. } => Code::FailedPrecondition,
+            InputError::Busy { .. } => Code::Unavailable,
             InputError::RequestTooLarge { .. } => Code::ResourceExhausted,
             InputError::ReadOnly { .. } => Code::PermissionDenied,
             _ => Code::InvalidArgument,
@@ -266,6 +277,10 @@ operation_error!(
 operation_error!(
     /// Creating, dropping or describing a table failed.
     TableError
+);
+operation_error!(
+    /// A bulk import was refused or failed. Nothing was ingested unless it returned.
+    ImportError
 );
 operation_error!(
     /// A checkpoint, a sync, a compaction or a clean close failed. A failed checkpoint poisons

@@ -36,7 +36,7 @@ impl Store {
                 let mut bounds: Option<(u64, u64)> = None;
                 for layer in [dirty, frozen].into_iter().flatten() {
                     n += layer.len() as u64;
-                    for &k in layer.keys() {
+                    for &k in layer.rows.keys() {
                         bounds = Some(bounds.map_or((k, k), |(lo, hi)| (lo.min(k), hi.max(k))));
                     }
                 }

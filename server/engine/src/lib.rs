@@ -7,10 +7,10 @@
 //! - `log`, with `group_commit`: appends under the sequencer, durability by group commit; the
 //!   bytes are `wal`'s (format, file-system trait, writer, reader, recovery);
 //! - `state_machine`: the dirty and frozen layers and exactly-once windows, changed only by
-//!   applying logged pushes in LSN order, live or in replay;
+//!   applying logged pushes and deletes in LSN order, live or in replay;
 //! - `checkpointer`: freeze, write to RocksDB, publish to the cache, purge the log;
 //! - `read_path`: dirty, frozen, cache, RocksDB, initializer;
-//! - `push` (the life of a push), `open`, `tables`, `scan`, `inspect`, `verify`;
+//! - `push` (the life of a push), `delete` (of a delete), `import` (bulk loads), `open`, `tables`, `scan`, `inspect`, `verify`;
 //! - `cache` (the memory-mapped hot-row cache), `rocks` (everything asked of RocksDB), `row`
 //!   (row format and update rules), `catalog`, `dedup`, `init`, `poison`, `process`.
 
@@ -20,9 +20,11 @@ mod cache;
 mod catalog;
 mod checkpointer;
 mod dedup;
+mod delete;
 pub mod error;
 mod fault;
 mod group_commit;
+mod import;
 mod init;
 mod inspect;
 mod le;
@@ -46,10 +48,11 @@ pub use cache::SLOT_OVERHEAD as CACHE_SLOT_OVERHEAD;
 pub use catalog::{TableInfo, STORE_FORMAT_VERSION};
 pub use checkpointer::CheckpointInfo;
 pub use error::{
-    chain, CheckpointError, Classify, InputError, OpenError, PullError, PushError, StorageError,
-    TableError,
+    chain, CheckpointError, Classify, ImportError, InputError, OpenError, PullError, PushError,
+    StorageError, TableError,
 };
 pub use fault::RocksFaults;
+pub use import::{Import, ImportInfo};
 pub use inspect::table_names;
 pub use options::{StoreOptions, SyncPolicy};
 pub use paramdb_types::{

@@ -110,6 +110,9 @@ fn open(
 ) -> Result<Store, OpenError> {
     let started = Instant::now();
     let (rocks, catalog, checkpoint_lsn, dedup) = open_rocks(dir, &opts, read_only, faults)?;
+    if !read_only {
+        crate::import::remove_stale_staging(dir);
+    }
     let cache = if read_only {
         RowCache::disabled()
     } else {

@@ -115,7 +115,7 @@ impl Core {
         }
     }
 
-    fn ack_duplicate(&self, lsn: u64) -> Result<PushAck, PushError> {
+    pub(crate) fn ack_duplicate(&self, lsn: u64) -> Result<PushAck, PushError> {
         self.counters
             .duplicate_pushes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -141,7 +141,7 @@ impl Core {
             let (dirty, frozen) = layers.of(t.id);
             keys.iter()
                 .copied()
-                .filter(|&k| lookup(dirty, frozen, k).is_none())
+                .filter(|&k| lookup(dirty, frozen, k).is_absent())
                 .collect()
         };
         let mut fetched = HashMap::with_capacity(missing.len());
@@ -213,7 +213,7 @@ impl Core {
             if request
                 .keys
                 .iter()
-                .any(|&k| lookup(dirty, frozen, k).is_none() && !plan.fetched.contains_key(&k))
+                .any(|&k| lookup(dirty, frozen, k).is_absent() && !plan.fetched.contains_key(&k))
             {
                 // Frozen rows were published and dropped since the plan: plan again.
                 return Ok(Logged::Stale);

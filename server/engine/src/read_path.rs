@@ -1,6 +1,6 @@
 //! The read path: a row is looked for in the dirty layer, then the frozen one (a checkpoint in
 //! progress), then the hot-row cache, then RocksDB, and a key never written pulls its
-//! initializer's value.
+//! initializer's value. A key a layer deleted pulls its initializer too, whatever lies below.
 //!
 //! Locks: the layers are read under their reader-writer lock (pulls share it), the cache
 //! under its own mutex, and RocksDB with no lock at all. A pull never waits for the log: a push
@@ -20,7 +20,7 @@ use crate::catalog::Table;
 use crate::error::{InputError, PullError, StorageError};
 use crate::rocks::Rocks;
 use crate::row::{self, Row};
-use crate::state_machine::lookup;
+use crate::state_machine::{lookup, Found};
 use crate::store::Core;
 
 /// The hot-row cache and its generation, bumped whenever a checkpoint publishes rows (see
@@ -85,9 +85,11 @@ impl Core {
                 missing.extend(0..keys.len());
             } else {
                 for (i, &k) in keys.iter().enumerate() {
+                    let o = &mut out[i * dim..(i + 1) * dim];
                     match lookup(dirty, frozen, k) {
-                        Some(r) => out[i * dim..(i + 1) * dim].copy_from_slice(r.weights(dim)),
-                        None => missing.push(i),
+                        Found::Row(r) => o.copy_from_slice(r.weights(dim)),
+                        Found::Deleted => crate::init::fill(&t.spec.init, t.spec.seed, k, o),
+                        Found::Absent => missing.push(i),
                     }
                 }
             }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use rocksdb::{
     BlockBasedOptions, BoundColumnFamily, Cache, ColumnFamilyDescriptor, DBCompressionType,
-    DBWithThreadMode, FlushOptions, MultiThreaded, Options, ReadOptions, WriteBatch,
-    WriteBufferManager, WriteOptions,
+    DBWithThreadMode, FlushOptions, IngestExternalFileOptions, MultiThreaded, Options, ReadOptions,
+    SstFileWriter, WriteBatch, WriteBufferManager, WriteOptions,
 };
 
 use crate::error::{OpenError, StorageError};
@@ -52,6 +52,32 @@ impl std::fmt::Debug for Rocks {
 /// Big-endian key bytes: byte order is numeric order, so iteration is key order.
 pub(crate) fn key_bytes(k: u64) -> [u8; 8] {
     k.to_be_bytes()
+}
+
+/// Adds the deletion of every key in `range` to `batch` (one range tombstone).
+pub(crate) fn delete_range(
+    batch: &mut WriteBatch,
+    cf: &Arc<BoundColumnFamily<'_>>,
+    range: paramdb_types::KeyRange,
+) {
+    batch.delete_range_cf(cf, key_bytes(range.start), key_bytes(range.end));
+}
+
+/// A table file being written for an ingest.
+pub(crate) struct TableFile<'a>(SstFileWriter<'a>);
+
+impl TableFile<'_> {
+    pub(crate) fn put(&mut self, key: u64, value: &[u8]) -> Result<()> {
+        self.0
+            .put(key_bytes(key), value)
+            .map_err(|e| StorageError::rocks("write a table file", e))
+    }
+
+    pub(crate) fn finish(mut self) -> Result<()> {
+        self.0
+            .finish()
+            .map_err(|e| StorageError::rocks("finish a table file", e))
+    }
 }
 
 pub(crate) fn key_from(b: &[u8]) -> Option<u64> {
@@ -233,6 +259,26 @@ impl Rocks {
             self.db.compact_range_cf(&cf, None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())
+    }
+
+    /// A new table file at `path`, written with the column families' options, for
+    /// `ingest`. Keys must be put in increasing order.
+    pub(crate) fn table_file(&self, path: &Path) -> Result<TableFile<'_>> {
+        let w = SstFileWriter::create(&self.cf_opts);
+        w.open(path)
+            .map_err(|e| StorageError::rocks("create a table file", e))?;
+        Ok(TableFile(w))
+    }
+
+    /// Ingests `files` (from `table_file`) into column family `cf` in one atomic step, moving
+    /// them (hard links) rather than copying. They may overlap each other and the data.
+    pub(crate) fn ingest(&self, cf: &str, files: &[std::path::PathBuf]) -> Result<()> {
+        let cf = self.cf(cf)?;
+        let mut o = IngestExternalFileOptions::default();
+        o.set_move_files(true);
+        self.db
+            .ingest_external_file_cf_opts(&cf, &o, files.to_vec())
+            .map_err(|e| StorageError::rocks("ingest table files", e))
     }
 
     pub(crate) fn cf(&self, name: &str) -> Result<Arc<BoundColumnFamily<'_>>> {

@@ -14,7 +14,7 @@ use paramdb_types::{Key, KeyRange};
 use crate::catalog::Table;
 use crate::error::{PullError, StorageError};
 use crate::row;
-use crate::state_machine::lookup;
+use crate::state_machine::{lookup, Found};
 use crate::store::Core;
 
 /// Rows fetched per batch from each source.
@@ -31,20 +31,28 @@ pub struct RangeScan {
     /// In-memory keys of the range at the scan's start, sorted; `mem_pos` is the next one.
     mem_keys: Vec<Key>,
     mem_pos: usize,
+    /// Ranges deleted in memory at the scan's start: RocksDB's rows inside them are gone,
+    /// unless memory holds a newer row.
+    deleted: Vec<KeyRange>,
     batch: VecDeque<(Key, Vec<f32>)>,
 }
 
 impl RangeScan {
     pub(crate) fn new(core: Arc<Core>, table: Arc<Table>, range: KeyRange) -> Self {
-        let mut mem_keys: Vec<Key> = {
+        let (mut mem_keys, deleted): (Vec<Key>, Vec<KeyRange>) = {
             let layers = core.state.read();
             let (dirty, frozen) = layers.of(table.id);
-            dirty
-                .into_iter()
-                .chain(frozen)
-                .flat_map(|m| m.keys().copied())
-                .filter(|k| range.contains(*k))
-                .collect()
+            let layers = || dirty.into_iter().chain(frozen);
+            (
+                layers()
+                    .flat_map(|m| m.rows.keys().copied())
+                    .filter(|k| range.contains(*k))
+                    .collect(),
+                layers()
+                    .flat_map(|m| m.deleted.iter().copied())
+                    .filter(|r| r.start < range.end && range.start < r.end)
+                    .collect(),
+            )
         };
         mem_keys.sort_unstable();
         mem_keys.dedup();
@@ -56,6 +64,7 @@ impl RangeScan {
             done: range.is_empty(),
             mem_keys,
             mem_pos: 0,
+            deleted,
             batch: VecDeque::new(),
         }
     }
@@ -69,14 +78,18 @@ impl RangeScan {
         let candidates = &self.mem_keys[self.mem_pos..self.mem_pos + take];
         let mem_full = self.mem_pos + take < self.mem_keys.len();
         let mem_last = candidates.last().copied();
-        let mut mem: Vec<(Key, Vec<f32>)> = Vec::with_capacity(take);
+        // `None`: deleted in memory, so RocksDB's row (if any) is skipped.
+        let mut mem: Vec<(Key, Option<Vec<f32>>)> = Vec::with_capacity(take);
         {
             let layers = self.core.state.read();
             let (dirty, frozen) = layers.of(t.id);
             for &k in candidates {
-                // Gone from memory means checkpointed: RocksDB has it now.
-                if let Some(r) = lookup(dirty, frozen, k) {
-                    mem.push((k, r.weights(dim).to_vec()));
+                match lookup(dirty, frozen, k) {
+                    Found::Row(r) => mem.push((k, Some(r.weights(dim).to_vec()))),
+                    Found::Deleted => mem.push((k, None)),
+                    // Gone from memory means checkpointed: RocksDB has it now (or not, if
+                    // it was deleted).
+                    Found::Absent => {}
                 }
             }
         }
@@ -108,20 +121,27 @@ impl RangeScan {
                 (Some(_), None) => mi.next().expect("peeked"),
                 _ => {
                     let (k, b) = di.next().expect("peeked");
-                    let mut w = vec![0.0; dim];
-                    row::decode_weights_into(&b, &t.spec.rule, t.spec.dim, &mut w).map_err(
-                        |reason| StorageError::CorruptRow {
-                            table: t.spec.name.clone(),
-                            key: k,
-                            reason,
-                        },
-                    )?;
-                    (k, w)
+                    if self.deleted.iter().any(|r| r.contains(k)) {
+                        (k, None)
+                    } else {
+                        let mut w = vec![0.0; dim];
+                        row::decode_weights_into(&b, &t.spec.rule, t.spec.dim, &mut w).map_err(
+                            |reason| StorageError::CorruptRow {
+                                table: t.spec.name.clone(),
+                                key: k,
+                                reason,
+                            },
+                        )?;
+                        (k, Some(w))
+                    }
                 }
             };
             last = Some(k);
-            self.batch.push_back((k, w));
+            if let Some(w) = w {
+                self.batch.push_back((k, w));
+            }
         }
+        // `last` counts skipped (deleted) keys too, so a window of deleted rows still moves on.
         match last {
             Some(k) if k < Key::MAX && k + 1 < self.end => self.cursor = k + 1,
             // An empty batch with more in-memory candidates left: they were all checkpointed

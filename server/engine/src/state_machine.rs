@@ -15,7 +15,7 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use paramdb_types::{ClientId, Key};
+use paramdb_types::{ClientId, Key, KeyRange};
 use rustc_hash::FxHashMap;
 
 use crate::catalog::{Catalog, Table};
@@ -23,14 +23,132 @@ use crate::dedup::{SeqWindow, Verdict};
 use crate::error::StorageError;
 use crate::rocks::Rocks;
 use crate::row::Row;
-use crate::wal::Record;
+use crate::wal::{Record, RecordKeys, RecordKind};
 
-/// One table's rows in a layer. A hash map: a B-tree costs several cache misses per lookup at
+/// A key's state in a layer: its row, or deleted (it pulls its initializer, and the checkpoint
+/// deletes what RocksDB stores for it).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Slot {
+    Row(Row),
+    Deleted,
+}
+
+/// Bytes a deleted key counts for in the dirty layer's budget.
+const TOMBSTONE_BYTES: u64 = 8;
+
+impl Slot {
+    pub(crate) fn encoded_len(&self) -> u64 {
+        match self {
+            Slot::Row(r) => r.encoded_len() as u64,
+            Slot::Deleted => TOMBSTONE_BYTES,
+        }
+    }
+}
+
+/// What a layer says about a key.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Found<'a> {
+    Row(&'a Row),
+    /// Deleted in this layer: the key has its initial value, whatever older layers hold.
+    Deleted,
+    /// This layer says nothing: look further down.
+    Absent,
+}
+
+impl Found<'_> {
+    pub(crate) fn is_absent(&self) -> bool {
+        matches!(self, Found::Absent)
+    }
+}
+
+/// One table's keys in a layer. A hash map: a B-tree costs several cache misses per lookup at
 /// a million rows, and lookups are the hot path of pushes, pulls and replay. Range scans sort
 /// the keys they need once (see `scan`).
-pub(crate) type TableRows = FxHashMap<Key, Row>;
-/// Rows by table id, then key.
-pub(crate) type Rows = HashMap<u32, TableRows>;
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TableLayer {
+    pub(crate) rows: FxHashMap<Key, Slot>,
+    /// Ranges deleted while this layer was the dirty one, in LSN order. A key inside one with
+    /// no entry in `rows` is deleted; a key written after the delete has its entry in `rows`
+    /// (the delete removed the ones before it). Checked one by one: a layer holds the range
+    /// deletes since the last checkpoint, which are few.
+    pub(crate) deleted: Vec<KeyRange>,
+}
+
+impl TableLayer {
+    pub(crate) fn find(&self, key: Key) -> Found<'_> {
+        match self.rows.get(&key) {
+            Some(Slot::Row(r)) => Found::Row(r),
+            Some(Slot::Deleted) => Found::Deleted,
+            None if self.in_deleted_range(key) => Found::Deleted,
+            None => Found::Absent,
+        }
+    }
+
+    fn in_deleted_range(&self, key: Key) -> bool {
+        self.deleted.iter().any(|r| r.contains(key))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Bytes of the layer's entries (`Slot::encoded_len` each).
+    pub(crate) fn bytes(&self) -> u64 {
+        self.rows.values().map(Slot::encoded_len).sum()
+    }
+
+    /// Deletes the keys for which `mine` holds (replay partitions keys between threads) and
+    /// returns the change in bytes.
+    pub(crate) fn delete(&mut self, what: Delete<'_>, mine: impl Fn(Key) -> bool) -> i64 {
+        let mut delta = 0i64;
+        match what {
+            Delete::Keys(keys) => {
+                for &k in keys.iter().filter(|&&k| mine(k)) {
+                    let old = self.rows.insert(k, Slot::Deleted);
+                    delta += TOMBSTONE_BYTES as i64 - old.map_or(0, |o| o.encoded_len() as i64);
+                }
+            }
+            Delete::Range(range) => {
+                self.rows.retain(|&k, slot| {
+                    let gone = range.contains(k) && mine(k);
+                    if gone {
+                        delta -= slot.encoded_len() as i64;
+                    }
+                    !gone
+                });
+                self.deleted.push(range);
+            }
+        }
+        delta
+    }
+}
+
+/// Which rows a delete removes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Delete<'a> {
+    Keys(&'a [Key]),
+    Range(KeyRange),
+}
+
+impl Delete<'_> {
+    /// The delete a log record describes (`None` for a push); a key list is copied to `keys`.
+    pub(crate) fn of_record<'k>(rec: &Record<'_>, keys: &'k mut Vec<Key>) -> Option<Delete<'k>> {
+        if rec.kind != RecordKind::Delete {
+            return None;
+        }
+        Some(match rec.keys {
+            RecordKeys::Span { start, end } => Delete::Range(KeyRange::new(start, end)),
+            _ => {
+                keys.clear();
+                keys.extend((0..rec.rows as usize).map(|i| rec.key(i)));
+                Delete::Keys(keys)
+            }
+        })
+    }
+}
+
+/// Layers by table id.
+pub(crate) type Rows = HashMap<u32, TableLayer>;
 /// Exactly-once windows by client id.
 pub(crate) type Dedup = HashMap<u64, SeqWindow>;
 
@@ -38,15 +156,15 @@ pub(crate) type Dedup = HashMap<u64, SeqWindow>;
 #[derive(Debug, Default)]
 pub(crate) struct Layers {
     pub(crate) dirty: Rows,
-    /// Bytes of the rows in `dirty` (`Row::encoded_len` each).
+    /// Bytes of the entries in `dirty` (`Slot::encoded_len` each).
     pub(crate) dirty_bytes: u64,
     /// Rows of the checkpoint in progress, until RocksDB has them.
     pub(crate) frozen: Option<Arc<Rows>>,
 }
 
 impl Layers {
-    /// The dirty and frozen rows of a table (looked up once, then per key with `lookup`).
-    pub(crate) fn of(&self, table: u32) -> (Option<&TableRows>, Option<&TableRows>) {
+    /// The dirty and frozen layers of a table (looked up once, then per key with `lookup`).
+    pub(crate) fn of(&self, table: u32) -> (Option<&TableLayer>, Option<&TableLayer>) {
         (
             self.dirty.get(&table),
             self.frozen.as_ref().and_then(|f| f.get(&table)),
@@ -58,15 +176,16 @@ impl Layers {
     }
 }
 
-/// A row in the dirty layer, else in the frozen one.
+/// What the dirty layer, else the frozen one, says about a key.
 pub(crate) fn lookup<'a>(
-    dirty: Option<&'a TableRows>,
-    frozen: Option<&'a TableRows>,
+    dirty: Option<&'a TableLayer>,
+    frozen: Option<&'a TableLayer>,
     key: Key,
-) -> Option<&'a Row> {
-    dirty
-        .and_then(|d| d.get(&key))
-        .or_else(|| frozen.and_then(|f| f.get(&key)))
+) -> Found<'a> {
+    match dirty.map_or(Found::Absent, |d| d.find(key)) {
+        Found::Absent => frozen.map_or(Found::Absent, |f| f.find(key)),
+        found => found,
+    }
 }
 
 /// The rows of one push: keys and their update vectors, from a request or from a log record.
@@ -116,12 +235,13 @@ pub(crate) struct MissingBase {
     pub(crate) key: Key,
 }
 
-/// Applies `u` to the rows of table `t` in `rows`: each row in `rows` is updated in place; a
-/// row not there yet starts from `base(key)`. Only keys for which `mine` holds are touched
-/// (replay partitions rows between threads). Returns the bytes added to `rows`. Keys within
-/// one push are distinct, so each row sees its updates in LSN order.
+/// Applies `u` to the rows of table `t` in `layer`: each row there is updated in place; a row
+/// not there yet starts from `base(key)` (or from its initial value if the layer deleted it).
+/// Only keys for which `mine` holds are touched (replay partitions rows between threads).
+/// Returns the bytes added to the layer. Keys within one push are distinct, so each row sees
+/// its updates in LSN order.
 pub(crate) fn apply_updates(
-    rows: &mut TableRows,
+    layer: &mut TableLayer,
     t: &Table,
     u: &impl Updates,
     mine: impl Fn(Key) -> bool,
@@ -134,13 +254,26 @@ pub(crate) fn apply_updates(
         if !mine(k) {
             continue;
         }
-        let row = match rows.entry(k) {
+        let in_deleted_range = layer.in_deleted_range(k);
+        let slot = match layer.rows.entry(k) {
             Entry::Occupied(o) => o.into_mut(),
             Entry::Vacant(v) => {
-                let b = base(k).ok_or(MissingBase { key: k })?;
+                let b = if in_deleted_range {
+                    Row::initial(&t.spec, k)
+                } else {
+                    base(k).ok_or(MissingBase { key: k })?
+                };
                 added += b.encoded_len() as u64;
-                v.insert(b)
+                v.insert(Slot::Row(b))
             }
+        };
+        if let Slot::Deleted = slot {
+            let b = Row::initial(&t.spec, k);
+            added += (b.encoded_len() as u64).saturating_sub(TOMBSTONE_BYTES);
+            *slot = Slot::Row(b);
+        }
+        let Slot::Row(row) = slot else {
+            unreachable!("a deleted slot was replaced above")
         };
         row.apply(&t.spec.rule, u.values(i, &mut scratch));
     }
@@ -156,11 +289,7 @@ pub(crate) struct StateMachine {
 
 impl StateMachine {
     pub(crate) fn new(dirty: Rows, dedup: Dedup) -> StateMachine {
-        let dirty_bytes = dirty
-            .values()
-            .flat_map(|t| t.values())
-            .map(|r| r.encoded_len() as u64)
-            .sum();
+        let dirty_bytes = dirty.values().map(TableLayer::bytes).sum();
         StateMachine {
             layers: RwLock::new(Layers {
                 dirty,
@@ -215,10 +344,10 @@ impl StateMachine {
             t,
             u,
             |_| true,
-            |k| {
-                frozen
-                    .and_then(|f| f.get(&k).cloned())
-                    .or_else(|| fetched.remove(&k))
+            |k| match frozen.map_or(Found::Absent, |f| f.find(k)) {
+                Found::Row(r) => Some(r.clone()),
+                Found::Deleted => Some(Row::initial(&t.spec, k)),
+                Found::Absent => fetched.remove(&k),
             },
         )?;
         layers.dirty_bytes += added;
@@ -229,9 +358,29 @@ impl StateMachine {
         }
         Ok(bytes)
     }
+
+    /// Applies a logged delete of `(client, seq)` to the dirty layer. Call under the
+    /// sequencer, in LSN order. Returns the dirty layer's bytes afterwards.
+    pub(crate) fn apply_delete(
+        &self,
+        t: &Table,
+        client: ClientId,
+        seq: u64,
+        what: Delete<'_>,
+    ) -> u64 {
+        let mut layers = self.write();
+        let delta = layers.dirty.entry(t.id).or_default().delete(what, |_| true);
+        layers.dirty_bytes = layers.dirty_bytes.saturating_add_signed(delta);
+        let bytes = layers.dirty_bytes;
+        drop(layers);
+        if client != ClientId::ANONYMOUS {
+            self.dedup().entry(client.0).or_default().mark(seq);
+        }
+        bytes
+    }
 }
 
-/// Replays logged pushes into fresh layers at open. Rows are independent, so the work is split
+/// Replays logged writes into fresh layers at open. Rows are independent, so the work is split
 /// across threads by key: each thread owns the rows of its partition and applies their updates
 /// in log order, which gives the same bits as a sequential replay.
 #[derive(Debug)]
@@ -313,13 +462,15 @@ impl Replay {
     pub(crate) fn finish(self) -> StateMachine {
         let mut dirty = Rows::new();
         for part in self.parts {
-            for (table, rows) in part {
+            for (table, layer) in part {
                 let d = dirty.entry(table).or_default();
-                if d.is_empty() {
-                    *d = rows;
+                if d.rows.is_empty() {
+                    d.rows = layer.rows;
                 } else {
-                    d.extend(rows);
+                    d.rows.extend(layer.rows);
                 }
+                // Every partition saw every range delete, in the same order.
+                d.deleted = layer.deleted;
             }
         }
         StateMachine::new(dirty, self.dedup)
@@ -342,17 +493,22 @@ fn replay_partition(
     n: usize,
 ) -> Result<(), StorageError> {
     let mine = |k: Key| partition(k, n) == p;
+    let mut delete_keys = Vec::new();
     for rec in recs {
         let Some(t) = catalog.by_id.get(&rec.table) else {
-            continue; // table dropped after this push
+            continue; // table dropped after this write
         };
-        let rows = rows.entry(t.id).or_default();
+        let layer = rows.entry(t.id).or_default();
+        if let Some(what) = Delete::of_record(rec, &mut delete_keys) {
+            layer.delete(what, mine);
+            continue;
+        }
         let missing: Vec<Key> = (0..rec.rows as usize)
             .map(|i| rec.key(i))
-            .filter(|&k| mine(k) && !rows.contains_key(&k))
+            .filter(|&k| mine(k) && layer.find(k).is_absent())
             .collect();
         let mut fetched = crate::read_path::stored_rows(rocks, t, &missing)?;
-        apply_updates(rows, t, rec, mine, |k| fetched.remove(&k)).map_err(|m| {
+        apply_updates(layer, t, rec, mine, |k| fetched.remove(&k)).map_err(|m| {
             StorageError::CorruptMeta {
                 reason: format!("replay of LSN {} found no row for key {}", rec.lsn, m.key),
             }

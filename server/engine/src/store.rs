@@ -21,7 +21,9 @@ use paramdb_types::{ClientId, Key, KeyRange, PushAck, StoreStats, TableSpec};
 
 use crate::catalog::{Catalog, Table, TableInfo};
 use crate::checkpointer::CheckpointInfo;
-use crate::error::{CheckpointError, InputError, PullError, PushError, StorageError, TableError};
+use crate::error::{
+    CheckpointError, ImportError, InputError, PullError, PushError, StorageError, TableError,
+};
 use crate::group_commit::WaitError;
 use crate::log::Log;
 use crate::options::StoreOptions;
@@ -36,6 +38,7 @@ pub(crate) struct Counters {
     pub(crate) pushes: AtomicU64,
     pub(crate) duplicate_pushes: AtomicU64,
     pub(crate) rows_pushed: AtomicU64,
+    pub(crate) deletes: AtomicU64,
     pub(crate) pulls: AtomicU64,
     pub(crate) rows_pulled: AtomicU64,
     pub(crate) checkpoints: AtomicU64,
@@ -194,6 +197,46 @@ impl Store {
             crate::push::PushKeys::Range { start, count },
             values,
         )
+    }
+
+    /// Deletes `keys` (repeats are harmless): logged and applied exactly once per
+    /// `(client, seq)`, like a push. Afterwards each row pulls its initializer, and a push
+    /// starts it from there. Returns once durable under the sync policy.
+    pub fn delete(
+        &self,
+        table: &str,
+        client: ClientId,
+        seq: u64,
+        keys: &[Key],
+    ) -> Result<PushAck, PushError> {
+        self.core
+            .delete(table, client, seq, crate::state_machine::Delete::Keys(keys))
+    }
+
+    /// Deletes every row in `range`, stored or not, as `delete` does.
+    pub fn delete_range(
+        &self,
+        table: &str,
+        client: ClientId,
+        seq: u64,
+        range: KeyRange,
+    ) -> Result<PushAck, PushError> {
+        self.core.delete(
+            table,
+            client,
+            seq,
+            crate::state_machine::Delete::Range(range),
+        )
+    }
+
+    /// Starts a bulk import into `table`: rows staged in table files of up to `budget` bytes
+    /// each, ingested by `Import::finish` (see `import`).
+    pub fn begin_import(
+        &self,
+        table: &str,
+        budget: usize,
+    ) -> Result<crate::import::Import, ImportError> {
+        self.core.begin_import(table, budget)
     }
 
     /// Streams the stored rows of `range` (rows that were pushed at least once) in key order,
@@ -371,6 +414,7 @@ impl Core {
             pushes: c.pushes.load(Ordering::Relaxed),
             duplicate_pushes: c.duplicate_pushes.load(Ordering::Relaxed),
             rows_pushed: c.rows_pushed.load(Ordering::Relaxed),
+            deletes: c.deletes.load(Ordering::Relaxed),
             pulls: c.pulls.load(Ordering::Relaxed),
             rows_pulled: c.rows_pulled.load(Ordering::Relaxed),
             dirty_rows,

@@ -68,8 +68,7 @@ impl Core {
             cat.by_name.remove(name);
             cat.by_id.remove(&t.id);
             if let Some(rows) = layers.dirty.remove(&t.id) {
-                let bytes: u64 = rows.values().map(|r| r.encoded_len() as u64).sum();
-                layers.dirty_bytes = layers.dirty_bytes.saturating_sub(bytes);
+                layers.dirty_bytes = layers.dirty_bytes.saturating_sub(rows.bytes());
             }
             drop(cat);
             drop(layers);

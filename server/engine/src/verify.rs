@@ -245,22 +245,9 @@ fn verify_tables(rocks: &Rocks, cf_names: &[String], catalog: &Catalog, report: 
 /// Returns whether records between the checkpoint and the first segment are missing.
 fn verify_log(wal: &Path, catalog: Option<&Catalog>, report: &mut VerifyReport) -> bool {
     let mut log_gap = false;
-    let mut numbers: Vec<u64> = match std::fs::read_dir(wal) {
-        Ok(rd) => rd
-            .flatten()
-            .filter_map(|e| parse_segment_name(&e.file_name().to_string_lossy()))
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => {
-            problem(
-                report,
-                ProblemArea::Log,
-                format!("listing {}: {e}", wal.display()),
-            );
-            return false;
-        }
+    let Some(numbers) = segment_numbers(wal, report) else {
+        return false;
     };
-    numbers.sort_unstable();
     let checkpoint = report.checkpoint_lsn;
     // LSN the next segment must start at, once a segment was read whole.
     let mut next_lsn: Option<u64> = None;
@@ -334,28 +321,61 @@ fn verify_log(wal: &Path, catalog: Option<&Catalog>, report: &mut VerifyReport) 
                 );
             }
         }
-        if let Some(c) = checkpoint {
-            if !covered && header.first_lsn <= c + 1 {
-                covered = true;
-            } else if !covered {
-                log_gap = true;
-                problem(report, ProblemArea::Log,
-                    format!(
-                        "records {}..{} are missing: the checkpoint is at LSN {c} and {} starts at LSN {}",
-                        c + 1,
-                        header.first_lsn - 1,
-                        path.display(),
-                        header.first_lsn
-                    ),
-                );
-                covered = true;
-            }
+        if let (Some(c), false) = (checkpoint, covered) {
+            covered = true;
+            log_gap |= !continues_checkpoint(&path, c, header.first_lsn, report);
         }
         check_records(&path, &buf, &frames, catalog, report);
         report.records += frames.len() as u64;
         next_lsn = Some(header.first_lsn + frames.len() as u64);
     }
     log_gap
+}
+
+/// The log's segment numbers in order, or `None` (and a problem) when the folder cannot be
+/// listed. A missing folder is an empty log.
+fn segment_numbers(wal: &Path, report: &mut VerifyReport) -> Option<Vec<u64>> {
+    let mut numbers: Vec<u64> = match std::fs::read_dir(wal) {
+        Ok(rd) => rd
+            .flatten()
+            .filter_map(|e| parse_segment_name(&e.file_name().to_string_lossy()))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            problem(
+                report,
+                ProblemArea::Log,
+                format!("listing {}: {e}", wal.display()),
+            );
+            return None;
+        }
+    };
+    numbers.sort_unstable();
+    Some(numbers)
+}
+
+/// Whether the first segment read after the checkpoint at `checkpoint` (starting at
+/// `first_lsn`) continues it; a problem names the missing records when it does not.
+fn continues_checkpoint(
+    path: &Path,
+    checkpoint: u64,
+    first_lsn: u64,
+    report: &mut VerifyReport,
+) -> bool {
+    if first_lsn <= checkpoint + 1 {
+        return true;
+    }
+    problem(
+        report,
+        ProblemArea::Log,
+        format!(
+            "records {}..{} are missing: the checkpoint is at LSN {checkpoint} and {} starts at LSN {first_lsn}",
+            checkpoint + 1,
+            first_lsn - 1,
+            path.display(),
+        ),
+    );
+    false
 }
 
 /// Records whose table exists must carry its dim.

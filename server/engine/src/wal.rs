@@ -19,6 +19,6 @@ pub mod writer;
 #[cfg(any(test, feature = "fault-injection"))]
 pub mod fault;
 
-pub use format::{Record, RecordKeys, WAL_FORMAT_VERSION};
+pub use format::{Body, Record, RecordKeys, RecordKind, WAL_FORMAT_VERSION};
 pub use fs::{LogFile, LogFs, ReadOnlyFs, StdFs, SyncJournalFs};
 pub use recovery::{RecoveryMode, RecoveryReport};

@@ -81,6 +81,7 @@ fn sample(shard: u32, store: Option<&Store>) {
     c("paramdb_pushes_total", s.pushes);
     c("paramdb_duplicate_pushes_total", s.duplicate_pushes);
     c("paramdb_rows_pushed_total", s.rows_pushed);
+    c("paramdb_deletes_total", s.deletes);
     c("paramdb_pulls_total", s.pulls);
     c("paramdb_rows_pulled_total", s.rows_pulled);
     c("paramdb_log_bytes_written_total", s.log_bytes_written);
@@ -152,7 +153,7 @@ pub(crate) async fn serve(
 }
 
 /// The methods of the Paramdb service, as metric labels.
-const METHODS: [&str; 14] = [
+const METHODS: [&str; 17] = [
     "CreateTable",
     "DropTable",
     "ListTables",
@@ -161,6 +162,9 @@ const METHODS: [&str; 14] = [
     "Push",
     "PullRange",
     "PushRange",
+    "DeleteRows",
+    "DeleteRange",
+    "Import",
     "Checkpoint",
     "Stats",
     "Inspect",

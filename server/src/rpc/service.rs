@@ -233,6 +233,27 @@ impl Paramdb for ShardService {
         handlers::push::push_range(self, req).await
     }
 
+    async fn delete_rows(
+        &self,
+        req: Request<v1::DeleteRowsRequest>,
+    ) -> Result<Response<v1::PushResponse>, Status> {
+        handlers::push::delete_rows(self, req).await
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<v1::DeleteRangeRequest>,
+    ) -> Result<Response<v1::PushResponse>, Status> {
+        handlers::push::delete_range(self, req).await
+    }
+
+    async fn import(
+        &self,
+        req: Request<tonic::Streaming<v1::ImportBlock>>,
+    ) -> Result<Response<v1::ImportResponse>, Status> {
+        handlers::push::import(self, req).await
+    }
+
     async fn checkpoint(
         &self,
         req: Request<v1::CheckpointRequest>,

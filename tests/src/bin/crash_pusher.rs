@@ -1,6 +1,7 @@
-//! Child process for the SIGKILL crash test: opens a store under `sync`, then pushes the
-//! deterministic workload from several client threads, printing `ACK <client> <seq>` after
-//! each acknowledgement, until it is killed. The hot-row cache is on and small (32 rows for
+//! Child process for the SIGKILL crash test: opens a store under `sync`, then writes the
+//! deterministic workload with deletes (`workload::op`: pushes, deletes of keys and of ranges)
+//! from several client threads, printing `ACK <client> <seq>` after each acknowledgement,
+//! until it is killed. The hot-row cache is on and small (32 rows for
 //! the 64 shared keys and the witnesses), so pushes read rows from it, checkpoints refresh it,
 //! and admissions and evictions go on while the kills land.
 //!
@@ -11,8 +12,8 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::Context;
-use paramdb_engine::{ClientId, Store, StoreOptions, SyncPolicy, TableSpec};
-use paramdb_tests::workload::{push_content, DIM};
+use paramdb_engine::{ClientId, KeyRange, Store, StoreOptions, SyncPolicy, TableSpec};
+use paramdb_tests::workload::{op, Op, DIM};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -45,8 +46,14 @@ fn main() -> anyhow::Result<()> {
             std::thread::spawn(move || -> anyhow::Result<()> {
                 let client = i as u64 + 1;
                 for seq in start.. {
-                    let (keys, values) = push_content(client, seq);
-                    store.push("crash", ClientId(client), seq, &keys, &values)?;
+                    let c = ClientId(client);
+                    match op(client, seq) {
+                        Op::Push { keys, values } => store.push("crash", c, seq, &keys, &values)?,
+                        Op::DeleteKeys(keys) => store.delete("crash", c, seq, &keys)?,
+                        Op::DeleteRange { start, end } => {
+                            store.delete_range("crash", c, seq, KeyRange::new(start, end))?
+                        }
+                    };
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "ACK {client} {seq}")?;
                     out.flush()?;

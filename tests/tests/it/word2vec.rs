@@ -120,7 +120,7 @@ fn word2vec_cbow_learns_planted_neighbours_as_well_as_skip_gram() {
     );
 }
 
-fn train_cmd(corpus: &Path, data: &Path) -> Command {
+pub(crate) fn train_cmd(corpus: &Path, data: &Path) -> Command {
     let mut c = Command::new(paramdb_bin());
     c.args(["train", "word2vec", "--corpus"])
         .arg(corpus)

@@ -278,6 +278,15 @@ impl TableCache {
         self.index.insert(key, s);
     }
 
+    /// Frees the slot of `key`, if it is cached.
+    pub(super) fn remove(&mut self, key: Key) {
+        if let Some(s) = self.index.remove(&key) {
+            self.keys[s as usize] = None;
+            self.clear_slot(s);
+            self.free.push(s);
+        }
+    }
+
     /// Frees one slot by CLOCK: the hand passes over referenced slots, clearing their bit.
     pub(super) fn evict_one(&mut self) {
         loop {

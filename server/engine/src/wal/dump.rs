@@ -5,7 +5,7 @@ use std::path::Path;
 
 use paramdb_types::LogRecord as RecordInfo;
 
-use super::format::RecordKeys;
+use super::format::{RecordKeys, RecordKind};
 use super::fs::{parse_segment_name, segment_path};
 use super::reader::{self, Scan};
 
@@ -61,16 +61,21 @@ pub fn dump(
                 segment: n,
                 offset: off as u64,
                 lsn: rec.lsn,
-                kind: match rec.keys {
-                    RecordKeys::List(_) => "keys",
-                    RecordKeys::Range { .. } => "range",
+                kind: match (rec.kind, rec.keys) {
+                    (RecordKind::Push, RecordKeys::List(_)) => "keys",
+                    (RecordKind::Push, _) => "range",
+                    (RecordKind::Delete, RecordKeys::List(_)) => "delete-keys",
+                    (RecordKind::Delete, _) => "delete-range",
                 },
                 client: rec.client,
                 seq: rec.seq,
                 table: rec.table,
                 dim: rec.dim,
                 rows: rec.rows,
-                first_key: (rec.rows > 0).then(|| rec.key(0)),
+                first_key: match rec.keys {
+                    RecordKeys::Span { start, .. } => Some(start),
+                    _ => (rec.rows > 0).then(|| rec.key(0)),
+                },
                 bytes: (rec.values.len() + 8 * rec.rows as usize) as u64,
             });
         }

@@ -4,8 +4,9 @@
 //! Frames are aligned so that recovery can look for a later valid frame after a damaged one by
 //! stepping 8 bytes at a time: that is how a torn tail is told apart from corruption.
 
-/// Version of the segment and record layout; stored in every segment header.
-pub const WAL_FORMAT_VERSION: u32 = 1;
+/// Version of the segment and record layout; stored in every segment header. Version 2 added
+/// the delete records (types 3 and 4); a version-1 segment reads as before.
+pub const WAL_FORMAT_VERSION: u32 = 2;
 pub const SEGMENT_MAGIC: [u8; 8] = *b"PDBGLOG\0";
 pub const SEGMENT_HEADER_LEN: usize = 40;
 pub const FRAME_HEADER_LEN: usize = 8;
@@ -16,6 +17,8 @@ pub const MAX_PAYLOAD: usize = 1 << 30;
 
 pub const TYPE_PUSH_KEYS: u8 = 1;
 pub const TYPE_PUSH_RANGE: u8 = 2;
+pub const TYPE_DELETE_KEYS: u8 = 3;
+pub const TYPE_DELETE_RANGE: u8 = 4;
 
 /// Segment header: what each segment file starts with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,11 +81,23 @@ pub enum RecordKeys<'a> {
     List(&'a [u8]),
     /// The contiguous block `[start, start + n)`.
     Range { start: u64 },
+    /// Every key in `[start, end)`, stored or not (a range delete; `rows` is 0).
+    Span { start: u64, end: u64 },
 }
 
-/// One logged push, borrowed from a segment buffer (or built for writing).
+/// What a record does to its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// Adds an update vector to each row (through the table's rule).
+    Push,
+    /// Deletes the rows: afterwards they pull their initializer, as if never written.
+    Delete,
+}
+
+/// One logged write, borrowed from a segment buffer (or built for writing).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Record<'a> {
+    pub kind: RecordKind,
     pub lsn: u64,
     pub client: u64,
     pub seq: u64,
@@ -101,6 +116,7 @@ impl Record<'_> {
                 u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
             }
             RecordKeys::Range { start } => start + i as u64,
+            RecordKeys::Span { start, .. } => start + i as u64,
         }
     }
 
@@ -112,9 +128,59 @@ impl Record<'_> {
     }
 }
 
-/// Payload length of a record with these sizes.
+/// What a record carries, for writing.
+#[derive(Clone, Copy, Debug)]
+pub enum Body<'a> {
+    /// A push of `values` (rows × dim) to a key list (`Ok`) or a block from a start (`Err`).
+    Push {
+        keys: Result<&'a [u64], u64>,
+        values: &'a [f32],
+    },
+    /// A delete of a key list.
+    DeleteKeys(&'a [u64]),
+    /// A delete of every key in `[start, end)`.
+    DeleteRange { start: u64, end: u64 },
+}
+
+impl<'a> Body<'a> {
+    fn rows(&self, dim: u32) -> usize {
+        match *self {
+            Body::Push { keys: Ok(k), .. } | Body::DeleteKeys(k) => k.len(),
+            Body::Push { values, .. } => values.len() / dim.max(1) as usize,
+            Body::DeleteRange { .. } => 0,
+        }
+    }
+
+    fn record_type(&self) -> u8 {
+        match self {
+            Body::Push { keys: Ok(_), .. } => TYPE_PUSH_KEYS,
+            Body::Push { keys: Err(_), .. } => TYPE_PUSH_RANGE,
+            Body::DeleteKeys(_) => TYPE_DELETE_KEYS,
+            Body::DeleteRange { .. } => TYPE_DELETE_RANGE,
+        }
+    }
+
+    fn values(&self) -> &'a [f32] {
+        match *self {
+            Body::Push { values, .. } => values,
+            _ => &[],
+        }
+    }
+}
+
+/// Payload length of a push record with these sizes.
 pub fn payload_len(rows: usize, dim: usize, range: bool) -> usize {
     RECORD_FIXED_LEN + if range { 8 } else { rows * 8 } + rows * dim * 4
+}
+
+fn body_len(body: &Body<'_>) -> usize {
+    match *body {
+        Body::Push { keys, values } => {
+            RECORD_FIXED_LEN + keys.map_or(8, |k| k.len() * 8) + values.len() * 4
+        }
+        Body::DeleteKeys(k) => RECORD_FIXED_LEN + k.len() * 8,
+        Body::DeleteRange { .. } => RECORD_FIXED_LEN + 16,
+    }
 }
 
 /// Padded size of a frame carrying `payload` bytes.
@@ -122,9 +188,9 @@ pub fn frame_len(payload: usize) -> usize {
     (FRAME_HEADER_LEN + payload + 7) & !7
 }
 
-/// A push frame in three parts, written with one vectored write so the values are not
-/// copied into a buffer first: the frame header, record header and keys (`head`), the values
-/// (as they lie in memory, on a little-endian machine), and the padding to 8 bytes.
+/// A frame in three parts, written with one vectored write so a push's values are not copied
+/// into a buffer first: the frame header, record header and keys (`head`), the values (as they
+/// lie in memory, on a little-endian machine; empty for a delete), and the padding to 8 bytes.
 #[derive(Debug)]
 pub struct PushFrame<'a> {
     pub head: &'a [u8],
@@ -146,33 +212,24 @@ impl PushFrame<'_> {
     }
 }
 
-/// Builds the frame of a push, its head in `head` (cleared first). `keys` is the key list, or
-/// `Err(start)` for a contiguous block. Values are little-endian f32.
-#[allow(clippy::too_many_arguments)]
-pub fn encode_push_frame<'a>(
+/// Builds the frame of a record, its head in `head` (cleared first). Values are little-endian
+/// f32.
+pub fn encode_frame<'a>(
     head: &'a mut Vec<u8>,
     lsn: u64,
     client: u64,
     seq: u64,
     table: u32,
     dim: u32,
-    keys: Result<&[u64], u64>,
-    values: &'a [f32],
+    body: Body<'a>,
 ) -> PushFrame<'a> {
     const PAD: [u8; 8] = [0; 8];
-    let rows = match keys {
-        Ok(k) => k.len(),
-        Err(_) => values.len() / dim as usize,
-    };
-    let len = payload_len(rows, dim as usize, keys.is_err());
+    let rows = body.rows(dim);
+    let len = body_len(&body);
     head.clear();
     head.extend_from_slice(&(len as u32).to_le_bytes());
     head.extend_from_slice(&[0; 4]); // crc, filled below
-    head.push(if keys.is_ok() {
-        TYPE_PUSH_KEYS
-    } else {
-        TYPE_PUSH_RANGE
-    });
+    head.push(body.record_type());
     head.extend_from_slice(&[0; 7]);
     head.extend_from_slice(&lsn.to_le_bytes());
     head.extend_from_slice(&client.to_le_bytes());
@@ -181,15 +238,19 @@ pub fn encode_push_frame<'a>(
     head.extend_from_slice(&dim.to_le_bytes());
     head.extend_from_slice(&(rows as u32).to_le_bytes());
     head.extend_from_slice(&[0; 4]);
-    match keys {
-        Ok(k) => {
+    match body {
+        Body::Push { keys: Ok(k), .. } | Body::DeleteKeys(k) => {
             for key in k {
                 head.extend_from_slice(&key.to_le_bytes());
             }
         }
-        Err(s) => head.extend_from_slice(&s.to_le_bytes()),
+        Body::Push { keys: Err(s), .. } => head.extend_from_slice(&s.to_le_bytes()),
+        Body::DeleteRange { start, end } => {
+            head.extend_from_slice(&start.to_le_bytes());
+            head.extend_from_slice(&end.to_le_bytes());
+        }
     }
-    let values = crate::le::f32s_as_le_bytes(values);
+    let values = crate::le::f32s_as_le_bytes(body.values());
     debug_assert_eq!(head.len() + values.len(), FRAME_HEADER_LEN + len);
     let mut h = crc32fast::Hasher::new();
     h.update(&head[..4]);
@@ -205,8 +266,25 @@ pub fn encode_push_frame<'a>(
     }
 }
 
-/// Appends a complete frame for a push to `out` (the frame `encode_push_frame` describes, in
-/// one buffer).
+/// Appends a complete frame for a record to `out` (the frame `encode_frame` describes, in one
+/// buffer).
+pub fn encode_record(
+    out: &mut Vec<u8>,
+    lsn: u64,
+    client: u64,
+    seq: u64,
+    table: u32,
+    dim: u32,
+    body: Body<'_>,
+) {
+    let mut head = Vec::new();
+    let f = encode_frame(&mut head, lsn, client, seq, table, dim, body);
+    for p in f.parts() {
+        out.extend_from_slice(p);
+    }
+}
+
+/// Appends a complete frame for a push to `out`.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_push(
     out: &mut Vec<u8>,
@@ -218,11 +296,15 @@ pub fn encode_push(
     keys: Result<&[u64], u64>,
     values: &[f32],
 ) {
-    let mut head = Vec::new();
-    let f = encode_push_frame(&mut head, lsn, client, seq, table, dim, keys, values);
-    for p in f.parts() {
-        out.extend_from_slice(p);
-    }
+    encode_record(
+        out,
+        lsn,
+        client,
+        seq,
+        table,
+        dim,
+        Body::Push { keys, values },
+    );
 }
 
 /// Why bytes at some offset are not a valid frame.
@@ -287,32 +369,49 @@ fn parse_payload(p: &[u8]) -> Result<Record<'_>, FrameError> {
     let ty = p[0];
     let (lsn, client, seq) = (u64_at(8), u64_at(16), u64_at(24));
     let (table, dim, rows) = (u32_at(32), u32_at(36), u32_at(40));
-    let range = match ty {
-        TYPE_PUSH_KEYS => false,
-        TYPE_PUSH_RANGE => true,
+    let n = rows as u64;
+    let (kind, want) = match ty {
+        TYPE_PUSH_KEYS => (
+            RecordKind::Push,
+            n.checked_mul(dim as u64 * 4 + 8)
+                .and_then(|v| v.checked_add(RECORD_FIXED_LEN as u64)),
+        ),
+        TYPE_PUSH_RANGE => (
+            RecordKind::Push,
+            n.checked_mul(dim as u64 * 4)
+                .and_then(|v| v.checked_add(RECORD_FIXED_LEN as u64 + 8)),
+        ),
+        TYPE_DELETE_KEYS => (RecordKind::Delete, Some(RECORD_FIXED_LEN as u64 + n * 8)),
+        TYPE_DELETE_RANGE if rows == 0 => (RecordKind::Delete, Some(RECORD_FIXED_LEN as u64 + 16)),
+        TYPE_DELETE_RANGE => return Err(FrameError::Malformed("range delete with a row count")),
         _ => return Err(FrameError::Malformed("unknown record type")),
     };
-    let want = (rows as u64).checked_mul(dim as u64 * 4).and_then(|v| {
-        v.checked_add(RECORD_FIXED_LEN as u64 + if range { 8 } else { rows as u64 * 8 })
-    });
     if want != Some(p.len() as u64) {
         return Err(FrameError::Malformed(
             "record length does not match its row count and dim",
         ));
     }
     let body = &p[RECORD_FIXED_LEN..];
-    let (keys, values) = if range {
-        (
-            RecordKeys::Range {
-                start: u64::from_le_bytes(body[..8].try_into().expect("8 bytes")),
-            },
-            &body[8..],
-        )
-    } else {
-        let (k, v) = body.split_at(rows as usize * 8);
-        (RecordKeys::List(k), v)
+    let start = || u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+    let (keys, values) = match ty {
+        TYPE_PUSH_RANGE => (RecordKeys::Range { start: start() }, &body[8..]),
+        TYPE_DELETE_RANGE => {
+            let end = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
+            (
+                RecordKeys::Span {
+                    start: start(),
+                    end,
+                },
+                &body[16..],
+            )
+        }
+        _ => {
+            let (k, v) = body.split_at(rows as usize * 8);
+            (RecordKeys::List(k), v)
+        }
     };
     Ok(Record {
+        kind,
         lsn,
         client,
         seq,
@@ -359,6 +458,42 @@ mod tests {
         );
         assert_eq!(end, buf.len());
         assert_eq!(read_frame(&buf, end), Err(FrameError::ShortHeader));
+    }
+
+    #[test]
+    fn delete_records_round_trip() {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, 3, 1, 2, 5, 4, Body::DeleteKeys(&[9, 1 << 50]));
+        encode_record(
+            &mut buf,
+            4,
+            1,
+            3,
+            5,
+            4,
+            Body::DeleteRange {
+                start: 10,
+                end: u64::MAX,
+            },
+        );
+        let (a, next) = read_frame(&buf, 0).unwrap();
+        assert_eq!(
+            (a.kind, a.lsn, a.rows, a.key(0), a.key(1), a.values.len()),
+            (RecordKind::Delete, 3, 2, 9, 1 << 50, 0)
+        );
+        let (b, end) = read_frame(&buf, next).unwrap();
+        assert_eq!(
+            (b.kind, b.rows, b.keys),
+            (
+                RecordKind::Delete,
+                0,
+                RecordKeys::Span {
+                    start: 10,
+                    end: u64::MAX
+                }
+            )
+        );
+        assert_eq!(end, buf.len());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::format::{self, SegmentHeader, WAL_FORMAT_VERSION};
+use super::format::{self, Body, SegmentHeader, WAL_FORMAT_VERSION};
 use super::fs::{segment_path, LogFile, LogFs};
 
 /// A live segment: its number and the LSN of its first record.
@@ -98,9 +98,20 @@ impl LogWriter {
         keys: Result<&[u64], u64>,
         values: &[f32],
     ) -> io::Result<(u64, u64)> {
+        self.append(client, seq, table, dim, Body::Push { keys, values })
+    }
+
+    /// Appends one record and returns its LSN and frame size (see `append_push` on errors).
+    pub fn append(
+        &mut self,
+        client: u64,
+        seq: u64,
+        table: u32,
+        dim: u32,
+        body: Body<'_>,
+    ) -> io::Result<(u64, u64)> {
         let lsn = self.next_lsn;
-        let frame =
-            format::encode_push_frame(&mut self.buf, lsn, client, seq, table, dim, keys, values);
+        let frame = format::encode_frame(&mut self.buf, lsn, client, seq, table, dim, body);
         let len = frame.len() as u64;
         if self.segment_bytes + len > self.max_segment_bytes
             && self.segment_bytes > format::SEGMENT_HEADER_LEN as u64
@@ -108,16 +119,7 @@ impl LogWriter {
             // Rotating needs `self`; the frame is rebuilt after (it names no segment).
             drop(frame);
             self.rotate()?;
-            let frame = format::encode_push_frame(
-                &mut self.buf,
-                lsn,
-                client,
-                seq,
-                table,
-                dim,
-                keys,
-                values,
-            );
+            let frame = format::encode_frame(&mut self.buf, lsn, client, seq, table, dim, body);
             self.file.append_parts(&frame.parts())?;
         } else {
             self.file.append_parts(&frame.parts())?;

@@ -1,4 +1,5 @@
-//! Push (rows by key) and PushRange (a contiguous block of rows).
+//! Push (rows by key), PushRange (a contiguous block of rows), the deletes (DeleteRows and
+//! DeleteRange, writes through the same log) and Import (a bulk load beside the log).
 
 use paramdb_proto::{packed, v1};
 use paramdb_types::ClientId;
@@ -78,4 +79,94 @@ pub(crate) async fn push_range(
         blocking(move || store.push_range(&r.table, ClientId(r.client_id), r.seq, r.start, &vals))
             .await?;
     Ok(ack(a))
+}
+
+pub(crate) async fn delete_rows(
+    s: &ShardService,
+    req: Request<v1::DeleteRowsRequest>,
+) -> Result<Response<v1::PushResponse>, Status> {
+    let (store, _permit) = s.enter(req.metadata(), Access::Write)?;
+    let r = req.into_inner();
+    s.check_size(&r)?;
+    check_table_name(&r.table)?;
+    s.check_keys(&r.keys)?;
+    let a = blocking(move || store.delete(&r.table, ClientId(r.client_id), r.seq, &r.keys)).await?;
+    Ok(ack(a))
+}
+
+pub(crate) async fn delete_range(
+    s: &ShardService,
+    req: Request<v1::DeleteRangeRequest>,
+) -> Result<Response<v1::PushResponse>, Status> {
+    let (store, _permit) = s.enter(req.metadata(), Access::Write)?;
+    let r = req.into_inner();
+    check_table_name(&r.table)?;
+    if r.start >= r.end {
+        return Err(Status::invalid_argument(format!(
+            "empty key range [{}, {}): nothing to delete",
+            r.start, r.end
+        )));
+    }
+    // The whole range must be this shard's: the client splits a range at shard boundaries.
+    for k in [r.start, r.end - 1] {
+        if !s.range.contains(k) {
+            return Err(s.out_of_range(k));
+        }
+    }
+    let range = paramdb_types::KeyRange::new(r.start, r.end);
+    let a =
+        blocking(move || store.delete_range(&r.table, ClientId(r.client_id), r.seq, range)).await?;
+    Ok(ack(a))
+}
+
+/// Staging memory per import: each full buffer becomes one table file.
+const IMPORT_BUDGET: usize = 256 << 20;
+
+pub(crate) async fn import(
+    s: &ShardService,
+    req: Request<tonic::Streaming<v1::ImportBlock>>,
+) -> Result<Response<v1::ImportResponse>, Status> {
+    let (store, _permit) = s.enter(req.metadata(), Access::Write)?;
+    let mut blocks = req.into_inner();
+    let mut import: Option<paramdb_engine::Import> = None;
+    while let Some(block) = blocks.message().await? {
+        s.check_size(&block)?;
+        s.check_keys(&block.keys)?;
+        let imp = match import.take() {
+            Some(i) => i,
+            None => {
+                check_table_name(&block.table)?;
+                let (store, table) = (store.clone(), block.table.clone());
+                blocking(move || store.begin_import(&table, IMPORT_BUDGET)).await?
+            }
+        };
+        let vals = values(&block.values)?;
+        let dim = imp.dim();
+        if vals.len() != block.keys.len() * dim {
+            return Err(Status::invalid_argument(format!(
+                "{} values do not make {} rows of dim {dim}",
+                vals.len(),
+                block.keys.len()
+            )));
+        }
+        import = Some(
+            blocking(move || {
+                let mut imp = imp;
+                for (k, v) in block.keys.iter().zip(vals.chunks(dim.max(1))) {
+                    imp.add(*k, v)?;
+                }
+                Ok::<_, paramdb_engine::ImportError>(imp)
+            })
+            .await?,
+        );
+    }
+    let Some(imp) = import else {
+        return Err(Status::invalid_argument("an import stream with no rows"));
+    };
+    let info = blocking(move || imp.finish()).await?;
+    Ok(Response::new(v1::ImportResponse {
+        rows: info.rows,
+        files: info.files as u64,
+        bytes: info.bytes,
+    }))
 }

@@ -1,0 +1,225 @@
+//! Bulk import: rows are written as RocksDB table files (SST) and ingested in one step, instead
+//! of being sent through the gradient log one push at a time.
+//!
+//! 1. **Stage** (`Import::add`, no store lock): rows are checked (dim, finite values, a key
+//!    twice in one run) and buffered; a full buffer (`budget` bytes) is sorted by key and
+//!    written to a table file in a staging directory inside the data directory. An imported
+//!    row is the table's initial row for its key (optimizer state included) with the given
+//!    weights.
+//! 2. **Ingest** (`Import::finish`): a checkpoint first writes the table's changes back to
+//!    RocksDB; then, under the sequencer (no push or delete in between), with nothing of the
+//!    table left in memory, every staged file is ingested in one atomic call (hard-linked, not
+//!    copied), and the table's cached rows are dropped (the cache's generation is bumped, so no
+//!    read from before can install an old row).
+//!
+//! Durability: the import is durable when `finish` returns (RocksDB syncs the ingested files
+//! and its MANIFEST before it answers), and it is all or nothing: a crash before the ingest
+//! leaves only the staging directory, which the next open removes. Imported rows replace any
+//! stored rows with the same keys; other rows are kept. Keys repeated across buffers: the
+//! later row wins.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use paramdb_types::Key;
+
+use crate::catalog::Table;
+use crate::error::{CheckpointError, ImportError, InputError, StorageError};
+use crate::row::Row;
+use crate::store::Core;
+
+/// Prefix of the staging directories inside a data directory.
+pub(crate) const STAGING_PREFIX: &str = "import-";
+/// Times `finish` checkpoints and looks again when the table keeps changing.
+const INGEST_ATTEMPTS: usize = 50;
+
+/// An import in progress into one table; see the module's notes.
+#[derive(Debug)]
+pub struct Import {
+    core: Arc<Core>,
+    table: Arc<Table>,
+    staging: tempfile::TempDir,
+    budget: usize,
+    keys: Vec<Key>,
+    values: Vec<f32>,
+    files: Vec<PathBuf>,
+    rows: u64,
+}
+
+/// What an import did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportInfo {
+    pub rows: u64,
+    /// Table files ingested.
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Removes staging directories a crash left behind (nothing in them was ingested).
+pub(crate) fn remove_stale_staging(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+            if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                tracing::warn!(path = %e.path().display(), error = %err, "could not remove an import's staging directory");
+            }
+        }
+    }
+}
+
+impl Core {
+    pub(crate) fn begin_import(
+        self: &Arc<Self>,
+        table: &str,
+        budget: usize,
+    ) -> Result<Import, ImportError> {
+        self.check_writable("import")?;
+        self.poison.check()?;
+        let t = self.table(table)?;
+        let staging = tempfile::Builder::new()
+            .prefix(STAGING_PREFIX)
+            .tempdir_in(&self.dir)
+            .map_err(|e| StorageError::io("creating an import's staging directory", e))?;
+        Ok(Import {
+            core: self.clone(),
+            table: t,
+            staging,
+            budget: budget.max(1 << 20),
+            keys: Vec::new(),
+            values: Vec::new(),
+            files: Vec::new(),
+            rows: 0,
+        })
+    }
+}
+
+impl Import {
+    pub fn dim(&self) -> usize {
+        self.table.dim()
+    }
+
+    /// Stages row `key` with `weights` (the table's dim). Bad input leaves the import usable.
+    pub fn add(&mut self, key: Key, weights: &[f32]) -> Result<(), ImportError> {
+        let t = &self.table;
+        if weights.len() != t.dim() {
+            return Err(InputError::DimensionMismatch {
+                table: t.spec.name.clone(),
+                dim: t.spec.dim,
+                keys: 1,
+                values: weights.len(),
+            }
+            .into());
+        }
+        if let Some(i) = weights.iter().position(|v| !v.is_finite()) {
+            return Err(InputError::NonFinite {
+                table: t.spec.name.clone(),
+                key,
+                index: i,
+                value: weights[i],
+            }
+            .into());
+        }
+        self.keys.push(key);
+        self.values.extend_from_slice(weights);
+        self.rows += 1;
+        if self.values.len() * 4 + self.keys.len() * 8 >= self.budget {
+            self.write_run()?;
+        }
+        Ok(())
+    }
+
+    /// Sorts the buffered rows by key and writes them as one table file.
+    fn write_run(&mut self) -> Result<(), ImportError> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let t = &self.table;
+        let dim = t.dim();
+        let mut order: Vec<u32> = (0..self.keys.len() as u32).collect();
+        order.sort_unstable_by_key(|&i| self.keys[i as usize]);
+        if let Some(w) = order
+            .windows(2)
+            .find(|w| self.keys[w[0] as usize] == self.keys[w[1] as usize])
+        {
+            return Err(InputError::DuplicateKey {
+                table: t.spec.name.clone(),
+                key: self.keys[w[0] as usize],
+            }
+            .into());
+        }
+        let path = self
+            .staging
+            .path()
+            .join(format!("{:06}.sst", self.files.len()));
+        let mut buf = Vec::new();
+        let mut file = self.core.rocks.table_file(&path)?;
+        for &i in &order {
+            let i = i as usize;
+            let k = self.keys[i];
+            let mut row = Row::initial(&t.spec, k);
+            row.data[..dim].copy_from_slice(&self.values[i * dim..(i + 1) * dim]);
+            row.encode(&t.spec.rule, t.spec.dim, &mut buf);
+            file.put(k, &buf)?;
+        }
+        file.finish()?;
+        self.files.push(path);
+        self.keys.clear();
+        self.values.clear();
+        Ok(())
+    }
+
+    /// Writes what is left and ingests every staged file at once. Returns what was imported.
+    pub fn finish(mut self) -> Result<ImportInfo, ImportError> {
+        self.write_run()?;
+        let bytes = self
+            .files
+            .iter()
+            .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+            .sum();
+        let info = ImportInfo {
+            rows: self.rows,
+            files: self.files.len(),
+            bytes,
+        };
+        if self.files.is_empty() {
+            return Ok(info);
+        }
+        let core = &self.core;
+        let t = &self.table;
+        for _ in 0..INGEST_ATTEMPTS {
+            core.checkpoint().map_err(|e| match e {
+                CheckpointError::Input(i) => ImportError::Input(i),
+                CheckpointError::Storage(s) => ImportError::Storage(s),
+            })?;
+            let _log = core.log.sequencer();
+            let in_memory = {
+                let layers = core.state.read();
+                let (dirty, frozen) = layers.of(t.id);
+                dirty.is_some_and(|d| d.len() > 0 || !d.deleted.is_empty()) || frozen.is_some()
+            };
+            if in_memory {
+                continue; // pushed or deleted since the checkpoint: write it back first
+            }
+            if !core.table_live(t.id) {
+                return Err(InputError::UnknownTable {
+                    name: t.spec.name.clone(),
+                }
+                .into());
+            }
+            core.poison.check()?;
+            core.rocks.ingest(&t.cf, &self.files)?;
+            let mut cache = core.cache();
+            cache.generation += 1;
+            cache.rows.forget_table(t.id);
+            tracing::info!(table = %t.spec.name, rows = info.rows, files = info.files, "import ingested");
+            return Ok(info);
+        }
+        Err(InputError::Busy {
+            table: t.spec.name.clone(),
+            what: "an import",
+        }
+        .into())
+    }
+}
