@@ -279,8 +279,13 @@ impl BlockingImporter {
         self.inner.dim()
     }
 
+    /// Adds a row. Rows are buffered here and sent a block at a time, so this waits only
+    /// when a block goes out.
     pub fn add(&mut self, key: u64, weights: &[f32]) -> Result<(), ClientError> {
-        self.rt.block_on(self.inner.add(key, weights))
+        match self.inner.stage(key, weights)? {
+            Some(s) => self.rt.block_on(self.inner.flush(s)),
+            None => Ok(()),
+        }
     }
 
     pub fn finish(self) -> Result<crate::transport::ImportResult, ClientError> {

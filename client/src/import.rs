@@ -45,6 +45,19 @@ impl Importer {
 
     /// Adds row `key` with `weights` (the table's dim; finite values).
     pub async fn add(&mut self, key: u64, weights: &[f32]) -> Result<(), ClientError> {
+        match self.stage(key, weights)? {
+            Some(s) => self.flush(s).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Buffers a row without waiting; returns the shard whose block is now full and must be
+    /// sent (`flush`) before more rows are staged for it.
+    pub(crate) fn stage(
+        &mut self,
+        key: u64,
+        weights: &[f32],
+    ) -> Result<Option<usize>, ClientError> {
         if weights.len() != self.dim {
             return Err(ClientError::Invalid(format!(
                 "row {key} has {} values; table {} has dim {}",
@@ -68,13 +81,10 @@ impl Importer {
         let (keys, values) = &mut self.bufs[s];
         keys.push(key);
         values.extend_from_slice(weights);
-        if keys.len() >= self.block_rows {
-            self.flush(s).await?;
-        }
-        Ok(())
+        Ok((keys.len() >= self.block_rows).then_some(s))
     }
 
-    async fn flush(&mut self, s: usize) -> Result<(), ClientError> {
+    pub(crate) async fn flush(&mut self, s: usize) -> Result<(), ClientError> {
         let (keys, values) = std::mem::take(&mut self.bufs[s]);
         if keys.is_empty() {
             return Ok(());

@@ -19,7 +19,7 @@ pub use grpc::{GrpcImport, GrpcShard, Security};
 
 /// Bytes of rows an embedded shard stages per table file while importing.
 #[cfg(feature = "embedded")]
-const IMPORT_STAGING_BYTES: usize = 256 << 20;
+const IMPORT_STAGING_BYTES: usize = 64 << 20;
 
 /// What a bulk import did (summed over shards by the client).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

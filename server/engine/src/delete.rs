@@ -15,8 +15,7 @@
 
 use paramdb_types::{ClientId, Key, KeyRange, PushAck};
 
-use crate::dedup::Verdict;
-use crate::error::{InputError, PushError, StorageError};
+use crate::error::{InputError, PushError};
 use crate::options::SyncPolicy;
 use crate::state_machine::Delete;
 use crate::store::Core;
@@ -70,42 +69,16 @@ impl Core {
         }
         self.poison.check()?;
         let lsn = {
-            let mut log = self.log.sequencer();
-            if !self.table_live(t.id) {
-                return Err(InputError::UnknownTable {
-                    name: t.spec.name.clone(),
-                }
-                .into());
+            let log = self.log.sequencer();
+            if let Some(lsn) = self.admit(&log, &t, client, seq)? {
+                drop(log);
+                return self.ack_duplicate(lsn);
             }
-            match self.state.verdict(client, seq) {
-                Verdict::New => {}
-                Verdict::Duplicate => {
-                    let lsn = log.last_lsn();
-                    drop(log);
-                    return self.ack_duplicate(lsn);
-                }
-                Verdict::TooOld { oldest } => {
-                    return Err(InputError::SequenceTooOld {
-                        client: client.0,
-                        seq,
-                        oldest,
-                    }
-                    .into())
-                }
-            }
-            self.poison.check()?;
             let body = match what {
                 Delete::Keys(k) => Body::DeleteKeys(k),
                 Delete::Range(KeyRange { start, end }) => Body::DeleteRange { start, end },
             };
-            let lsn = match log.append(client.0, seq, t.id, t.spec.dim, body) {
-                Ok((lsn, _)) => lsn,
-                Err(e) => {
-                    drop(log);
-                    self.poison(format!("writing the gradient log failed: {e}"));
-                    return Err(StorageError::io("writing the gradient log", e).into());
-                }
-            };
+            let (lsn, log) = self.append(log, &t, client, seq, body)?;
             let dirty_bytes = self.state.apply_delete(&t, client, seq, what);
             drop(log);
             let budget = self.opts.checkpoint_dirty_bytes;

@@ -1,9 +1,10 @@
 //! Bulk import: rows are written as RocksDB table files (SST) and ingested in one step, instead
 //! of being sent through the gradient log one push at a time.
 //!
-//! 1. **Stage** (`Import::add`, no store lock): rows are checked (dim, finite values, a key
-//!    twice in one run) and buffered; a full buffer (`budget` bytes) is sorted by key and
-//!    written to a table file in a staging directory inside the data directory. An imported
+//! 1. **Stage** (`Import::add`, no store lock): rows are checked (dim, finite values) and
+//!    buffered; a full buffer (`budget` bytes) is sorted by key (a key twice in it is refused)
+//!    and written to a table file in a staging directory inside the data directory, on a
+//!    background thread while the next buffer fills. An imported
 //!    row is the table's initial row for its key (optimizer state included) with the given
 //!    weights.
 //! 2. **Ingest** (`Import::finish`): a checkpoint first writes the table's changes back to
@@ -43,6 +44,10 @@ pub struct Import {
     keys: Vec<Key>,
     values: Vec<f32>,
     files: Vec<PathBuf>,
+    /// The run being written on a background thread while the next one fills, so reading
+    /// the input and writing table files overlap. At most one: memory stays within two
+    /// buffers.
+    writing: Option<std::thread::JoinHandle<Result<PathBuf, ImportError>>>,
     rows: u64,
 }
 
@@ -90,6 +95,7 @@ impl Core {
             keys: Vec::new(),
             values: Vec::new(),
             files: Vec::new(),
+            writing: None,
             rows: 0,
         })
     }
@@ -130,49 +136,43 @@ impl Import {
         Ok(())
     }
 
-    /// Sorts the buffered rows by key and writes them as one table file.
+    /// Hands the buffered rows to a background thread, which sorts them by key and writes them
+    /// as one table file, after the previous run's file is done.
     fn write_run(&mut self) -> Result<(), ImportError> {
+        self.wait_for_run()?;
         if self.keys.is_empty() {
             return Ok(());
         }
-        let t = &self.table;
-        let dim = t.dim();
-        let mut order: Vec<u32> = (0..self.keys.len() as u32).collect();
-        order.sort_unstable_by_key(|&i| self.keys[i as usize]);
-        if let Some(w) = order
-            .windows(2)
-            .find(|w| self.keys[w[0] as usize] == self.keys[w[1] as usize])
-        {
-            return Err(InputError::DuplicateKey {
-                table: t.spec.name.clone(),
-                key: self.keys[w[0] as usize],
-            }
-            .into());
-        }
+        let keys = std::mem::take(&mut self.keys);
+        let values = std::mem::take(&mut self.values);
+        let (core, table) = (self.core.clone(), self.table.clone());
         let path = self
             .staging
             .path()
             .join(format!("{:06}.sst", self.files.len()));
-        let mut buf = Vec::new();
-        let mut file = self.core.rocks.table_file(&path)?;
-        for &i in &order {
-            let i = i as usize;
-            let k = self.keys[i];
-            let mut row = Row::initial(&t.spec, k);
-            row.data[..dim].copy_from_slice(&self.values[i * dim..(i + 1) * dim]);
-            row.encode(&t.spec.rule, t.spec.dim, &mut buf);
-            file.put(k, &buf)?;
+        let handle = std::thread::Builder::new()
+            .name("paramdb-import".into())
+            .spawn(move || write_table_file(&core, &table, &path, &keys, &values).map(|()| path))
+            .map_err(|e| StorageError::io("starting an import thread", e))?;
+        self.writing = Some(handle);
+        Ok(())
+    }
+
+    /// Waits for the run being written, if any, and records its file.
+    fn wait_for_run(&mut self) -> Result<(), ImportError> {
+        if let Some(h) = self.writing.take() {
+            let path = h.join().map_err(|_| StorageError::CorruptMeta {
+                reason: "an import thread panicked".into(),
+            })??;
+            self.files.push(path);
         }
-        file.finish()?;
-        self.files.push(path);
-        self.keys.clear();
-        self.values.clear();
         Ok(())
     }
 
     /// Writes what is left and ingests every staged file at once. Returns what was imported.
     pub fn finish(mut self) -> Result<ImportInfo, ImportError> {
         self.write_run()?;
+        self.wait_for_run()?;
         let bytes = self
             .files
             .iter()
@@ -222,4 +222,40 @@ impl Import {
         }
         .into())
     }
+}
+
+/// Sorts one run's rows by key and writes them as a table file at `path`. An imported row is
+/// the table's initial row (its optimizer state) with the given weights.
+fn write_table_file(
+    core: &Core,
+    t: &Table,
+    path: &Path,
+    keys: &[Key],
+    values: &[f32],
+) -> Result<(), ImportError> {
+    let dim = t.dim();
+    let mut order: Vec<u32> = (0..keys.len() as u32).collect();
+    order.sort_unstable_by_key(|&i| keys[i as usize]);
+    if let Some(w) = order
+        .windows(2)
+        .find(|w| keys[w[0] as usize] == keys[w[1] as usize])
+    {
+        return Err(InputError::DuplicateKey {
+            table: t.spec.name.clone(),
+            key: keys[w[0] as usize],
+        }
+        .into());
+    }
+    // The optimizer state does not depend on the key; only the weights change per row.
+    let mut row = Row::initial(&t.spec, 0);
+    let mut buf = Vec::new();
+    let mut file = core.rocks.table_file(path)?;
+    for &i in &order {
+        let i = i as usize;
+        row.data[..dim].copy_from_slice(&values[i * dim..(i + 1) * dim]);
+        row.encode(&t.spec.rule, t.spec.dim, &mut buf);
+        file.put(keys[i], &buf)?;
+    }
+    file.finish()?;
+    Ok(())
 }

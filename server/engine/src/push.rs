@@ -22,10 +22,12 @@ use paramdb_types::{ClientId, Key, PushAck};
 use crate::catalog::Table;
 use crate::dedup::Verdict;
 use crate::error::{InputError, PushError, StorageError};
+use crate::log::Sequencer;
 use crate::options::SyncPolicy;
 use crate::row::Row;
 use crate::state_machine::{lookup, Request};
 use crate::store::Core;
+use crate::wal::Body;
 
 /// Keys of a push: a list, or the contiguous block `[start, start + count)`.
 #[derive(Clone, Copy, Debug)]
@@ -183,29 +185,13 @@ impl Core {
         request: &Request<'_>,
         plan: &mut Plan,
     ) -> Result<Logged, PushError> {
-        let mut log = self.log.sequencer();
+        let log = self.log.sequencer();
         if self.cache().generation != plan.generation {
             return Ok(Logged::Stale); // a checkpoint finished: fetched rows may be stale
         }
-        if !self.table_live(t.id) {
-            return Err(InputError::UnknownTable {
-                name: t.spec.name.clone(),
-            }
-            .into());
+        if let Some(lsn) = self.admit(&log, t, client, seq)? {
+            return Ok(Logged::Duplicate(lsn));
         }
-        match self.state.verdict(client, seq) {
-            Verdict::New => {}
-            Verdict::Duplicate => return Ok(Logged::Duplicate(log.last_lsn())),
-            Verdict::TooOld { oldest } => {
-                return Err(InputError::SequenceTooOld {
-                    client: client.0,
-                    seq,
-                    oldest,
-                }
-                .into())
-            }
-        }
-        self.poison.check()?;
         // Every row must have a base before the record is logged: in memory, or read above.
         {
             let layers = self.state.read();
@@ -223,14 +209,11 @@ impl Core {
             PushKeys::List(k) => Ok(k),
             PushKeys::Range { start, .. } => Err(start),
         };
-        let lsn = match log.append_push(client.0, seq, t.id, t.spec.dim, log_keys, request.values) {
-            Ok((lsn, _)) => lsn,
-            Err(e) => {
-                drop(log);
-                self.poison(format!("writing the gradient log failed: {e}"));
-                return Err(StorageError::io("writing the gradient log", e).into());
-            }
+        let body = Body::Push {
+            keys: log_keys,
+            values: request.values,
         };
+        let (lsn, log) = self.append(log, t, client, seq, body)?;
         let dirty_bytes = match self.state.apply(t, client, seq, request, &mut plan.fetched) {
             Ok(b) => b,
             Err(m) => {
@@ -251,6 +234,61 @@ impl Core {
             self.stop.wake.notify_all();
         }
         Ok(Logged::Lsn(lsn))
+    }
+}
+
+impl Core {
+    /// The last checks of a write of `(client, seq)` to `t`, under the sequencer: the table
+    /// still exists, the write is new (`Some(lsn)`: a retry of an applied one, to be
+    /// acknowledged once `lsn` is durable), and the store is not poisoned.
+    pub(crate) fn admit(
+        &self,
+        log: &Sequencer<'_>,
+        t: &Table,
+        client: ClientId,
+        seq: u64,
+    ) -> Result<Option<u64>, PushError> {
+        if !self.table_live(t.id) {
+            return Err(InputError::UnknownTable {
+                name: t.spec.name.clone(),
+            }
+            .into());
+        }
+        match self.state.verdict(client, seq) {
+            Verdict::New => {}
+            Verdict::Duplicate => return Ok(Some(log.last_lsn())),
+            Verdict::TooOld { oldest } => {
+                return Err(InputError::SequenceTooOld {
+                    client: client.0,
+                    seq,
+                    oldest,
+                }
+                .into())
+            }
+        }
+        self.poison.check()?;
+        Ok(None)
+    }
+
+    /// Appends a write's record with the next LSN. On failure the segment's tail is unknown:
+    /// the sequencer is released and the store poisoned.
+    pub(crate) fn append<'l>(
+        &self,
+        mut log: Sequencer<'l>,
+        t: &Table,
+        client: ClientId,
+        seq: u64,
+        body: Body<'_>,
+    ) -> Result<(u64, Sequencer<'l>), PushError> {
+        match log.append(client.0, seq, t.id, t.spec.dim, body) {
+            Ok((lsn, _)) => Ok((lsn, log)),
+            Err(e) => {
+                // Poisoning wakes the durability waiters, whose leader may want the sequencer.
+                drop(log);
+                self.poison(format!("writing the gradient log failed: {e}"));
+                Err(StorageError::io("writing the gradient log", e).into())
+            }
+        }
     }
 }
 

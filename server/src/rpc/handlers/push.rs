@@ -120,7 +120,7 @@ pub(crate) async fn delete_range(
 }
 
 /// Staging memory per import: each full buffer becomes one table file.
-const IMPORT_BUDGET: usize = 256 << 20;
+const IMPORT_BUDGET: usize = 64 << 20;
 
 pub(crate) async fn import(
     s: &ShardService,
