@@ -149,11 +149,7 @@ pub fn export(client: &BlockingClient, req: &Request<'_>) -> anyhow::Result<Writ
         .describe_table(req.table)
         .with_context(|| format!("table {:?}", req.table))?
         .dim as usize;
-    let model = req.vocab.map(String::from).or_else(|| {
-        ["in", "out"]
-            .iter()
-            .find_map(|s| req.table.strip_suffix(&format!(".{s}")).map(String::from))
-    });
+    let model = crate::import::model_of(req.table, req.vocab);
     let vocab_table = model
         .as_deref()
         .map(vocab::table)

@@ -272,7 +272,7 @@ impl GrpcShard {
             index: self.index,
             table: Some(table.to_string()),
             tx: Some(tx),
-            call,
+            call: Some(call),
         })
     }
 
@@ -397,7 +397,21 @@ pub struct GrpcImport {
     /// Sent with the first block only.
     table: Option<String>,
     tx: Option<tokio::sync::mpsc::Sender<v1::ImportBlock>>,
-    call: tokio::task::JoinHandle<Result<tonic::Response<v1::ImportResponse>, tonic::Status>>,
+    /// `None` once `finish` took it.
+    call: Option<ImportCall>,
+}
+
+type ImportCall =
+    tokio::task::JoinHandle<Result<tonic::Response<v1::ImportResponse>, tonic::Status>>;
+
+impl Drop for GrpcImport {
+    /// An import dropped unfinished (another shard failed) is cancelled, so the server sees a
+    /// broken stream and ingests nothing; a stream merely ended would be ingested.
+    fn drop(&mut self) {
+        if let Some(call) = &self.call {
+            call.abort();
+        }
+    }
 }
 
 impl GrpcImport {
@@ -420,7 +434,14 @@ impl GrpcImport {
         }
         // The call ended early: the server refused the stream. Its answer says why.
         self.tx = None;
-        match (&mut self.call).await {
+        let Some(call) = self.call.as_mut() else {
+            return Err(ClientError::Status {
+                shard: self.index,
+                code: Code::Aborted,
+                message: "the import stream ended early".into(),
+            });
+        };
+        match call.await {
             Ok(Err(s)) => Err(status(self.index, s)),
             _ => Err(ClientError::Status {
                 shard: self.index,
@@ -432,7 +453,14 @@ impl GrpcImport {
 
     pub(super) async fn finish(mut self) -> Result<super::ImportResult, ClientError> {
         drop(self.tx.take());
-        match self.call.await {
+        let Some(call) = self.call.take() else {
+            return Err(ClientError::Status {
+                shard: self.index,
+                code: Code::Aborted,
+                message: "the import stream ended early".into(),
+            });
+        };
+        match call.await {
             Ok(Ok(r)) => {
                 let r = r.into_inner();
                 Ok(super::ImportResult {
