@@ -109,6 +109,15 @@ impl BlockingClient {
         self.rt.block_on(self.client.describe_table(name))
     }
 
+    /// See `Client::set_lifecycle`.
+    pub fn set_lifecycle(
+        &self,
+        name: &str,
+        lifecycle: paramdb_types::Lifecycle,
+    ) -> Result<(), ClientError> {
+        self.rt.block_on(self.client.set_lifecycle(name, lifecycle))
+    }
+
     pub fn pull(&self, table: &str, keys: &[u64]) -> Result<Vec<f32>, ClientError> {
         self.rt.block_on(self.client.pull(table, keys))
     }

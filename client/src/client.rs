@@ -419,6 +419,24 @@ impl Client {
             .await
     }
 
+    /// Replaces the table's lifecycle policies on every shard (`max_rows` caps each shard's
+    /// part). Setting the same policies again is harmless, so re-running after a partial
+    /// failure completes it.
+    pub async fn set_lifecycle(
+        &self,
+        name: &str,
+        lifecycle: paramdb_types::Lifecycle,
+    ) -> Result<(), ClientError> {
+        let results = self
+            .all(|s| {
+                let name = name.to_string();
+                async move { s.set_lifecycle(&name, lifecycle).await }
+            })
+            .await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        Ok(())
+    }
+
     pub async fn describe_table(&self, name: &str) -> Result<TableSpec, ClientError> {
         let n = name.to_string();
         let spec = self

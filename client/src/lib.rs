@@ -29,9 +29,10 @@ pub use import::Importer;
 #[cfg(feature = "embedded")]
 pub use paramdb_engine::{Store, StoreOptions, SyncPolicy};
 pub use paramdb_proto::cluster::ClusterMap;
+pub use paramdb_types::parse_duration_secs;
 pub use paramdb_types::{
-    CacheStats, Code, Initializer, KeyRange, LogRecord, Problem, ProblemArea, ShardReport,
-    StoreStats, TableReport, TableSpec, UpdateRule, VerifyReport,
+    CacheStats, Code, Initializer, KeyRange, Lifecycle, LifecycleCounts, LogRecord, Problem,
+    ProblemArea, ShardReport, StoreStats, TableReport, TableSpec, UpdateRule, VerifyReport,
 };
 pub use staleness::Clock;
 pub use transport::{ImportResult, LogDump, RowBlock, ShardStats};

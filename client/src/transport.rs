@@ -125,6 +125,14 @@ impl Shard {
         each!(self, s => s.describe_table(name).await)
     }
 
+    pub async fn set_lifecycle(
+        &self,
+        name: &str,
+        lifecycle: paramdb_types::Lifecycle,
+    ) -> Result<(), ClientError> {
+        each!(self, s => s.set_lifecycle(name, lifecycle).await)
+    }
+
     pub async fn pull(&self, table: &str, keys: Vec<u64>) -> Result<Vec<f32>, ClientError> {
         each!(self, s => s.pull(table, keys).await)
     }

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use paramdb_types::{
-    CacheStats, KeyRange, LogRecord, Problem, ProblemArea, ShardReport, StoreStats, TableReport,
-    TableSpec, VerifyReport,
+    CacheStats, KeyRange, LifecycleCounts, LogRecord, Problem, ProblemArea, ShardReport,
+    StoreStats, TableReport, TableSpec, VerifyReport,
 };
 
 use crate::v1;
@@ -18,6 +18,7 @@ pub fn spec_to_wire(s: &TableSpec) -> v1::TableSpec {
         init: s.init.to_string(),
         rule: s.rule.to_string(),
         seed: s.seed,
+        lifecycle: s.lifecycle.to_string(),
     }
 }
 
@@ -35,6 +36,7 @@ pub fn spec_from_wire(s: v1::TableSpec) -> Result<TableSpec, String> {
         } else {
             s.rule.parse()?
         },
+        lifecycle: s.lifecycle.parse()?,
         name: s.name,
         dim: s.dim,
         seed: s.seed,
@@ -81,6 +83,10 @@ pub fn stats_to_wire(shard: u32, range: KeyRange, s: StoreStats) -> v1::StatsRes
         dirty_bytes: s.dirty_bytes,
         log_bytes_written: s.log_bytes_written,
         checkpoint_age_ms: s.checkpoint_age.as_millis() as u64,
+        rows_admitted: s.lifecycle.admitted,
+        rows_unadmitted: s.lifecycle.unadmitted,
+        rows_expired: s.lifecycle.expired,
+        rows_evicted: s.lifecycle.evicted,
     }
 }
 
@@ -92,6 +98,12 @@ pub fn stats_from_wire(r: v1::StatsResponse) -> (u32, KeyRange, StoreStats) {
         duplicate_pushes: r.duplicate_pushes,
         rows_pushed: r.rows_pushed,
         deletes: r.deletes,
+        lifecycle: LifecycleCounts {
+            admitted: r.rows_admitted,
+            unadmitted: r.rows_unadmitted,
+            expired: r.rows_expired,
+            evicted: r.rows_evicted,
+        },
         pulls: r.pulls,
         rows_pulled: r.rows_pulled,
         dirty_rows: r.dirty_rows as usize,
@@ -161,6 +173,11 @@ pub fn report_to_wire(shard: u32, range: KeyRange, r: ShardReport) -> v1::Inspec
                 has_keys: t.key_range.is_some(),
                 first_key: t.key_range.map_or(0, |r| r.0),
                 last_key: t.key_range.map_or(0, |r| r.1),
+                lifecycle: t.lifecycle,
+                rows_admitted: t.lifecycle_counts.admitted,
+                rows_unadmitted: t.lifecycle_counts.unadmitted,
+                rows_expired: t.lifecycle_counts.expired,
+                rows_evicted: t.lifecycle_counts.evicted,
             })
             .collect(),
     }
@@ -204,6 +221,13 @@ pub fn report_from_wire(r: v1::InspectResponse) -> ShardReport {
                 sst_bytes: t.sst_bytes,
                 dirty_rows: t.dirty_rows,
                 key_range: t.has_keys.then_some((t.first_key, t.last_key)),
+                lifecycle: t.lifecycle,
+                lifecycle_counts: LifecycleCounts {
+                    admitted: t.rows_admitted,
+                    unadmitted: t.rows_unadmitted,
+                    expired: t.rows_expired,
+                    evicted: t.rows_evicted,
+                },
             })
             .collect(),
     }
@@ -297,6 +321,8 @@ pub fn dump_from_wire(d: v1::LogDumpResponse) -> (Vec<LogRecord>, Vec<String>) {
                 "range" => "range",
                 "delete-keys" => "delete-keys",
                 "delete-range" => "delete-range",
+                "lifecycle" => "lifecycle",
+                "evict" => "evict",
                 _ => "keys",
             },
             client: r.client,
@@ -322,6 +348,12 @@ mod tests {
             dirty_bytes: 9,
             checkpoint_age: Duration::from_millis(1500),
             poisoned: Some("disk".into()),
+            lifecycle: LifecycleCounts {
+                admitted: 1,
+                unadmitted: 2,
+                expired: 3,
+                evicted: 4,
+            },
             cache: CacheStats {
                 hits: 4,
                 ..Default::default()

@@ -84,6 +84,17 @@ def main():
     expect_error(lambda: c.delete_range("py", 5, 5), "INVALID_ARGUMENT", "nothing to delete")
     expect_error(lambda: c.delete("nope", [1]), "NOT_FOUND", "nope")
 
+    # Lifecycle policies: admission keeps a key's first push out, the second gets it a row.
+    c.create_table("adm", 2, lifecycle="admit_after=2")
+    assert c.describe_table("adm")["lifecycle"] == "admit_after=2"
+    c.push("adm", [11], np.ones((1, 2), np.float32))
+    np.testing.assert_array_equal(c.pull("adm", [11]), np.zeros((1, 2), np.float32))
+    c.push("adm", [11], np.ones((1, 2), np.float32))
+    np.testing.assert_array_equal(c.pull("adm", [11]), np.ones((1, 2), np.float32))
+    c.set_lifecycle("adm", "ttl=1h")
+    assert c.describe_table("adm")["lifecycle"] == "ttl=1h"
+    expect_error(lambda: c.set_lifecycle("adm", "ttl=0"), "INVALID_ARGUMENT", "ttl")
+
     # Bad input gets a clear error, and the cluster keeps serving.
     expect_error(lambda: c.pull("nope", [1]), "NOT_FOUND", "nope")
     expect_error(lambda: c.push("py", [1], np.ones(5, np.float32)), "INVALID_ARGUMENT", "")

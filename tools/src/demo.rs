@@ -80,6 +80,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         seed: 1,
         checkpoint_secs: 10.0,
         quiet: false,
+        lifecycle: None,
         target: target.clone(),
     };
     crate::train::word2vec(train)?;

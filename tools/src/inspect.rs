@@ -55,6 +55,28 @@ pub struct DeleteArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct LifecycleArgs {
+    pub table: String,
+    /// Rows not pushed for this long expire (`90s`, `30m`, `12h`, `7d`, `2w`).
+    #[arg(long, value_parser = paramdb_client::parse_duration_secs)]
+    pub ttl: Option<u64>,
+    /// Remove the TTL (rows expired under it stay gone).
+    #[arg(long, conflicts_with = "ttl")]
+    pub no_ttl: bool,
+    /// A key gets a stored row only from its N-th push (2 to 255; 1 turns admission off).
+    #[arg(long)]
+    pub admit_after: Option<u32>,
+    /// Cap each shard's part of the table at about N rows, evicting the least recently pushed.
+    #[arg(long)]
+    pub max_rows: Option<u64>,
+    /// Remove the size cap.
+    #[arg(long, conflicts_with = "max_rows")]
+    pub no_max_rows: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct ScanArgs {
     pub table: String,
     /// `START..END` (end exclusive; either side may be left out).
@@ -175,6 +197,14 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
                 bpp,
                 keys
             )?;
+            if t.lifecycle != "none" && !t.lifecycle.is_empty() {
+                let c = &t.lifecycle_counts;
+                writeln!(
+                    out,
+                    "    lifecycle {}: {} admitted, {} pushes not admitted, {} expired, {} evicted",
+                    t.lifecycle, c.admitted, c.unadmitted, c.expired, c.evicted
+                )?;
+            }
         }
     }
     Ok(())
@@ -199,6 +229,11 @@ fn shard_json(index: usize, range: (u64, u64), r: &ShardReport) -> serde_json::V
                 "dirty_rows": t.dirty_rows,
                 "first_key": t.key_range.map(|k| k.0),
                 "last_key": t.key_range.map(|k| k.1),
+                "lifecycle": t.lifecycle,
+                "rows_admitted": t.lifecycle_counts.admitted,
+                "rows_unadmitted": t.lifecycle_counts.unadmitted,
+                "rows_expired": t.lifecycle_counts.expired,
+                "rows_evicted": t.lifecycle_counts.evicted,
             })
         })
         .collect();
@@ -340,6 +375,41 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<()> {
         client.delete_range(&args.table, range)?;
         println!("deleted the keys {range} of {}", args.table);
     }
+    Ok(())
+}
+
+/// Shows a table's lifecycle policies, or changes the ones named (the others stay).
+pub fn lifecycle(args: LifecycleArgs) -> anyhow::Result<()> {
+    let client = args.target.connect_existing()?;
+    let spec = client
+        .describe_table(&args.table)
+        .with_context(|| format!("table {:?}", args.table))?;
+    let mut l = spec.lifecycle;
+    let changes = args.ttl.is_some()
+        || args.no_ttl
+        || args.admit_after.is_some()
+        || args.max_rows.is_some()
+        || args.no_max_rows;
+    if args.no_ttl {
+        l.ttl_secs = None;
+    }
+    if let Some(t) = args.ttl {
+        l.ttl_secs = Some(t);
+    }
+    if let Some(n) = args.admit_after {
+        l.admit_after = if n <= 1 { 0 } else { n };
+    }
+    if args.no_max_rows {
+        l.max_rows = None;
+    }
+    if let Some(m) = args.max_rows {
+        l.max_rows = Some(m);
+    }
+    if changes {
+        l.validate().map_err(|e| anyhow::anyhow!("{}", e.reason))?;
+        client.set_lifecycle(&args.table, l)?;
+    }
+    println!("{}: {l}", args.table);
     Ok(())
 }
 

@@ -63,6 +63,9 @@ enum Command {
     Import(import::ImportArgs),
     /// Delete rows by key or a key range (logged, exactly once, like pushes).
     Delete(inspect::DeleteArgs),
+    /// A table's lifecycle policies (expiry, admission, size cap): shown, or the named ones
+    /// changed.
+    Lifecycle(inspect::LifecycleArgs),
     /// Tables, rows, bytes on disk, log, checkpoint and format versions of every shard.
     Inspect(inspect::InspectArgs),
     /// Rows by key, or by word for a word2vec model's tables.
@@ -157,6 +160,7 @@ fn main() -> std::process::ExitCode {
         Command::Export(args) => export::run(args),
         Command::Import(args) => import::run(args),
         Command::Delete(args) => inspect::delete(args),
+        Command::Lifecycle(args) => inspect::lifecycle(args),
         Command::Inspect(args) => inspect::inspect(args),
         Command::Get(args) => inspect::get(args),
         Command::Scan(args) => inspect::scan(args),

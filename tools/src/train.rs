@@ -65,6 +65,10 @@ pub struct Word2VecArgs {
     /// No progress output, only the summary.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Lifecycle policies of the model's vectors, set when it is created (`ttl=7d`,
+    /// `admit_after=2`, `max_rows=1000000`, comma-separated); a resumed model must have them.
+    #[arg(long)]
+    pub lifecycle: Option<paramdb_client::Lifecycle>,
     #[command(flatten)]
     pub target: Target,
 }
@@ -92,6 +96,7 @@ impl Word2VecArgs {
             negative_pool: self.negative_pool,
             seed: self.seed,
             checkpoint_secs: self.checkpoint_secs,
+            lifecycle: self.lifecycle,
             ..Config::default()
         }
     }

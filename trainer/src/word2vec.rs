@@ -85,6 +85,10 @@ pub struct Config {
     /// Take the vocabulary's counts from this word2vec.c vocabulary file (`word count` per
     /// line, as `-save-vocab` writes it) instead of counting the corpus.
     pub read_vocab: Option<std::path::PathBuf>,
+    /// Lifecycle policies of the model's input and output tables (expiry, admission, size
+    /// cap), set when the model is created. `None`: whatever the model has (none for a new
+    /// one). A resumed model with other policies is refused.
+    pub lifecycle: Option<paramdb_client::Lifecycle>,
 }
 
 impl Default for Config {
@@ -112,6 +116,7 @@ impl Default for Config {
             seed: 1,
             checkpoint_secs: 10.0,
             read_vocab: None,
+            lifecycle: None,
         }
     }
 }
@@ -285,7 +290,19 @@ pub fn train(
                     ),
                 });
             }
-            // Words below the minimum count were zeroed when the model was created.
+            if let Some(want) = cfg.lifecycle {
+                let has = client.describe_table(&in_table(&cfg.model))?.lifecycle;
+                if has != want {
+                    return Err(TrainError::Mismatch {
+                        model: cfg.model.clone(),
+                        reason: format!(
+                            "its tables have lifecycle {has}, and this run asks for {want} \
+                             (change them with `paramdb lifecycle`, or leave the flags out)"
+                        ),
+                    });
+                }
+            }
+            // Words below the minimum count were deleted when the model was created.
             let summary = vocab::summarize(client, &cfg.model, 1, cfg.cached_words)?;
             let rows = client.pull(&state_t, &my_keys)?;
             let positions: Vec<Position> = rows
@@ -333,15 +350,19 @@ pub fn train(
                 )));
             }
             let half = 0.5 / cfg.dim as f32;
+            let lifecycle = cfg.lifecycle.unwrap_or_default();
             client.create_table(
                 TableSpec::new(in_table(&cfg.model), cfg.dim)
                     .with_init(Initializer::Uniform {
                         low: -half,
                         high: half,
                     })
-                    .with_seed(cfg.seed),
+                    .with_seed(cfg.seed)
+                    .with_lifecycle(lifecycle),
             )?;
-            client.create_table(TableSpec::new(out_table(&cfg.model), cfg.dim))?;
+            client.create_table(
+                TableSpec::new(out_table(&cfg.model), cfg.dim).with_lifecycle(lifecycle),
+            )?;
             client.create_table(TableSpec::new(&state_t, STATE_DIM as u32))?;
             let meta = Meta {
                 threads: cfg.threads as u64,

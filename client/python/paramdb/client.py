@@ -210,11 +210,22 @@ class Client:
 
     # -- tables -------------------------------------------------------------------------------
 
-    def create_table(self, name: str, dim: int, init: str = "", rule: str = "", seed: int = 0):
+    def create_table(
+        self,
+        name: str,
+        dim: int,
+        init: str = "",
+        rule: str = "",
+        seed: int = 0,
+        lifecycle: str = "",
+    ):
         """Creates `name` on every shard. `init`: "zeros", "uniform(low,high)", "normal(std)";
         `rule`: "add", "sgd(lr)", "adagrad(lr,eps,initial_accumulator)",
-        "adam(lr,beta1,beta2,eps)"."""
-        spec = pb.TableSpec(name=name, dim=dim, init=init, rule=rule, seed=seed)
+        "adam(lr,beta1,beta2,eps)"; `lifecycle`: "none" or e.g. "ttl=7d,admit_after=2,
+        max_rows=1000000" (`max_rows` per shard)."""
+        spec = pb.TableSpec(
+            name=name, dim=dim, init=init, rule=rule, seed=seed, lifecycle=lifecycle
+        )
         for s in range(len(self.shards)):
             self._call(s, "CreateTable", pb.CreateTableRequest(spec=spec))
 
@@ -225,7 +236,21 @@ class Client:
     def describe_table(self, name: str) -> dict:
         info = self._call(0, "DescribeTable", pb.DescribeTableRequest(name=name))
         sp = info.spec
-        return {"name": sp.name, "dim": sp.dim, "init": sp.init, "rule": sp.rule, "seed": sp.seed}
+        return {
+            "name": sp.name,
+            "dim": sp.dim,
+            "init": sp.init,
+            "rule": sp.rule,
+            "seed": sp.seed,
+            "lifecycle": sp.lifecycle,
+        }
+
+    def set_lifecycle(self, name: str, lifecycle: str) -> None:
+        """Replaces the table's lifecycle policies on every shard ("none" removes them)."""
+        for s in range(len(self.shards)):
+            self._call(
+                s, "SetLifecycle", pb.SetLifecycleRequest(table=name, lifecycle=lifecycle)
+            )
 
     def list_tables(self) -> list:
         r = self._call(0, "ListTables", pb.ListTablesRequest())

@@ -104,6 +104,16 @@ impl EmbeddedShard {
             .map_err(|e| error(self.index, e))
     }
 
+    pub(super) async fn set_lifecycle(
+        &self,
+        name: &str,
+        lifecycle: paramdb_types::Lifecycle,
+    ) -> Result<(), ClientError> {
+        let name = name.to_string();
+        self.run(move |s| s.set_lifecycle(&name, lifecycle).map(|_| ()))
+            .await
+    }
+
     pub(super) async fn pull(&self, table: &str, keys: Vec<u64>) -> Result<Vec<f32>, ClientError> {
         self.check_keys(&keys)?;
         let table = table.to_string();

@@ -171,6 +171,22 @@ impl GrpcShard {
         self.spec(r.into_inner().spec)
     }
 
+    pub(super) async fn set_lifecycle(
+        &self,
+        name: &str,
+        lifecycle: paramdb_types::Lifecycle,
+    ) -> Result<(), ClientError> {
+        self.client
+            .clone()
+            .set_lifecycle(v1::SetLifecycleRequest {
+                table: name.into(),
+                lifecycle: lifecycle.to_string(),
+            })
+            .await
+            .map_err(|s| self.status(s))?;
+        Ok(())
+    }
+
     pub(super) async fn pull(&self, table: &str, keys: Vec<u64>) -> Result<Vec<f32>, ClientError> {
         let req = v1::PullRequest {
             table: table.into(),

@@ -11,14 +11,17 @@
 
 mod code;
 mod key;
+mod lifecycle;
 mod report;
 mod spec;
 mod text;
 
 pub use code::Code;
 pub use key::{ClientId, Key, KeyRange, PushAck};
+pub use lifecycle::{parse_duration_secs, Lifecycle, MAX_ADMIT_AFTER, MAX_TTL_SECS};
 pub use report::{
-    CacheStats, LogRecord, Problem, ProblemArea, ShardReport, StoreStats, TableReport, VerifyReport,
+    CacheStats, LifecycleCounts, LogRecord, Problem, ProblemArea, ShardReport, StoreStats,
+    TableReport, VerifyReport,
 };
 pub use spec::{Initializer, SpecError, TableSpec, UpdateRule, MAX_DIM, MAX_NAME_LEN};
 pub use text::quote;

@@ -46,6 +46,8 @@ pub struct StoreStats {
     pub rows_pushed: u64,
     /// Deletes applied (of keys or of a range), retries not counted.
     pub deletes: u64,
+    /// Lifecycle counts over every table (see `LifecycleCounts`).
+    pub lifecycle: LifecycleCounts,
     pub pulls: u64,
     pub rows_pulled: u64,
     pub dirty_rows: usize,
@@ -113,6 +115,33 @@ pub struct TableReport {
     pub dirty_rows: u64,
     /// Smallest and largest stored key.
     pub key_range: Option<(u64, u64)>,
+    /// The table's policies, as `Lifecycle` prints them (`none`, `ttl=7d,admit_after=2`).
+    pub lifecycle: String,
+    /// What the policies did (zero for a read-only open).
+    pub lifecycle_counts: LifecycleCounts,
+}
+
+/// What a store's lifecycle policies did since it was opened (log replay included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LifecycleCounts {
+    /// Keys that got a stored row by reaching `admit_after` pushes.
+    pub admitted: u64,
+    /// Row updates counted by admission and not stored (the key had too few pushes).
+    pub unadmitted: u64,
+    /// Rows dropped because their TTL passed: by a push finding one, by a checkpoint, or by
+    /// RocksDB's compaction.
+    pub expired: u64,
+    /// Rows evicted to keep a table within `max_rows`.
+    pub evicted: u64,
+}
+
+impl LifecycleCounts {
+    pub fn add(&mut self, o: &LifecycleCounts) {
+        self.admitted += o.admitted;
+        self.unadmitted += o.unadmitted;
+        self.expired += o.expired;
+        self.evicted += o.evicted;
+    }
 }
 
 impl TableReport {

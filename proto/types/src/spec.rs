@@ -74,6 +74,8 @@ pub struct TableSpec {
     pub rule: UpdateRule,
     /// Seed of the initializer stream.
     pub seed: u64,
+    /// Expiry, admission and size cap; changeable after creation.
+    pub lifecycle: crate::Lifecycle,
 }
 
 impl TableSpec {
@@ -84,7 +86,13 @@ impl TableSpec {
             init: Initializer::Zeros,
             rule: UpdateRule::Add,
             seed: 0,
+            lifecycle: crate::Lifecycle::default(),
         }
+    }
+
+    pub fn with_lifecycle(mut self, lifecycle: crate::Lifecycle) -> Self {
+        self.lifecycle = lifecycle;
+        self
     }
 
     pub fn with_init(mut self, init: Initializer) -> Self {
@@ -177,7 +185,7 @@ impl TableSpec {
                 }
             }
         }
-        Ok(())
+        self.lifecycle.validate()
     }
 }
 

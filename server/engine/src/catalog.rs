@@ -17,6 +17,15 @@ pub(crate) const META_CHECKPOINT: &[u8] = b"checkpoint_lsn";
 pub(crate) const META_NEXT_TABLE: &[u8] = b"next_table_id";
 pub(crate) const META_TABLE_PREFIX: &[u8] = b"table/";
 pub(crate) const META_CLIENT_PREFIX: &[u8] = b"client/";
+/// A table's lifecycle state as of the checkpoint: `life/<table id, u32 BE>`.
+pub(crate) const META_LIFE_PREFIX: &[u8] = b"life/";
+/// Time of the last record the checkpoint covers (u32 seconds).
+pub(crate) const META_CLOCK: &[u8] = b"clock";
+
+/// The meta key of table `id`'s lifecycle state.
+pub(crate) fn life_key(id: u32) -> Vec<u8> {
+    [META_LIFE_PREFIX, &id.to_be_bytes()].concat()
+}
 
 /// A table as the store knows it: the user's spec plus its id.
 #[derive(Debug, Clone, PartialEq)]
@@ -202,6 +211,8 @@ pub(crate) fn decode_entry(b: &[u8]) -> Result<(u32, TableSpec), String> {
             init,
             rule,
             seed,
+            // A table's policies live in its lifecycle state (`life/<id>`), not here.
+            lifecycle: Default::default(),
         },
     ))
 }

@@ -23,12 +23,29 @@ use std::time::Instant;
 use paramdb_types::Key;
 use rocksdb::WriteBatch;
 
-use crate::catalog::{META_CHECKPOINT, META_CLIENT_PREFIX};
+use crate::catalog::{life_key, META_CHECKPOINT, META_CLIENT_PREFIX, META_CLOCK};
 use crate::error::{CheckpointError, StorageError};
 use crate::options::SyncPolicy;
 use crate::rocks::key_bytes;
-use crate::state_machine::{Dedup, Rows, Slot};
+use crate::state_machine::{Dedup, Lives, Rows, Slot};
 use crate::store::Core;
+
+/// What the freeze captured, all as of one LSN.
+struct Frozen {
+    rows: Arc<Rows>,
+    lsn: u64,
+    dedup: Dedup,
+    lives: Lives,
+    /// Time of the last record frozen: every later record is at or past it.
+    clock: u32,
+}
+
+impl Frozen {
+    /// Rows of table `tid` of a time below this are expired or evicted for every later record.
+    fn cutoff(&self, tid: u32) -> u32 {
+        self.lives.get(&tid).map_or(0, |l| l.cutoff(self.clock))
+    }
+}
 
 /// What a checkpoint did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,19 +65,21 @@ impl Core {
         let _ddl = self.ddl.lock().unwrap_or_else(|e| e.into_inner());
         self.poison.check()?;
         let started = Instant::now();
-        let Some((frozen, lsn, dedup)) = self.freeze()? else {
+        let Some(frozen) = self.freeze()? else {
             return Ok(CheckpointInfo {
                 lsn: self.mark().lsn,
                 ..Default::default()
             });
         };
-        let rows = match self.write_checkpoint(&frozen, lsn, &dedup) {
+        let lsn = frozen.lsn;
+        let (rows, expired) = match self.write_checkpoint(&frozen) {
             Ok(r) => r,
             Err(e) => {
                 self.poison(format!("checkpoint failed: {}", crate::error::chain(&e)));
                 return Err(e.into());
             }
         };
+        self.after_write(&frozen, &expired);
         self.publish(&frozen);
         let removed = {
             let mut log = self.log.sequencer();
@@ -94,8 +113,7 @@ impl Core {
     }
 
     /// Step 1. `None` when nothing changed since the last checkpoint.
-    #[allow(clippy::type_complexity)]
-    fn freeze(&self) -> Result<Option<(Arc<Rows>, u64, Dedup)>, StorageError> {
+    fn freeze(&self) -> Result<Option<Frozen>, StorageError> {
         let mut log = self.log.sequencer();
         let lsn = log.last_lsn();
         if lsn == self.mark().lsn {
@@ -109,24 +127,29 @@ impl Core {
                 return Err(StorageError::io("sealing a log segment", e));
             }
         }
-        let frozen = {
+        let (rows, lives) = {
             let mut layers = self.state.write();
             let frozen = Arc::new(std::mem::take(&mut layers.dirty));
             layers.dirty_bytes = 0;
             layers.frozen = Some(frozen.clone());
-            frozen
+            (frozen, layers.life.clone())
         };
         let dedup = self.state.dedup().clone();
-        Ok(Some((frozen, lsn, dedup)))
+        Ok(Some(Frozen {
+            rows,
+            lsn,
+            dedup,
+            lives,
+            clock: log.last_time(),
+        }))
     }
 
-    /// Step 2: one batch, flushed atomically. Returns the rows written.
-    fn write_checkpoint(
-        &self,
-        frozen: &Rows,
-        lsn: u64,
-        dedup: &Dedup,
-    ) -> Result<usize, StorageError> {
+    /// Step 2: one batch, flushed atomically. Rows expired or evicted by the freeze's time are
+    /// deleted instead of written. Returns the rows written and the expired rows dropped, by
+    /// table.
+    fn write_checkpoint(&self, f: &Frozen) -> Result<(usize, Vec<(u32, u64)>), StorageError> {
+        let (frozen, lsn, dedup) = (&*f.rows, f.lsn, &f.dedup);
+        let mut expired = Vec::new();
         // Reserved up front: growing a batch of hundreds of MB by doubling copies it and
         // faults in fresh pages each time.
         let estimate: usize = frozen
@@ -156,19 +179,34 @@ impl Core {
             // searching from the top each time.
             let mut sorted: Vec<(&Key, &Slot)> = layer.rows.iter().collect();
             sorted.sort_unstable_by_key(|(k, _)| **k);
+            let cutoff = f.cutoff(*tid);
+            let mut dropped = 0;
             for (&k, slot) in sorted {
                 match slot {
-                    Slot::Row(row) => {
+                    Slot::Row(row) if row.time >= cutoff => {
                         row.encode(&t.spec.rule, t.spec.dim, &mut buf);
                         b.put_cf(&cf, key_bytes(k), &buf);
+                    }
+                    Slot::Row(_) => {
+                        dropped += 1;
+                        b.delete_cf(&cf, key_bytes(k));
                     }
                     Slot::Deleted => b.delete_cf(&cf, key_bytes(k)),
                 }
                 rows += 1;
             }
+            if dropped > 0 {
+                expired.push((*tid, dropped));
+            }
         }
         let meta = self.rocks.cf(crate::rocks::META_CF)?;
         b.put_cf(&meta, META_CHECKPOINT, lsn.to_le_bytes());
+        b.put_cf(&meta, META_CLOCK, f.clock.to_le_bytes());
+        for (tid, life) in &f.lives {
+            if self.catalog().by_id.contains_key(tid) {
+                b.put_cf(&meta, life_key(*tid), life.encode());
+            }
+        }
         for (client, w) in dedup {
             b.put_cf(
                 &meta,
@@ -178,16 +216,42 @@ impl Core {
         }
         drop(meta);
         self.rocks.commit(b, &cfs)?;
-        Ok(rows)
+        Ok((rows, expired))
+    }
+
+    /// After step 2: the checkpoint is durable, so the compaction filters may drop what is
+    /// absent for every record after it, and the expired rows it dropped are counted.
+    fn after_write(&self, f: &Frozen, expired: &[(u32, u64)]) {
+        for t in self.catalog().by_id.values() {
+            let (Some(filter), Some(life)) = (self.rocks.filter(&t.cf), f.lives.get(&t.id)) else {
+                continue;
+            };
+            filter
+                .cutoff
+                .fetch_max(life.cutoff(f.clock), Ordering::Relaxed);
+            filter
+                .evict_floor
+                .fetch_max(life.evict_floor, Ordering::Relaxed);
+        }
+        if !expired.is_empty() {
+            let mut layers = self.state.write();
+            for (tid, n) in expired {
+                if let Some(l) = layers.life.get_mut(tid) {
+                    l.counts.expired += n;
+                }
+            }
+        }
     }
 
     /// Step 3: RocksDB holds the frozen rows; make the cache match, then drop them.
-    fn publish(&self, frozen: &Rows) {
+    fn publish(&self, f: &Frozen) {
+        let frozen = &*f.rows;
         {
             let _log = self.log.sequencer();
             self.cache().generation += 1;
         }
         for (tid, layer) in frozen.iter() {
+            let cutoff = f.cutoff(*tid);
             if !layer.deleted.is_empty() {
                 let mut cache = self.cache();
                 for r in &layer.deleted {
@@ -199,8 +263,8 @@ impl Core {
                 let mut cache = self.cache();
                 for &(&k, slot) in chunk {
                     match slot {
-                        Slot::Row(row) => cache.rows.refresh(*tid, k, row),
-                        Slot::Deleted => cache.rows.forget(*tid, k),
+                        Slot::Row(row) if row.time >= cutoff => cache.rows.refresh(*tid, k, row),
+                        _ => cache.rows.forget(*tid, k),
                     }
                 }
             }
@@ -261,6 +325,8 @@ impl Core {
         if due {
             if let Err(e) = self.checkpoint() {
                 tracing::error!(error = %e, "background checkpoint failed");
+            } else if let Err(e) = self.enforce_caps() {
+                tracing::error!(error = %e, "eviction pass failed");
             }
         }
     }

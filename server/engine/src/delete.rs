@@ -78,7 +78,8 @@ impl Core {
                 Delete::Keys(k) => Body::DeleteKeys(k),
                 Delete::Range(KeyRange { start, end }) => Body::DeleteRange { start, end },
             };
-            let (lsn, log) = self.append(log, &t, client, seq, body)?;
+            let (done, log) = self.append(log, &t, client, seq, body)?;
+            let lsn = done.lsn;
             let dirty_bytes = self.state.apply_delete(&t, client, seq, what);
             drop(log);
             let budget = self.opts.checkpoint_dirty_bytes;

@@ -319,7 +319,8 @@ widen!(
     TableError => PushError,
     TableError => PullError,
     CheckpointError => PushError,
-    CheckpointError => TableError
+    CheckpointError => TableError,
+    PushError => TableError
 );
 
 #[cfg(test)]

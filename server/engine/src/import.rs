@@ -248,6 +248,8 @@ fn write_table_file(
     }
     // The optimizer state does not depend on the key; only the weights change per row.
     let mut row = Row::initial(&t.spec, 0);
+    // Imported rows count as pushed now, for expiry and eviction.
+    row.time = core.now();
     let mut buf = Vec::new();
     let mut file = core.rocks.table_file(path)?;
     for &i in &order {

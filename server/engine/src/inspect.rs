@@ -72,6 +72,8 @@ impl Store {
                 sst_bytes: files.iter().map(|f| f.size).sum(),
                 dirty_rows,
                 key_range,
+                lifecycle: info.spec.lifecycle.to_string(),
+                lifecycle_counts: shared.lifecycle_counts(&t),
             });
         }
         let (log_segments, log_bytes, log_format) = log_files(&self.dir().join("wal"));

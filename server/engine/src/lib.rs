@@ -10,7 +10,10 @@
 //!   applying logged pushes and deletes in LSN order, live or in replay;
 //! - `checkpointer`: freeze, write to RocksDB, publish to the cache, purge the log;
 //! - `read_path`: dirty, frozen, cache, RocksDB, initializer;
-//! - `push` (the life of a push), `delete` (of a delete), `import` (bulk loads), `open`, `tables`, `scan`, `inspect`, `verify`;
+//! - `push` (the life of a push), `delete` (of a delete), `import` (bulk loads), `open`,
+//!   `tables`, `scan`, `inspect`, `verify`;
+//! - `lifecycle` (expiry, admission and size caps: their semantics and state) and `policies`
+//!   (changing them, the eviction pass);
 //! - `cache` (the memory-mapped hot-row cache), `rocks` (everything asked of RocksDB), `row`
 //!   (row format and update rules), `catalog`, `dedup`, `init`, `poison`, `process`.
 
@@ -28,10 +31,12 @@ mod import;
 mod init;
 mod inspect;
 mod le;
+mod lifecycle;
 mod log;
 mod open;
 mod options;
 mod poison;
+mod policies;
 pub mod process;
 mod push;
 mod read_path;
@@ -54,10 +59,11 @@ pub use error::{
 pub use fault::RocksFaults;
 pub use import::{Import, ImportInfo};
 pub use inspect::table_names;
-pub use options::{StoreOptions, SyncPolicy};
+pub use options::{Clock, StoreOptions, SyncPolicy};
 pub use paramdb_types::{
-    CacheStats, ClientId, Initializer, Key, KeyRange, LogRecord, Problem, ProblemArea, PushAck,
-    ShardReport, StoreStats, TableReport, TableSpec, UpdateRule, VerifyReport,
+    CacheStats, ClientId, Initializer, Key, KeyRange, Lifecycle, LifecycleCounts, LogRecord,
+    Problem, ProblemArea, PushAck, ShardReport, StoreStats, TableReport, TableSpec, UpdateRule,
+    VerifyReport,
 };
 pub use scan::RangeScan;
 pub use store::Store;

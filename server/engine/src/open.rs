@@ -136,10 +136,22 @@ fn open(
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);
-    let mut replay = Replay::new(threads, dedup);
+    let clock = load_clock(&rocks)?;
+    let lives = load_lives(&rocks, &catalog, opts.admission_counters)?;
+    for t in catalog.by_id.values() {
+        // Safe from the start: every record after the checkpoint is at or past its clock.
+        if let (Some(f), Some(l)) = (rocks.filter(&t.cf), lives.get(&t.id)) {
+            f.cutoff
+                .store(l.cutoff(clock), std::sync::atomic::Ordering::Relaxed);
+            f.evict_floor
+                .store(l.evict_floor, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let mut replay = Replay::new(threads, dedup, lives, opts.admission_counters);
     let report = recovery::recover(&fs, &wal_dir, checkpoint_lsn, opts.recovery, &mut |recs| {
         replay.apply(&rocks, &catalog, recs)
     })?;
+    let last_time = replay.last_time.max(clock);
     let state = replay.finish();
     let writer = LogWriter::start(
         fs.clone(),
@@ -148,6 +160,7 @@ fn open(
         report.next_segment,
         report.next_lsn,
         opts.max_segment_bytes,
+        last_time,
     )
     .map_err(|e| StorageError::io("starting a log segment", e))?;
     tracing::info!(
@@ -180,6 +193,7 @@ fn open(
         }),
         stop: Stop::default(),
         counters: Counters::default(),
+        time: std::sync::atomic::AtomicU32::new(last_time),
         opts,
     });
     if !report.lost.is_empty() && !read_only {
@@ -288,6 +302,40 @@ fn check_format(rocks: &Rocks, dir: &Path, read_only: bool) -> Result<(), Storag
             rocks.commit(b, &[])
         }
     }
+}
+
+/// The time of the last record the last checkpoint covers (0 before any).
+fn load_clock(rocks: &Rocks) -> Result<u32, StorageError> {
+    match rocks.meta_get(catalog::META_CLOCK)? {
+        Some(v) => Ok(u32::from_le_bytes(v.as_slice().try_into().map_err(
+            |_| StorageError::CorruptMeta {
+                reason: "clock entry is not 4 bytes".into(),
+            },
+        )?)),
+        None => Ok(0),
+    }
+}
+
+/// Every table's lifecycle state as the last checkpoint saved it (no policies for a table
+/// created before lifecycle policies existed).
+fn load_lives(
+    rocks: &Rocks,
+    cat: &crate::catalog::Catalog,
+    counters: usize,
+) -> Result<crate::state_machine::Lives, StorageError> {
+    let mut lives = HashMap::new();
+    for t in cat.by_id.values() {
+        let life = match rocks.meta_get(&catalog::life_key(t.id))? {
+            Some(v) => {
+                crate::lifecycle::Life::decode(&v).map_err(|reason| StorageError::CorruptMeta {
+                    reason: format!("lifecycle state of table {:?}: {reason}", t.spec.name),
+                })?
+            }
+            None => crate::lifecycle::Life::new(Default::default(), 0, counters),
+        };
+        lives.insert(t.id, life);
+    }
+    Ok(lives)
 }
 
 /// The exactly-once windows the last checkpoint saved.

@@ -1,6 +1,8 @@
 //! Store configuration: durability policy, checkpoint triggers, sizes and limits.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::wal::RecoveryMode;
@@ -51,6 +53,45 @@ impl std::fmt::Display for SyncPolicy {
     }
 }
 
+/// The store's clock, in whole seconds since the Unix epoch: the time of each log record, by
+/// which rows expire and are evicted. Tests use a manual one.
+#[derive(Clone, Debug, Default)]
+pub enum Clock {
+    #[default]
+    System,
+    /// Reads the shared value; `set` and `advance` move it.
+    Manual(Arc<AtomicU32>),
+}
+
+impl Clock {
+    pub fn manual(start: u32) -> Clock {
+        Clock::Manual(Arc::new(AtomicU32::new(start)))
+    }
+
+    pub fn now(&self) -> u32 {
+        match self {
+            Clock::System => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs().min(u32::MAX as u64) as u32),
+            Clock::Manual(t) => t.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sets a manual clock (no effect on the system clock).
+    pub fn set(&self, secs: u32) {
+        if let Clock::Manual(t) = self {
+            t.store(secs, Ordering::Relaxed);
+        }
+    }
+
+    /// Moves a manual clock on.
+    pub fn advance(&self, secs: u32) {
+        if let Clock::Manual(t) = self {
+            t.fetch_add(secs, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Everything `Store::open` can be told.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -78,6 +119,10 @@ pub struct StoreOptions {
     /// Run the background thread (interval syncs, checkpoint triggers). Tests that drive
     /// checkpoints by hand turn it off.
     pub background: bool,
+    /// The clock records are stamped with.
+    pub clock: Clock,
+    /// Counters of each admission sketch (one byte each; see `lifecycle`).
+    pub admission_counters: usize,
 }
 
 impl Default for StoreOptions {
@@ -93,6 +138,8 @@ impl Default for StoreOptions {
             max_request_bytes: 256 << 20,
             recovery: RecoveryMode::Strict,
             background: true,
+            clock: Clock::System,
+            admission_counters: 4 << 20,
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::options::SyncPolicy;
 use crate::row::Row;
 use crate::state_machine::{lookup, Request};
 use crate::store::Core;
+use crate::wal::writer::Appended;
 use crate::wal::Body;
 
 /// Keys of a push: a list, or the contiguous block `[start, start + count)`.
@@ -39,7 +40,8 @@ pub(crate) enum PushKeys<'a> {
 /// What step 2 found: the rows to start from, as of cache generation `generation`.
 struct Plan {
     generation: u64,
-    fetched: HashMap<Key, Row>,
+    /// `None`: nothing stored.
+    fetched: HashMap<Key, Option<Row>>,
 }
 
 impl Core {
@@ -153,7 +155,7 @@ impl Core {
             for k in missing {
                 match cache.rows.get_row(t.id, k) {
                     Some(r) => {
-                        fetched.insert(k, r);
+                        fetched.insert(k, Some(r));
                     }
                     None => unknown.push(k),
                 }
@@ -213,20 +215,25 @@ impl Core {
             keys: log_keys,
             values: request.values,
         };
-        let (lsn, log) = self.append(log, t, client, seq, body)?;
-        let dirty_bytes = match self.state.apply(t, client, seq, request, &mut plan.fetched) {
-            Ok(b) => b,
-            Err(m) => {
-                drop(log);
-                // Unreachable by the check above; if it ever happens, the log holds a record
-                // memory does not, and only a reopen (replay) can reconcile them.
-                self.poison(format!(
-                    "push of LSN {lsn} found no base row for key {}",
-                    m.key
-                ));
-                return Err(self.poison.error().into());
-            }
-        };
+        let (done, log) = self.append(log, t, client, seq, body)?;
+        let lsn = done.lsn;
+        let dirty_bytes =
+            match self
+                .state
+                .apply(t, client, seq, done.time, request, &mut plan.fetched)
+            {
+                Ok(b) => b,
+                Err(m) => {
+                    drop(log);
+                    // Unreachable by the check above; if it ever happens, the log holds a record
+                    // memory does not, and only a reopen (replay) can reconcile them.
+                    self.poison(format!(
+                        "push of LSN {lsn} found no base row for key {}",
+                        m.key
+                    ));
+                    return Err(self.poison.error().into());
+                }
+            };
         let log_since = log.bytes_appended().saturating_sub(self.mark().log_bytes);
         drop(log);
         let budget = self.opts.checkpoint_dirty_bytes;
@@ -279,9 +286,13 @@ impl Core {
         client: ClientId,
         seq: u64,
         body: Body<'_>,
-    ) -> Result<(u64, Sequencer<'l>), PushError> {
-        match log.append(client.0, seq, t.id, t.spec.dim, body) {
-            Ok((lsn, _)) => Ok((lsn, log)),
+    ) -> Result<(Appended, Sequencer<'l>), PushError> {
+        match log.append(client.0, seq, t.id, t.spec.dim, self.opts.clock.now(), body) {
+            Ok(done) => {
+                self.time
+                    .fetch_max(done.time, std::sync::atomic::Ordering::Relaxed);
+                Ok((done, log))
+            }
             Err(e) => {
                 // Poisoning wakes the durability waiters, whose leader may want the sequencer.
                 drop(log);

@@ -31,36 +31,27 @@ pub(crate) struct HotRows {
     pub(crate) generation: u64,
 }
 
-/// Rows of `keys` as RocksDB stores them, or their initial value when never stored.
+/// Rows of `keys` as RocksDB stores them (`None`: nothing stored).
 pub(crate) fn stored_rows(
     rocks: &Rocks,
     t: &Table,
     keys: &[Key],
-) -> Result<HashMap<Key, Row>, StorageError> {
+) -> Result<HashMap<Key, Option<Row>>, StorageError> {
     let stored = rocks.get_rows(&t.cf, keys)?;
     let mut out = HashMap::with_capacity(keys.len());
     for (&k, v) in keys.iter().zip(stored) {
-        out.insert(k, stored_or_initial(t, k, v)?);
+        out.insert(k, v.map(|b| decode_stored(t, k, &b)).transpose()?);
     }
     Ok(out)
 }
 
-/// A row as stored in RocksDB, or the key's initial row when nothing is stored.
-pub(crate) fn stored_or_initial(
-    t: &Table,
-    k: Key,
-    stored: Option<Vec<u8>>,
-) -> Result<Row, StorageError> {
-    match stored {
-        Some(b) => {
-            Row::decode(&b, &t.spec.rule, t.spec.dim).map_err(|reason| StorageError::CorruptRow {
-                table: t.spec.name.clone(),
-                key: k,
-                reason,
-            })
-        }
-        None => Ok(Row::initial(&t.spec, k)),
-    }
+/// A row as stored in RocksDB.
+pub(crate) fn decode_stored(t: &Table, k: Key, b: &[u8]) -> Result<Row, StorageError> {
+    Row::decode(b, &t.spec.rule, t.spec.dim).map_err(|reason| StorageError::CorruptRow {
+        table: t.spec.name.clone(),
+        key: k,
+        reason,
+    })
 }
 
 impl Core {
@@ -74,12 +65,15 @@ impl Core {
         check_pull(t, keys, out, self.opts.max_request_bytes)?;
         // The generation before the layers: see the module's note.
         let generation = self.cache().generation;
+        // Rows older than this are expired or evicted: they pull their initializer.
+        let cutoff;
         // Rows in memory are copied under the layers' read lock; a key not in memory now has
         // its latest value in the cache or RocksDB, and reading those after can only see
         // something newer.
         let mut missing = Vec::new();
         {
             let layers = self.state.read();
+            cutoff = layers.cutoff(t.id, self.now());
             let (dirty, frozen) = layers.of(t.id);
             if dirty.is_none() && frozen.is_none() {
                 missing.extend(0..keys.len());
@@ -87,8 +81,10 @@ impl Core {
                 for (i, &k) in keys.iter().enumerate() {
                     let o = &mut out[i * dim..(i + 1) * dim];
                     match lookup(dirty, frozen, k) {
-                        Found::Row(r) => o.copy_from_slice(r.weights(dim)),
-                        Found::Deleted => crate::init::fill(&t.spec.init, t.spec.seed, k, o),
+                        Found::Row(r) if r.time >= cutoff => o.copy_from_slice(r.weights(dim)),
+                        Found::Row(_) | Found::Deleted => {
+                            crate::init::fill(&t.spec.init, t.spec.seed, k, o)
+                        }
                         Found::Absent => missing.push(i),
                     }
                 }
@@ -98,11 +94,13 @@ impl Core {
             false
         } else {
             let mut cache = self.cache();
-            cache.rows.read_weights(t.id, keys, &mut missing, out);
+            cache
+                .rows
+                .read_weights(t.id, keys, &mut missing, out, cutoff);
             cache.rows.has_room_for(t.id)
         };
         if !missing.is_empty() {
-            self.pull_stored(t, keys, &missing, out, offer, generation)?;
+            self.pull_stored(t, keys, &missing, out, offer, generation, cutoff)?;
         }
         self.counters.pulls.fetch_add(1, Ordering::Relaxed);
         self.counters
@@ -112,7 +110,8 @@ impl Core {
     }
 
     /// The rows at `missing` (indices into `keys`) from RocksDB, offered to the cache when it
-    /// has room for the table.
+    /// has room for the table. A row of a time below `cutoff` pulls its initializer.
+    #[allow(clippy::too_many_arguments)]
     fn pull_stored(
         &self,
         t: &Table,
@@ -121,6 +120,7 @@ impl Core {
         out: &mut [f32],
         offer: bool,
         generation: u64,
+        cutoff: u32,
     ) -> Result<(), StorageError> {
         let dim = t.dim();
         let mk: Vec<Key> = missing.iter().map(|&i| keys[i]).collect();
@@ -130,23 +130,31 @@ impl Core {
             for ((&i, &k), v) in missing.iter().zip(&mk).zip(stored) {
                 let o = &mut out[i * dim..(i + 1) * dim];
                 match v {
-                    Some(b) => row::decode_weights_into(&b, &t.spec.rule, t.spec.dim, o).map_err(
-                        |reason| StorageError::CorruptRow {
-                            table: t.spec.name.clone(),
-                            key: k,
-                            reason,
-                        },
-                    )?,
-                    None => crate::init::fill(&t.spec.init, t.spec.seed, k, o),
+                    Some(b) if row::stored_time(&b) >= cutoff => {
+                        row::decode_weights_into(&b, &t.spec.rule, t.spec.dim, o).map_err(
+                            |reason| StorageError::CorruptRow {
+                                table: t.spec.name.clone(),
+                                key: k,
+                                reason,
+                            },
+                        )?
+                    }
+                    _ => crate::init::fill(&t.spec.init, t.spec.seed, k, o),
                 }
             }
             return Ok(());
         }
         let mut loaded = Vec::with_capacity(mk.len());
         for ((&i, &k), v) in missing.iter().zip(&mk).zip(stored) {
-            let row = stored_or_initial(t, k, v)?;
-            out[i * dim..(i + 1) * dim].copy_from_slice(row.weights(dim));
-            loaded.push((k, row));
+            let o = &mut out[i * dim..(i + 1) * dim];
+            match v.map(|b| decode_stored(t, k, &b)).transpose()? {
+                Some(row) if row.time >= cutoff => {
+                    o.copy_from_slice(row.weights(dim));
+                    loaded.push((k, row));
+                }
+                // Nothing (live) stored: the cache holds only what RocksDB holds.
+                _ => crate::init::fill(&t.spec.init, t.spec.seed, k, o),
+            }
         }
         let mut cache = self.cache();
         if cache.generation == generation {

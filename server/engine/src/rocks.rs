@@ -6,8 +6,10 @@
 //! writes one batch with the WAL disabled and then flushes every column family with
 //! `atomic_flush`, so a checkpoint is durable and all-or-nothing across tables.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rocksdb::{
     BlockBasedOptions, BoundColumnFamily, Cache, ColumnFamilyDescriptor, DBCompressionType,
@@ -28,6 +30,10 @@ pub(crate) struct Rocks {
     db: Db,
     cf_opts: Options,
     faults: Arc<RocksFaults>,
+    /// Each table column family's compaction filter state, by column family name, with the
+    /// options of the column families created since the open: they own the filter, and
+    /// RocksDB keeps only the open's options alive. Declared after `db`, so dropped after it.
+    filters: Mutex<Filters>,
     /// A secondary instance's own directory (its info log). Declared after `db`, so it is
     /// removed only once the database is closed.
     _secondary: Option<tempfile::TempDir>,
@@ -49,9 +55,48 @@ impl std::fmt::Debug for Rocks {
     }
 }
 
+/// The compaction filters by column family name, with the options that own them (see
+/// `Rocks::filters`).
+type Filters = HashMap<String, (Arc<ExpiryFilter>, Option<Options>)>;
+
+/// What a table's compaction filter drops: rows of a time below `cutoff` (expired or
+/// evicted). The store raises `cutoff` after each checkpoint to the cut-off as of that
+/// checkpoint's last record, which every later record is at or past, so a row the filter
+/// drops is one that every later read, push and replay treats as absent anyway.
+#[derive(Debug, Default)]
+pub(crate) struct ExpiryFilter {
+    pub(crate) cutoff: AtomicU32,
+    /// Below this a row was evicted (and counted when it was); at or above, it expired.
+    pub(crate) evict_floor: AtomicU32,
+    /// Expired rows the filter dropped.
+    pub(crate) expired: AtomicU64,
+}
+
+impl ExpiryFilter {
+    fn decide(&self, value: &[u8]) -> rocksdb::compaction_filter::Decision {
+        let cutoff = self.cutoff.load(Ordering::Relaxed);
+        let time = crate::row::stored_time(value);
+        if cutoff == 0 || time >= cutoff {
+            return rocksdb::compaction_filter::Decision::Keep;
+        }
+        if time >= self.evict_floor.load(Ordering::Relaxed) {
+            self.expired.fetch_add(1, Ordering::Relaxed);
+        }
+        rocksdb::compaction_filter::Decision::Remove
+    }
+}
+
 /// Big-endian key bytes: byte order is numeric order, so iteration is key order.
 pub(crate) fn key_bytes(k: u64) -> [u8; 8] {
     k.to_be_bytes()
+}
+
+/// Installs `f` as the compaction filter of a column family's options.
+fn with_filter(o: &mut Options, f: Arc<ExpiryFilter>) {
+    o.set_compaction_filter(
+        "paramdb-expiry",
+        move |_level: u32, _key: &[u8], value: &[u8]| f.decide(value),
+    );
 }
 
 /// Adds the deletion of every key in `range` to `batch` (one range tombstone).
@@ -132,9 +177,19 @@ impl Rocks {
         if !names.iter().any(|n| n == META_CF) {
             names.push(META_CF.to_string());
         }
-        let descs = names
+        let mut filters = HashMap::new();
+        let descs: Vec<ColumnFamilyDescriptor> = names
             .iter()
-            .map(|n| ColumnFamilyDescriptor::new(n, cf_opts.clone()));
+            .map(|n| {
+                let mut o = cf_opts.clone();
+                if crate::catalog::is_table_cf(n) {
+                    let f = Arc::new(ExpiryFilter::default());
+                    with_filter(&mut o, f.clone());
+                    filters.insert(n.clone(), (f, None));
+                }
+                ColumnFamilyDescriptor::new(n, o)
+            })
+            .collect();
         let db = Db::open_cf_descriptors(&opts, path, descs).map_err(|e| {
             // RocksDB says "IO error: While lock file: …/LOCK: Resource temporarily unavailable".
             if e.as_ref().contains("LOCK") {
@@ -151,6 +206,7 @@ impl Rocks {
                 db,
                 cf_opts,
                 faults,
+                filters: Mutex::new(filters),
                 _secondary: None,
             },
             names,
@@ -187,6 +243,7 @@ impl Rocks {
                 db,
                 cf_opts,
                 faults,
+                filters: Mutex::new(HashMap::new()),
                 _secondary: Some(secondary),
             },
             names,
@@ -290,15 +347,32 @@ impl Rocks {
     }
 
     pub(crate) fn create_cf(&self, name: &str) -> Result<()> {
+        let mut o = self.cf_opts.clone();
+        let f = Arc::new(ExpiryFilter::default());
+        with_filter(&mut o, f.clone());
         self.db
-            .create_cf(name, &self.cf_opts)
-            .map_err(|e| StorageError::rocks("create column family", e))
+            .create_cf(name, &o)
+            .map_err(|e| StorageError::rocks("create column family", e))?;
+        self.filters_lock().insert(name.to_string(), (f, Some(o)));
+        Ok(())
     }
 
     pub(crate) fn drop_cf(&self, name: &str) -> Result<()> {
         self.db
             .drop_cf(name)
-            .map_err(|e| StorageError::rocks("drop column family", e))
+            .map_err(|e| StorageError::rocks("drop column family", e))?;
+        // The options (and the filter they own) stay until the database closes: a compaction
+        // of the dropped family may still be running.
+        Ok(())
+    }
+
+    fn filters_lock(&self) -> std::sync::MutexGuard<'_, Filters> {
+        self.filters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The compaction filter of table column family `cf` (none for a read-only open).
+    pub(crate) fn filter(&self, cf: &str) -> Option<Arc<ExpiryFilter>> {
+        self.filters_lock().get(cf).map(|f| f.0.clone())
     }
 
     pub(crate) fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {

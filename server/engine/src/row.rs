@@ -5,10 +5,13 @@ use paramdb_types::{TableSpec, UpdateRule};
 
 use crate::init;
 
-/// Version byte at the start of every stored row.
-pub const ROW_FORMAT_VERSION: u8 = 1;
-/// Bytes before the floats: version, rule tag, reserved, dim, update counter.
-pub const ROW_HEADER_LEN: usize = 16;
+/// Version byte at the start of every stored row. Version 2 added the row's time (when it was
+/// last pushed); version-1 rows still read, with time 0.
+pub const ROW_FORMAT_VERSION: u8 = 2;
+/// Bytes before the floats: version, rule tag, reserved, dim, update counter, time, reserved.
+pub const ROW_HEADER_LEN: usize = 24;
+/// The header of a version-1 row (no time).
+const V1_HEADER_LEN: usize = 16;
 
 /// The tag a row's header carries for its table's update rule.
 pub fn rule_tag(rule: &UpdateRule) -> u8 {
@@ -21,10 +24,13 @@ pub fn rule_tag(rule: &UpdateRule) -> u8 {
 }
 
 /// One row: `data` holds the weights followed by `rule.state_slots()` state vectors, each `dim`
-/// long. `updates` counts the pushes applied to the row (Adam's step count).
+/// long. `updates` counts the pushes applied to the row (Adam's step count). `time` is when it
+/// was last pushed or imported: the time of that log record, in whole seconds since the Unix
+/// epoch (0: unknown, for rows stored before format 2). Expiry and eviction go by it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
     pub updates: u64,
+    pub time: u32,
     pub data: Box<[f32]>,
 }
 
@@ -41,7 +47,11 @@ impl Row {
         {
             data[dim..].fill(initial_accumulator);
         }
-        Row { updates: 0, data }
+        Row {
+            updates: 0,
+            time: 0,
+            data,
+        }
     }
 
     pub fn weights(&self, dim: usize) -> &[f32] {
@@ -103,6 +113,8 @@ impl Row {
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&dim.to_le_bytes());
         out.extend_from_slice(&self.updates.to_le_bytes());
+        out.extend_from_slice(&self.time.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
         crate::le::extend_f32s(out, &self.data);
     }
 
@@ -113,25 +125,42 @@ impl Row {
 
     /// Decodes a stored row of a table with this `rule` and `dim`.
     pub fn decode(b: &[u8], rule: &UpdateRule, dim: u32) -> Result<Row, String> {
-        let want = ROW_HEADER_LEN + dim as usize * (1 + rule.state_slots()) * 4;
-        check_header(b, rule, dim, want)?;
+        let h = check_header(b, rule, dim)?;
         let updates = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
-        let mut data = vec![0.0f32; (b.len() - ROW_HEADER_LEN) / 4].into_boxed_slice();
-        crate::le::read_f32s_into(&b[ROW_HEADER_LEN..], &mut data);
-        Ok(Row { updates, data })
+        let mut data = vec![0.0f32; (b.len() - h) / 4].into_boxed_slice();
+        crate::le::read_f32s_into(&b[h..], &mut data);
+        Ok(Row {
+            updates,
+            time: stored_time(b),
+            data,
+        })
     }
 }
 
-fn check_header(b: &[u8], rule: &UpdateRule, dim: u32, want: usize) -> Result<(), String> {
-    if b.len() < ROW_HEADER_LEN {
+/// The time of a stored row (0 for a version-1 row, or one too short to have a header).
+pub fn stored_time(b: &[u8]) -> u32 {
+    if b.len() >= ROW_HEADER_LEN && b[0] >= 2 {
+        u32::from_le_bytes(b[16..20].try_into().expect("4 bytes"))
+    } else {
+        0
+    }
+}
+
+/// Checks a stored row's header and length; returns the header's length.
+fn check_header(b: &[u8], rule: &UpdateRule, dim: u32) -> Result<usize, String> {
+    if b.len() < V1_HEADER_LEN {
         return Err(format!("row is {} bytes, shorter than its header", b.len()));
     }
-    if b[0] != ROW_FORMAT_VERSION {
-        return Err(format!(
-            "row format version {} (this build reads {ROW_FORMAT_VERSION})",
-            b[0]
-        ));
-    }
+    let header = match b[0] {
+        1 => V1_HEADER_LEN,
+        ROW_FORMAT_VERSION => ROW_HEADER_LEN,
+        v => {
+            return Err(format!(
+                "row format version {v} (this build reads 1 to {ROW_FORMAT_VERSION})"
+            ))
+        }
+    };
+    let want = header + dim as usize * (1 + rule.state_slots()) * 4;
     if b[1] != rule_tag(rule) {
         return Err(format!(
             "row rule tag {} but the table's is {}",
@@ -146,7 +175,7 @@ fn check_header(b: &[u8], rule: &UpdateRule, dim: u32, want: usize) -> Result<()
     if b.len() != want {
         return Err(format!("row is {} bytes, expected {want}", b.len()));
     }
-    Ok(())
+    Ok(header)
 }
 
 /// Copies just the weights of a stored row into `out` (length `dim`), without decoding state.
@@ -156,9 +185,8 @@ pub fn decode_weights_into(
     dim: u32,
     out: &mut [f32],
 ) -> Result<(), String> {
-    let want = ROW_HEADER_LEN + dim as usize * (1 + rule.state_slots()) * 4;
-    check_header(b, rule, dim, want)?;
-    crate::le::read_f32s_into(&b[ROW_HEADER_LEN..ROW_HEADER_LEN + dim as usize * 4], out);
+    let h = check_header(b, rule, dim)?;
+    crate::le::read_f32s_into(&b[h..h + dim as usize * 4], out);
     Ok(())
 }
 
@@ -270,8 +298,18 @@ mod tests {
         r.apply(&s.rule, &[1.0, 2.0, 3.0]);
         let mut b = Vec::new();
         r.encode(&s.rule, 3, &mut b);
-        assert_eq!(b.len(), 16 + 9 * 4);
+        assert_eq!(b.len(), 24 + 9 * 4);
         assert_eq!(Row::decode(&b, &s.rule, 3).unwrap(), r);
+        r.time = 1_800_000_000;
+        r.encode(&s.rule, 3, &mut b);
+        assert_eq!(stored_time(&b), 1_800_000_000);
+        assert_eq!(Row::decode(&b, &s.rule, 3).unwrap(), r);
+        // A version-1 row: no time.
+        let mut v1 = vec![1, b[1], 0, 0];
+        v1.extend_from_slice(&b[4..16]);
+        v1.extend_from_slice(&b[24..]);
+        let old = Row::decode(&v1, &s.rule, 3).unwrap();
+        assert_eq!((old.time, &old.data), (0, &r.data));
         let mut w = [0.0; 3];
         decode_weights_into(&b, &s.rule, 3, &mut w).unwrap();
         assert_eq!(&w, r.weights(3));

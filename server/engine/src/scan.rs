@@ -80,13 +80,18 @@ impl RangeScan {
         let mem_last = candidates.last().copied();
         // `None`: deleted in memory, so RocksDB's row (if any) is skipped.
         let mut mem: Vec<(Key, Option<Vec<f32>>)> = Vec::with_capacity(take);
+        // Rows older than this are expired or evicted: skipped like deleted ones.
+        let cutoff;
         {
             let layers = self.core.state.read();
+            cutoff = layers.cutoff(t.id, self.core.now());
             let (dirty, frozen) = layers.of(t.id);
             for &k in candidates {
                 match lookup(dirty, frozen, k) {
-                    Found::Row(r) => mem.push((k, Some(r.weights(dim).to_vec()))),
-                    Found::Deleted => mem.push((k, None)),
+                    Found::Row(r) if r.time >= cutoff => {
+                        mem.push((k, Some(r.weights(dim).to_vec())))
+                    }
+                    Found::Row(_) | Found::Deleted => mem.push((k, None)),
                     // Gone from memory means checkpointed: RocksDB has it now (or not, if
                     // it was deleted).
                     Found::Absent => {}
@@ -121,7 +126,7 @@ impl RangeScan {
                 (Some(_), None) => mi.next().expect("peeked"),
                 _ => {
                     let (k, b) = di.next().expect("peeked");
-                    if self.deleted.iter().any(|r| r.contains(k)) {
+                    if self.deleted.iter().any(|r| r.contains(k)) || row::stored_time(&b) < cutoff {
                         (k, None)
                     } else {
                         let mut w = vec![0.0; dim];

@@ -21,6 +21,7 @@ use rustc_hash::FxHashMap;
 use crate::catalog::{Catalog, Table};
 use crate::dedup::{SeqWindow, Verdict};
 use crate::error::StorageError;
+use crate::lifecycle::{part_of, Life, SKETCH_PARTS};
 use crate::rocks::Rocks;
 use crate::row::Row;
 use crate::wal::{Record, RecordKeys, RecordKind};
@@ -149,6 +150,8 @@ impl Delete<'_> {
 
 /// Layers by table id.
 pub(crate) type Rows = HashMap<u32, TableLayer>;
+/// Lifecycle state by table id.
+pub(crate) type Lives = HashMap<u32, Life>;
 /// Exactly-once windows by client id.
 pub(crate) type Dedup = HashMap<u64, SeqWindow>;
 
@@ -160,6 +163,8 @@ pub(crate) struct Layers {
     pub(crate) dirty_bytes: u64,
     /// Rows of the checkpoint in progress, until RocksDB has them.
     pub(crate) frozen: Option<Arc<Rows>>,
+    /// Every table's lifecycle state (policies, floors, admission sketch).
+    pub(crate) life: Lives,
 }
 
 impl Layers {
@@ -173,6 +178,11 @@ impl Layers {
 
     pub(crate) fn dirty_rows(&self) -> usize {
         self.dirty.values().map(|t| t.len()).sum()
+    }
+
+    /// Rows of table `table` with a time below this are absent at time `now` (0: none are).
+    pub(crate) fn cutoff(&self, table: u32, now: u32) -> u32 {
+        self.life.get(&table).map_or(0, |l| l.cutoff(now))
     }
 }
 
@@ -235,47 +245,85 @@ pub(crate) struct MissingBase {
     pub(crate) key: Key,
 }
 
-/// Applies `u` to the rows of table `t` in `layer`: each row there is updated in place; a row
-/// not there yet starts from `base(key)` (or from its initial value if the layer deleted it).
-/// Only keys for which `mine` holds are touched (replay partitions rows between threads).
-/// Returns the bytes added to the layer. Keys within one push are distinct, so each row sees
-/// its updates in LSN order.
+/// Applies `u`, logged at `time`, to the rows of table `t` in `layer`: each row there is
+/// updated in place; a row not there yet starts from `base(key)` (`Some(None)`: nothing stored),
+/// or from its initial value if the layer deleted it. A row older than the table's cut-off
+/// (expired or evicted) counts as absent, and an absent key gets a row only if admission lets
+/// it (`Life::admit`). Every row applied to takes the record's time. Only keys for which `mine`
+/// holds are touched (replay partitions rows between threads). Returns the bytes added to the
+/// layer. Keys within one push are distinct, so each row sees its updates in LSN order.
 pub(crate) fn apply_updates(
     layer: &mut TableLayer,
     t: &Table,
+    life: &mut Life,
+    time: u32,
     u: &impl Updates,
     mine: impl Fn(Key) -> bool,
-    mut base: impl FnMut(Key) -> Option<Row>,
+    mut base: impl FnMut(Key) -> Option<Option<Row>>,
 ) -> Result<u64, MissingBase> {
     let mut scratch = vec![0.0f32; t.dim()];
     let mut added = 0;
+    let cutoff = life.cutoff(time);
     for i in 0..u.rows() {
         let k = u.key(i);
         if !mine(k) {
             continue;
         }
         let in_deleted_range = layer.in_deleted_range(k);
-        let slot = match layer.rows.entry(k) {
-            Entry::Occupied(o) => o.into_mut(),
+        let row = match layer.rows.entry(k) {
+            Entry::Occupied(o) => {
+                let slot = o.into_mut();
+                match slot {
+                    Slot::Row(r) if r.time >= cutoff => {}
+                    Slot::Row(_) => {
+                        life.counts.expired += 1;
+                        if !life.admit(k) {
+                            continue;
+                        }
+                        *slot = Slot::Row(Row::initial(&t.spec, k));
+                    }
+                    Slot::Deleted => {
+                        if !life.admit(k) {
+                            continue;
+                        }
+                        let b = Row::initial(&t.spec, k);
+                        added += (b.encoded_len() as u64).saturating_sub(TOMBSTONE_BYTES);
+                        *slot = Slot::Row(b);
+                    }
+                }
+                let Slot::Row(row) = slot else {
+                    unreachable!("a deleted slot was replaced above")
+                };
+                row
+            }
             Entry::Vacant(v) => {
-                let b = if in_deleted_range {
-                    Row::initial(&t.spec, k)
+                let stored = if in_deleted_range {
+                    None
                 } else {
                     base(k).ok_or(MissingBase { key: k })?
                 };
+                let live = match stored {
+                    Some(r) if r.time >= cutoff => Some(r),
+                    Some(_) => {
+                        life.counts.expired += 1;
+                        None
+                    }
+                    None => None,
+                };
+                let b = match live {
+                    Some(r) => r,
+                    None if life.admit(k) => Row::initial(&t.spec, k),
+                    None => continue,
+                };
                 added += b.encoded_len() as u64;
-                v.insert(Slot::Row(b))
+                let Slot::Row(row) = v.insert(Slot::Row(b)) else {
+                    unreachable!("a row was just inserted")
+                };
+                row
             }
         };
-        if let Slot::Deleted = slot {
-            let b = Row::initial(&t.spec, k);
-            added += (b.encoded_len() as u64).saturating_sub(TOMBSTONE_BYTES);
-            *slot = Slot::Row(b);
-        }
-        let Slot::Row(row) = slot else {
-            unreachable!("a deleted slot was replaced above")
-        };
         row.apply(&t.spec.rule, u.values(i, &mut scratch));
+        row.time = time;
     }
     Ok(added)
 }
@@ -288,13 +336,14 @@ pub(crate) struct StateMachine {
 }
 
 impl StateMachine {
-    pub(crate) fn new(dirty: Rows, dedup: Dedup) -> StateMachine {
+    pub(crate) fn new(dirty: Rows, dedup: Dedup, life: Lives) -> StateMachine {
         let dirty_bytes = dirty.values().map(TableLayer::bytes).sum();
         StateMachine {
             layers: RwLock::new(Layers {
                 dirty,
                 dirty_bytes,
                 frozen: None,
+                life,
             }),
             dedup: Mutex::new(dedup),
         }
@@ -324,29 +373,36 @@ impl StateMachine {
             .map_or(Verdict::New, |w| w.check(seq))
     }
 
-    /// Applies a logged push of `(client, seq)` to the dirty layer. Rows not in memory come
-    /// from `fetched` (read before the push was logged). Call under the sequencer, in LSN
-    /// order. Returns the dirty layer's bytes afterwards.
+    /// Applies a push of `(client, seq)` logged at `time` to the dirty layer. Rows not in
+    /// memory come from `fetched` (read before the push was logged; `None`: nothing stored).
+    /// Call under the sequencer, in LSN order. Returns the dirty layer's bytes afterwards.
     pub(crate) fn apply(
         &self,
         t: &Table,
         client: ClientId,
         seq: u64,
+        time: u32,
         u: &impl Updates,
-        fetched: &mut HashMap<Key, Row>,
+        fetched: &mut HashMap<Key, Option<Row>>,
     ) -> Result<u64, MissingBase> {
         let mut guard = self.write();
         let layers = &mut *guard;
         let frozen = layers.frozen.as_ref().and_then(|f| f.get(&t.id));
         let dirty = layers.dirty.entry(t.id).or_default();
+        let life = layers
+            .life
+            .entry(t.id)
+            .or_insert_with(|| Life::new(Default::default(), time, 0));
         let added = apply_updates(
             dirty,
             t,
+            life,
+            time,
             u,
             |_| true,
             |k| match frozen.map_or(Found::Absent, |f| f.find(k)) {
-                Found::Row(r) => Some(r.clone()),
-                Found::Deleted => Some(Row::initial(&t.spec, k)),
+                Found::Row(r) => Some(Some(r.clone())),
+                Found::Deleted => Some(None),
                 Found::Absent => fetched.remove(&k),
             },
         )?;
@@ -378,6 +434,50 @@ impl StateMachine {
         }
         bytes
     }
+
+    /// Applies a logged lifecycle record (new policies, or an eviction) of table `table`.
+    /// Call under the sequencer, in LSN order.
+    pub(crate) fn apply_lifecycle(&self, table: u32, rec: LifeChange, time: u32, counters: usize) {
+        let mut layers = self.write();
+        let life = layers
+            .life
+            .entry(table)
+            .or_insert_with(|| Life::new(Default::default(), time, counters));
+        rec.apply(life, time, counters);
+    }
+}
+
+/// A change a lifecycle record makes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum LifeChange {
+    Policy(paramdb_types::Lifecycle),
+    /// Evict the rows of a time below `before`; `rows` of them were counted.
+    Evict {
+        before: u32,
+        rows: u64,
+    },
+}
+
+impl LifeChange {
+    pub(crate) fn of_record(rec: &Record<'_>) -> Option<LifeChange> {
+        match rec.kind {
+            RecordKind::Lifecycle => rec.lifecycle().map(LifeChange::Policy),
+            RecordKind::Evict => rec
+                .evict_before()
+                .map(|before| LifeChange::Evict { before, rows: 0 }),
+            _ => None,
+        }
+    }
+
+    fn apply(self, life: &mut Life, time: u32, counters: usize) {
+        match self {
+            LifeChange::Policy(p) => life.set_policy(p, time, counters),
+            LifeChange::Evict { before, rows } => {
+                life.evict(before);
+                life.counts.evicted += rows;
+            }
+        }
+    }
 }
 
 /// Replays logged writes into fresh layers at open. Rows are independent, so the work is split
@@ -385,15 +485,24 @@ impl StateMachine {
 /// in log order, which gives the same bits as a sequential replay.
 #[derive(Debug)]
 pub(crate) struct Replay {
-    parts: Vec<Rows>,
+    parts: Vec<(Rows, Lives)>,
     dedup: Dedup,
+    counters: usize,
+    /// Time of the last record replayed.
+    pub(crate) last_time: u32,
 }
 
 impl Replay {
-    pub(crate) fn new(threads: usize, dedup: Dedup) -> Replay {
+    /// A replay onto the checkpoint's exactly-once windows and lifecycle state. Each thread
+    /// keeps its own copy of the lifecycle state and updates the admission sketch's
+    /// partitions it owns.
+    pub(crate) fn new(threads: usize, dedup: Dedup, lives: Lives, counters: usize) -> Replay {
+        let threads = threads.clamp(1, SKETCH_PARTS);
         Replay {
-            parts: (0..threads.max(1)).map(|_| Rows::new()).collect(),
+            parts: (0..threads).map(|_| (Rows::new(), lives.clone())).collect(),
             dedup,
+            counters,
+            last_time: 0,
         }
     }
 
@@ -407,6 +516,7 @@ impl Replay {
         recs: &[Record<'_>],
     ) -> Result<(), StorageError> {
         for rec in recs {
+            self.last_time = self.last_time.max(rec.time);
             if rec.client != 0 {
                 let w = self.dedup.entry(rec.client).or_default();
                 if w.check(rec.seq) != Verdict::New {
@@ -431,19 +541,21 @@ impl Replay {
             }
         }
         let n = self.parts.len();
+        let counters = self.counters;
         if n == 1 {
-            return replay_partition(rocks, catalog, &mut self.parts[0], recs, 0, 1);
+            let (rows, lives) = &mut self.parts[0];
+            return replay_partition(rocks, catalog, rows, lives, recs, 0, 1, counters);
         }
         std::thread::scope(|s| {
             let handles: Vec<_> = self
                 .parts
                 .iter_mut()
                 .enumerate()
-                .map(|(p, rows)| {
+                .map(|(p, (rows, lives))| {
                     std::thread::Builder::new()
                         .name(format!("paramdb-replay-{p}"))
                         .spawn_scoped(s, move || {
-                            replay_partition(rocks, catalog, rows, recs, p, n)
+                            replay_partition(rocks, catalog, rows, lives, recs, p, n, counters)
                         })
                 })
                 .collect::<std::io::Result<Vec<_>>>()
@@ -460,8 +572,28 @@ impl Replay {
 
     /// The state machine the replayed records leave.
     pub(crate) fn finish(self) -> StateMachine {
+        let n = self.parts.len();
         let mut dirty = Rows::new();
-        for part in self.parts {
+        let mut lives: Option<Lives> = None;
+        for (p, (part, mut part_lives)) in self.parts.into_iter().enumerate() {
+            // Every partition applied every lifecycle record; each counted its own rows and
+            // owns the sketch partitions q with q % n == p.
+            match &mut lives {
+                None => lives = Some(part_lives),
+                Some(all) => {
+                    for (table, life) in all.iter_mut() {
+                        let Some(mine) = part_lives.get_mut(table) else {
+                            continue;
+                        };
+                        life.counts.add(&mine.counts);
+                        if let (Some(s), Some(o)) = (&mut life.sketch, &mut mine.sketch) {
+                            for q in (0..SKETCH_PARTS).filter(|q| q % n == p) {
+                                s.take_part(q, o);
+                            }
+                        }
+                    }
+                }
+            }
             for (table, layer) in part {
                 let d = dirty.entry(table).or_default();
                 if d.rows.is_empty() {
@@ -473,24 +605,28 @@ impl Replay {
                 d.deleted = layer.deleted;
             }
         }
-        StateMachine::new(dirty, self.dedup)
+        StateMachine::new(dirty, self.dedup, lives.unwrap_or_default())
     }
 }
 
-/// Which of `n` replay partitions owns `key`.
+/// Which of `n` replay partitions owns `key`: whole admission-sketch partitions, so that each
+/// thread owns the counters of its keys.
 fn partition(key: Key, n: usize) -> usize {
-    ((key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % n as u64) as usize
+    part_of(key) % n
 }
 
 /// Replays partition `p` of `n`: for each record, the partition's rows not yet in memory are
 /// read from RocksDB in one batch, then the record is applied as a live push is.
+#[allow(clippy::too_many_arguments)]
 fn replay_partition(
     rocks: &Rocks,
     catalog: &Catalog,
     rows: &mut Rows,
+    lives: &mut Lives,
     recs: &[Record<'_>],
     p: usize,
     n: usize,
+    counters: usize,
 ) -> Result<(), StorageError> {
     let mine = |k: Key| partition(k, n) == p;
     let mut delete_keys = Vec::new();
@@ -498,6 +634,13 @@ fn replay_partition(
         let Some(t) = catalog.by_id.get(&rec.table) else {
             continue; // table dropped after this write
         };
+        let life = lives
+            .entry(t.id)
+            .or_insert_with(|| Life::new(Default::default(), rec.time, counters));
+        if let Some(change) = LifeChange::of_record(rec) {
+            change.apply(life, rec.time, counters);
+            continue;
+        }
         let layer = rows.entry(t.id).or_default();
         if let Some(what) = Delete::of_record(rec, &mut delete_keys) {
             layer.delete(what, mine);
@@ -508,11 +651,11 @@ fn replay_partition(
             .filter(|&k| mine(k) && layer.find(k).is_absent())
             .collect();
         let mut fetched = crate::read_path::stored_rows(rocks, t, &missing)?;
-        apply_updates(layer, t, rec, mine, |k| fetched.remove(&k)).map_err(|m| {
-            StorageError::CorruptMeta {
+        apply_updates(layer, t, life, rec.time, rec, mine, |k| fetched.remove(&k)).map_err(
+            |m| StorageError::CorruptMeta {
                 reason: format!("replay of LSN {} found no row for key {}", rec.lsn, m.key),
-            }
-        })?;
+            },
+        )?;
     }
     Ok(())
 }

@@ -79,6 +79,8 @@ pub(crate) struct Core {
     pub(crate) mark: Mutex<CheckpointMark>,
     pub(crate) stop: Stop,
     pub(crate) counters: Counters,
+    /// Time of the last record logged: the time reads judge expiry by is never before it.
+    pub(crate) time: std::sync::atomic::AtomicU32,
 }
 
 /// A shard's durable store. Dropping it without `close` behaves like a crash of the store
@@ -123,14 +125,33 @@ impl Store {
 
     /// Every table, by name.
     pub fn list_tables(&self) -> Vec<TableInfo> {
-        let cat = self.core.catalog();
-        let mut v: Vec<TableInfo> = cat.by_id.values().map(|t| t.info()).collect();
+        let tables: Vec<Arc<Table>> = self.core.catalog().by_id.values().cloned().collect();
+        let mut v: Vec<TableInfo> = tables.iter().map(|t| self.core.info_of(t)).collect();
         v.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
         v
     }
 
     pub fn describe_table(&self, name: &str) -> Result<TableInfo, TableError> {
-        Ok(self.core.table(name)?.info())
+        Ok(self.core.info_of(&*self.core.table(name)?))
+    }
+
+    /// Replaces table `name`'s lifecycle policies (expiry, admission, size cap; semantics in
+    /// the README). The change is logged like a push: every push after it is applied under
+    /// the new policies, and it is durable when this returns.
+    pub fn set_lifecycle(
+        &self,
+        name: &str,
+        lifecycle: paramdb_types::Lifecycle,
+    ) -> Result<TableInfo, TableError> {
+        self.core.set_lifecycle(name, lifecycle)
+    }
+
+    /// What table `name`'s lifecycle policies did since the store opened.
+    pub fn lifecycle_counts(
+        &self,
+        name: &str,
+    ) -> Result<paramdb_types::LifecycleCounts, TableError> {
+        Ok(self.core.lifecycle_counts(&*self.core.table(name)?))
     }
 
     /// Weights of `keys` (row after row, `keys.len() × dim` floats). Keys never written pull
@@ -249,7 +270,9 @@ impl Store {
     /// Persists every row changed since the last checkpoint to RocksDB and deletes the log
     /// segments it covers.
     pub fn checkpoint(&self) -> Result<CheckpointInfo, CheckpointError> {
-        self.core.checkpoint()
+        let info = self.core.checkpoint()?;
+        self.core.enforce_caps()?;
+        Ok(info)
     }
 
     /// Makes every acknowledged push durable now, whatever the sync policy.
@@ -415,6 +438,14 @@ impl Core {
             duplicate_pushes: c.duplicate_pushes.load(Ordering::Relaxed),
             rows_pushed: c.rows_pushed.load(Ordering::Relaxed),
             deletes: c.deletes.load(Ordering::Relaxed),
+            lifecycle: {
+                let tables: Vec<Arc<Table>> = self.catalog().by_id.values().cloned().collect();
+                let mut all = paramdb_types::LifecycleCounts::default();
+                for t in &tables {
+                    all.add(&self.lifecycle_counts(t));
+                }
+                all
+            },
             pulls: c.pulls.load(Ordering::Relaxed),
             rows_pulled: c.rows_pulled.load(Ordering::Relaxed),
             dirty_rows,

@@ -8,6 +8,7 @@ use rocksdb::WriteBatch;
 
 use crate::catalog::{self, Table, TableInfo, META_NEXT_TABLE};
 use crate::error::{InputError, TableError};
+use crate::lifecycle::Life;
 use crate::store::Core;
 
 impl Core {
@@ -25,6 +26,7 @@ impl Core {
         };
         let t = Arc::new(Table::new(id, spec.clone()));
         self.rocks.create_cf(&t.cf)?;
+        let life = Life::new(spec.lifecycle, self.now(), self.opts.admission_counters);
         let mut b = WriteBatch::default();
         let meta = self.rocks.cf(crate::rocks::META_CF)?;
         b.put_cf(
@@ -32,9 +34,12 @@ impl Core {
             catalog::entry_key(&spec.name),
             catalog::encode_entry(id, &spec),
         );
+        b.put_cf(&meta, catalog::life_key(id), life.encode());
         b.put_cf(&meta, META_NEXT_TABLE, (id + 1).to_le_bytes());
         drop(meta);
         self.rocks.commit(b, &[])?;
+        // Before the table is visible, so its first push finds its policies.
+        self.state.write().life.insert(id, life);
         // A cache that cannot take the table only costs speed: the table works without it.
         if let Err(e) = self.cache().rows.add_table(id, &spec) {
             tracing::warn!(error = %e, table = %spec.name, "table created without a cache");
@@ -42,7 +47,7 @@ impl Core {
         let mut cat = self.catalog.write().unwrap_or_else(|e| e.into_inner());
         cat.insert(t);
         cat.next_id = id + 1;
-        tracing::info!(table = %spec.name, id, dim = spec.dim, rule = %spec.rule, "table created");
+        tracing::info!(table = %spec.name, id, dim = spec.dim, rule = %spec.rule, lifecycle = %spec.lifecycle, "table created");
         Ok(TableInfo { id, spec })
     }
 
@@ -55,10 +60,10 @@ impl Core {
         // column family if we crash before doing it here, and log records of the table's id
         // are skipped.
         let mut b = WriteBatch::default();
-        b.delete_cf(
-            &self.rocks.cf(crate::rocks::META_CF)?,
-            catalog::entry_key(name),
-        );
+        let meta = self.rocks.cf(crate::rocks::META_CF)?;
+        b.delete_cf(&meta, catalog::entry_key(name));
+        b.delete_cf(&meta, catalog::life_key(t.id));
+        drop(meta);
         self.rocks.commit(b, &[])?;
         {
             // Under the sequencer: no push of this table is between its checks and its apply.
@@ -70,6 +75,7 @@ impl Core {
             if let Some(rows) = layers.dirty.remove(&t.id) {
                 layers.dirty_bytes = layers.dirty_bytes.saturating_sub(rows.bytes());
             }
+            layers.life.remove(&t.id);
             drop(cat);
             drop(layers);
             if let Err(e) = self.cache().rows.remove_table(t.id) {

@@ -82,6 +82,10 @@ fn sample(shard: u32, store: Option<&Store>) {
     c("paramdb_duplicate_pushes_total", s.duplicate_pushes);
     c("paramdb_rows_pushed_total", s.rows_pushed);
     c("paramdb_deletes_total", s.deletes);
+    c("paramdb_rows_admitted_total", s.lifecycle.admitted);
+    c("paramdb_rows_unadmitted_total", s.lifecycle.unadmitted);
+    c("paramdb_rows_expired_total", s.lifecycle.expired);
+    c("paramdb_rows_evicted_total", s.lifecycle.evicted);
     c("paramdb_pulls_total", s.pulls);
     c("paramdb_rows_pulled_total", s.rows_pulled);
     c("paramdb_log_bytes_written_total", s.log_bytes_written);

@@ -203,6 +203,13 @@ impl Paramdb for ShardService {
         handlers::tables::describe(self, req)
     }
 
+    async fn set_lifecycle(
+        &self,
+        req: Request<v1::SetLifecycleRequest>,
+    ) -> Result<Response<v1::TableInfo>, Status> {
+        handlers::tables::set_lifecycle(self, req).await
+    }
+
     async fn pull(
         &self,
         req: Request<v1::PullRequest>,

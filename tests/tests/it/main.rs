@@ -12,6 +12,7 @@ mod fault_crash;
 mod grpc;
 mod import;
 mod kill_loop;
+mod lifecycle;
 mod linreg;
 mod lm;
 mod log_recovery;

@@ -66,6 +66,8 @@ pub fn dump(
                     (RecordKind::Push, _) => "range",
                     (RecordKind::Delete, RecordKeys::List(_)) => "delete-keys",
                     (RecordKind::Delete, _) => "delete-range",
+                    (RecordKind::Lifecycle, _) => "lifecycle",
+                    (RecordKind::Evict, _) => "evict",
                 },
                 client: rec.client,
                 seq: rec.seq,

@@ -5,8 +5,9 @@
 //! stepping 8 bytes at a time: that is how a torn tail is told apart from corruption.
 
 /// Version of the segment and record layout; stored in every segment header. Version 2 added
-/// the delete records (types 3 and 4); a version-1 segment reads as before.
-pub const WAL_FORMAT_VERSION: u32 = 2;
+/// the delete records (types 3 and 4); version 3 the record time (bytes 44..48) and the
+/// lifecycle records (types 5 and 6). Older segments read as before, with time 0.
+pub const WAL_FORMAT_VERSION: u32 = 3;
 pub const SEGMENT_MAGIC: [u8; 8] = *b"PDBGLOG\0";
 pub const SEGMENT_HEADER_LEN: usize = 40;
 pub const FRAME_HEADER_LEN: usize = 8;
@@ -19,6 +20,11 @@ pub const TYPE_PUSH_KEYS: u8 = 1;
 pub const TYPE_PUSH_RANGE: u8 = 2;
 pub const TYPE_DELETE_KEYS: u8 = 3;
 pub const TYPE_DELETE_RANGE: u8 = 4;
+pub const TYPE_LIFECYCLE: u8 = 5;
+pub const TYPE_EVICT: u8 = 6;
+/// Body bytes of a lifecycle record: ttl seconds u64 (0: none), admit_after u32, reserved u32,
+/// max_rows u64 (0: none).
+const LIFECYCLE_BODY: usize = 24;
 
 /// Segment header: what each segment file starts with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +89,8 @@ pub enum RecordKeys<'a> {
     Range { start: u64 },
     /// Every key in `[start, end)`, stored or not (a range delete; `rows` is 0).
     Span { start: u64, end: u64 },
+    /// No keys: the record is about the table (a lifecycle record).
+    None,
 }
 
 /// What a record does to its rows.
@@ -92,6 +100,10 @@ pub enum RecordKind {
     Push,
     /// Deletes the rows: afterwards they pull their initializer, as if never written.
     Delete,
+    /// Sets the table's lifecycle policies (`Record::lifecycle`).
+    Lifecycle,
+    /// Evicts every row of the table last pushed before a time (`Record::evict_before`).
+    Evict,
 }
 
 /// One logged write, borrowed from a segment buffer (or built for writing).
@@ -104,8 +116,11 @@ pub struct Record<'a> {
     pub table: u32,
     pub dim: u32,
     pub rows: u32,
+    /// When the record was logged, in whole seconds since the Unix epoch (0 in segments
+    /// before version 3). Never decreases from one LSN to the next.
+    pub time: u32,
     pub keys: RecordKeys<'a>,
-    /// `rows × dim` f32, little-endian.
+    /// `rows × dim` f32, little-endian; a lifecycle record's body.
     pub values: &'a [u8],
 }
 
@@ -117,7 +132,29 @@ impl Record<'_> {
             }
             RecordKeys::Range { start } => start + i as u64,
             RecordKeys::Span { start, .. } => start + i as u64,
+            RecordKeys::None => unreachable!("a lifecycle record has no keys"),
         }
+    }
+
+    /// The policies a lifecycle record sets.
+    pub fn lifecycle(&self) -> Option<paramdb_types::Lifecycle> {
+        if self.kind != RecordKind::Lifecycle {
+            return None;
+        }
+        let b = self.values;
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+        let nonzero = |v: u64| (v != 0).then_some(v);
+        Some(paramdb_types::Lifecycle {
+            ttl_secs: nonzero(u64_at(0)),
+            admit_after: u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
+            max_rows: nonzero(u64_at(16)),
+        })
+    }
+
+    /// The time before which an eviction record evicts rows.
+    pub fn evict_before(&self) -> Option<u32> {
+        (self.kind == RecordKind::Evict)
+            .then(|| u32::from_le_bytes(self.values[..4].try_into().expect("4 bytes")))
     }
 
     /// Decodes the values of row `i` into `out` (length `dim`).
@@ -140,6 +177,10 @@ pub enum Body<'a> {
     DeleteKeys(&'a [u64]),
     /// A delete of every key in `[start, end)`.
     DeleteRange { start: u64, end: u64 },
+    /// New lifecycle policies for the table.
+    Lifecycle(paramdb_types::Lifecycle),
+    /// An eviction of the table's rows last pushed before `before`.
+    Evict { before: u32 },
 }
 
 impl<'a> Body<'a> {
@@ -147,7 +188,7 @@ impl<'a> Body<'a> {
         match *self {
             Body::Push { keys: Ok(k), .. } | Body::DeleteKeys(k) => k.len(),
             Body::Push { values, .. } => values.len() / dim.max(1) as usize,
-            Body::DeleteRange { .. } => 0,
+            Body::DeleteRange { .. } | Body::Lifecycle(_) | Body::Evict { .. } => 0,
         }
     }
 
@@ -157,6 +198,8 @@ impl<'a> Body<'a> {
             Body::Push { keys: Err(_), .. } => TYPE_PUSH_RANGE,
             Body::DeleteKeys(_) => TYPE_DELETE_KEYS,
             Body::DeleteRange { .. } => TYPE_DELETE_RANGE,
+            Body::Lifecycle(_) => TYPE_LIFECYCLE,
+            Body::Evict { .. } => TYPE_EVICT,
         }
     }
 
@@ -180,6 +223,8 @@ fn body_len(body: &Body<'_>) -> usize {
         }
         Body::DeleteKeys(k) => RECORD_FIXED_LEN + k.len() * 8,
         Body::DeleteRange { .. } => RECORD_FIXED_LEN + 16,
+        Body::Lifecycle(_) => RECORD_FIXED_LEN + LIFECYCLE_BODY,
+        Body::Evict { .. } => RECORD_FIXED_LEN + 8,
     }
 }
 
@@ -212,8 +257,9 @@ impl PushFrame<'_> {
     }
 }
 
-/// Builds the frame of a record, its head in `head` (cleared first). Values are little-endian
-/// f32.
+/// Builds the frame of a record logged at `time`, its head in `head` (cleared first). Values
+/// are little-endian f32.
+#[allow(clippy::too_many_arguments)]
 pub fn encode_frame<'a>(
     head: &'a mut Vec<u8>,
     lsn: u64,
@@ -221,6 +267,7 @@ pub fn encode_frame<'a>(
     seq: u64,
     table: u32,
     dim: u32,
+    time: u32,
     body: Body<'a>,
 ) -> PushFrame<'a> {
     const PAD: [u8; 8] = [0; 8];
@@ -237,7 +284,7 @@ pub fn encode_frame<'a>(
     head.extend_from_slice(&table.to_le_bytes());
     head.extend_from_slice(&dim.to_le_bytes());
     head.extend_from_slice(&(rows as u32).to_le_bytes());
-    head.extend_from_slice(&[0; 4]);
+    head.extend_from_slice(&time.to_le_bytes());
     match body {
         Body::Push { keys: Ok(k), .. } | Body::DeleteKeys(k) => {
             for key in k {
@@ -248,6 +295,16 @@ pub fn encode_frame<'a>(
         Body::DeleteRange { start, end } => {
             head.extend_from_slice(&start.to_le_bytes());
             head.extend_from_slice(&end.to_le_bytes());
+        }
+        Body::Lifecycle(l) => {
+            head.extend_from_slice(&l.ttl_secs.unwrap_or(0).to_le_bytes());
+            head.extend_from_slice(&l.admit_after.to_le_bytes());
+            head.extend_from_slice(&[0; 4]);
+            head.extend_from_slice(&l.max_rows.unwrap_or(0).to_le_bytes());
+        }
+        Body::Evict { before } => {
+            head.extend_from_slice(&before.to_le_bytes());
+            head.extend_from_slice(&[0; 4]);
         }
     }
     let values = crate::le::f32s_as_le_bytes(body.values());
@@ -278,7 +335,7 @@ pub fn encode_record(
     body: Body<'_>,
 ) {
     let mut head = Vec::new();
-    let f = encode_frame(&mut head, lsn, client, seq, table, dim, body);
+    let f = encode_frame(&mut head, lsn, client, seq, table, dim, 0, body);
     for p in f.parts() {
         out.extend_from_slice(p);
     }
@@ -368,7 +425,7 @@ fn parse_payload(p: &[u8]) -> Result<Record<'_>, FrameError> {
     let u64_at = |o: usize| u64::from_le_bytes(p[o..o + 8].try_into().expect("8 bytes"));
     let ty = p[0];
     let (lsn, client, seq) = (u64_at(8), u64_at(16), u64_at(24));
-    let (table, dim, rows) = (u32_at(32), u32_at(36), u32_at(40));
+    let (table, dim, rows, time) = (u32_at(32), u32_at(36), u32_at(40), u32_at(44));
     let n = rows as u64;
     let (kind, want) = match ty {
         TYPE_PUSH_KEYS => (
@@ -384,6 +441,14 @@ fn parse_payload(p: &[u8]) -> Result<Record<'_>, FrameError> {
         TYPE_DELETE_KEYS => (RecordKind::Delete, Some(RECORD_FIXED_LEN as u64 + n * 8)),
         TYPE_DELETE_RANGE if rows == 0 => (RecordKind::Delete, Some(RECORD_FIXED_LEN as u64 + 16)),
         TYPE_DELETE_RANGE => return Err(FrameError::Malformed("range delete with a row count")),
+        TYPE_LIFECYCLE if rows == 0 => (
+            RecordKind::Lifecycle,
+            Some((RECORD_FIXED_LEN + LIFECYCLE_BODY) as u64),
+        ),
+        TYPE_EVICT if rows == 0 => (RecordKind::Evict, Some(RECORD_FIXED_LEN as u64 + 8)),
+        TYPE_LIFECYCLE | TYPE_EVICT => {
+            return Err(FrameError::Malformed("lifecycle record with a row count"))
+        }
         _ => return Err(FrameError::Malformed("unknown record type")),
     };
     if want != Some(p.len() as u64) {
@@ -405,6 +470,7 @@ fn parse_payload(p: &[u8]) -> Result<Record<'_>, FrameError> {
                 &body[16..],
             )
         }
+        TYPE_LIFECYCLE | TYPE_EVICT => (RecordKeys::None, body),
         _ => {
             let (k, v) = body.split_at(rows as usize * 8);
             (RecordKeys::List(k), v)
@@ -418,6 +484,7 @@ fn parse_payload(p: &[u8]) -> Result<Record<'_>, FrameError> {
         table,
         dim,
         rows,
+        time,
         keys,
         values,
     })
@@ -492,6 +559,37 @@ mod tests {
                     end: u64::MAX
                 }
             )
+        );
+        assert_eq!(end, buf.len());
+    }
+
+    #[test]
+    fn lifecycle_records_round_trip() {
+        let l = paramdb_types::Lifecycle {
+            ttl_secs: Some(3600),
+            admit_after: 3,
+            max_rows: Some(1 << 40),
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let mut buf = Vec::new();
+        for part in encode_frame(&mut a, 5, 0, 0, 2, 8, 77, Body::Lifecycle(l)).parts() {
+            buf.extend_from_slice(part);
+        }
+        let evict = Body::Evict {
+            before: 1_700_000_000,
+        };
+        for part in encode_frame(&mut b, 6, 0, 0, 2, 8, 78, evict).parts() {
+            buf.extend_from_slice(part);
+        }
+        let (r, next) = read_frame(&buf, 0).unwrap();
+        assert_eq!(
+            (r.kind, r.time, r.lifecycle()),
+            (RecordKind::Lifecycle, 77, Some(l))
+        );
+        let (e, end) = read_frame(&buf, next).unwrap();
+        assert_eq!(
+            (e.kind, e.time, e.evict_before()),
+            (RecordKind::Evict, 78, Some(1_700_000_000))
         );
         assert_eq!(end, buf.len());
     }

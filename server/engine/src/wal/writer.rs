@@ -29,11 +29,24 @@ pub struct LogWriter {
     next_lsn: u64,
     buf: Vec<u8>,
     bytes_appended: u64,
+    /// Time of the last record (records never go back in time, whatever the clock does).
+    last_time: u32,
+}
+
+/// What an append wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub lsn: u64,
+    /// Bytes of the frame.
+    pub len: u64,
+    /// The record's time.
+    pub time: u32,
 }
 
 impl LogWriter {
     /// Starts a new segment numbered `segment` whose first record will be `next_lsn`, after the
-    /// live segments `older` (oldest first) that recovery kept.
+    /// live segments `older` (oldest first) that recovery kept; `last_time` is the time of the
+    /// last record before it.
     pub fn start(
         fs: Arc<dyn LogFs>,
         dir: &Path,
@@ -41,6 +54,7 @@ impl LogWriter {
         segment: u64,
         next_lsn: u64,
         max_segment_bytes: u64,
+        last_time: u32,
     ) -> io::Result<LogWriter> {
         let file = create_segment(fs.as_ref(), dir, segment, next_lsn)?;
         let mut segments: VecDeque<SegmentInfo> = older.into();
@@ -58,7 +72,13 @@ impl LogWriter {
             next_lsn,
             buf: Vec::new(),
             bytes_appended: 0,
+            last_time,
         })
+    }
+
+    /// Time of the last record appended (or recovered).
+    pub fn last_time(&self) -> u32 {
+        self.last_time
     }
 
     /// LSN of the last record appended (0 before any).
@@ -89,29 +109,34 @@ impl LogWriter {
     /// Appends one push record and returns its LSN and frame size. `keys` is the key list, or
     /// `Err(start)` for a contiguous block. On error the segment's tail is unknown: the caller
     /// must stop writing (poison).
+    #[allow(clippy::too_many_arguments)]
     pub fn append_push(
         &mut self,
         client: u64,
         seq: u64,
         table: u32,
         dim: u32,
+        now: u32,
         keys: Result<&[u64], u64>,
         values: &[f32],
-    ) -> io::Result<(u64, u64)> {
-        self.append(client, seq, table, dim, Body::Push { keys, values })
+    ) -> io::Result<Appended> {
+        self.append(client, seq, table, dim, now, Body::Push { keys, values })
     }
 
-    /// Appends one record and returns its LSN and frame size (see `append_push` on errors).
+    /// Appends one record at time `now` (or the last record's, if the clock went back) and
+    /// says what it wrote (see `append_push` on errors).
     pub fn append(
         &mut self,
         client: u64,
         seq: u64,
         table: u32,
         dim: u32,
+        now: u32,
         body: Body<'_>,
-    ) -> io::Result<(u64, u64)> {
+    ) -> io::Result<Appended> {
         let lsn = self.next_lsn;
-        let frame = format::encode_frame(&mut self.buf, lsn, client, seq, table, dim, body);
+        let time = now.max(self.last_time);
+        let frame = format::encode_frame(&mut self.buf, lsn, client, seq, table, dim, time, body);
         let len = frame.len() as u64;
         if self.segment_bytes + len > self.max_segment_bytes
             && self.segment_bytes > format::SEGMENT_HEADER_LEN as u64
@@ -119,7 +144,8 @@ impl LogWriter {
             // Rotating needs `self`; the frame is rebuilt after (it names no segment).
             drop(frame);
             self.rotate()?;
-            let frame = format::encode_frame(&mut self.buf, lsn, client, seq, table, dim, body);
+            let frame =
+                format::encode_frame(&mut self.buf, lsn, client, seq, table, dim, time, body);
             self.file.append_parts(&frame.parts())?;
         } else {
             self.file.append_parts(&frame.parts())?;
@@ -127,7 +153,8 @@ impl LogWriter {
         self.segment_bytes += len;
         self.bytes_appended += len;
         self.next_lsn += 1;
-        Ok((lsn, len))
+        self.last_time = time;
+        Ok(Appended { lsn, len, time })
     }
 
     /// Seals the current segment (sync) and starts the next. Returns the LSN up to which the

@@ -1,4 +1,4 @@
-//! CreateTable, DropTable, ListTables, DescribeTable.
+//! CreateTable, DropTable, ListTables, DescribeTable, SetLifecycle.
 
 use paramdb_proto::convert::{info_to_wire, spec_from_wire};
 use paramdb_proto::v1;
@@ -57,5 +57,20 @@ pub(crate) fn describe(
     let name = req.into_inner().name;
     check_table_name(&name)?;
     let info = store.describe_table(&name).map_err(to_status)?;
+    Ok(Response::new(info_to_wire(info.id, &info.spec)))
+}
+
+pub(crate) async fn set_lifecycle(
+    s: &ShardService,
+    req: Request<v1::SetLifecycleRequest>,
+) -> Result<Response<v1::TableInfo>, Status> {
+    let (store, _permit) = s.enter(req.metadata(), Access::Write)?;
+    let req = req.into_inner();
+    check_table_name(&req.table)?;
+    let lifecycle: paramdb_engine::Lifecycle = req
+        .lifecycle
+        .parse()
+        .map_err(|e: String| Status::invalid_argument(format!("invalid lifecycle: {e}")))?;
+    let info = blocking(move || store.set_lifecycle(&req.table, lifecycle)).await?;
     Ok(Response::new(info_to_wire(info.id, &info.spec)))
 }

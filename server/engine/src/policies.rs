@@ -1,0 +1,225 @@
+//! Lifecycle operations (semantics in `lifecycle`): changing a table's policies, which is a
+//! logged record applied like a push, and the eviction pass that keeps a table within its
+//! `max_rows`, which counts the table's rows by time and logs an eviction.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use paramdb_types::{ClientId, Key, KeyRange, Lifecycle, LifecycleCounts};
+use rustc_hash::FxHashMap;
+
+use crate::catalog::{Table, TableInfo};
+use crate::error::{InputError, PushError, StorageError, TableError};
+use crate::options::SyncPolicy;
+use crate::state_machine::{LifeChange, Slot};
+use crate::store::Core;
+use crate::wal::Body;
+
+impl Core {
+    /// The time reads judge expiry by: the clock, but never before the last record logged.
+    pub(crate) fn now(&self) -> u32 {
+        self.opts.clock.now().max(self.time.load(Ordering::Relaxed))
+    }
+
+    /// A table's definition with its current policies.
+    pub(crate) fn info_of(&self, t: &Table) -> TableInfo {
+        let mut info = t.info();
+        if let Some(l) = self.state.read().life.get(&t.id) {
+            info.spec.lifecycle = l.policy;
+        }
+        info
+    }
+
+    /// What table `id`'s policies did, compaction included.
+    pub(crate) fn lifecycle_counts(&self, t: &Table) -> LifecycleCounts {
+        let mut c = self
+            .state
+            .read()
+            .life
+            .get(&t.id)
+            .map(|l| l.counts)
+            .unwrap_or_default();
+        if let Some(f) = self.rocks.filter(&t.cf) {
+            c.expired += f.expired.load(Ordering::Relaxed);
+        }
+        c
+    }
+
+    /// Sets table `name`'s policies: logged, applied to every push after it, durable when
+    /// this returns.
+    pub(crate) fn set_lifecycle(
+        &self,
+        name: &str,
+        policy: Lifecycle,
+    ) -> Result<TableInfo, TableError> {
+        self.check_writable("change a table's lifecycle")?;
+        policy.validate().map_err(InputError::from)?;
+        let t = self.table(name)?;
+        self.poison.check()?;
+        let lsn = self.log_lifecycle(
+            &t,
+            |_| Some(Body::Lifecycle(policy)),
+            |_, _| LifeChange::Policy(policy),
+        )?;
+        if let Some(lsn) = lsn {
+            self.wait_durable(lsn)?;
+        }
+        tracing::info!(table = %name, lifecycle = %policy, "table lifecycle changed");
+        Ok(self.info_of(&t))
+    }
+
+    /// Logs and applies a lifecycle record for `t` under the sequencer. `body` sees the time
+    /// the record will have (it may decide there is nothing to log), `change` the record's
+    /// time and the body. Returns the record's LSN.
+    fn log_lifecycle(
+        &self,
+        t: &Table,
+        body: impl FnOnce(u32) -> Option<Body<'static>>,
+        change: impl FnOnce(u32, &Body<'static>) -> LifeChange,
+    ) -> Result<Option<u64>, PushError> {
+        let log = self.log.sequencer();
+        if self.admit(&log, t, ClientId::ANONYMOUS, 0)?.is_some() {
+            unreachable!("anonymous writes are never duplicates");
+        }
+        let Some(body) = body(self.opts.clock.now().max(log.last_time())) else {
+            return Ok(None);
+        };
+        let (done, log) = self.append(log, t, ClientId::ANONYMOUS, 0, body)?;
+        self.state.apply_lifecycle(
+            t.id,
+            change(done.time, &body),
+            done.time,
+            self.opts.admission_counters,
+        );
+        drop(log);
+        Ok(Some(done.lsn))
+    }
+
+    /// Runs an eviction pass for every table over its `max_rows` (see `lifecycle`).
+    pub(crate) fn enforce_caps(&self) -> Result<(), StorageError> {
+        if self.read_only {
+            return Ok(());
+        }
+        let due: Vec<(Arc<Table>, u64)> = {
+            let layers = self.state.read();
+            let cat = self.catalog();
+            layers
+                .life
+                .iter()
+                .filter_map(|(id, l)| {
+                    let max = l.policy.max_rows?;
+                    let maybe_over = l.rows_at_pass.is_none_or(|n| n + l.rows_since_pass > max);
+                    let t = cat.by_id.get(id)?;
+                    maybe_over.then(|| (t.clone(), max))
+                })
+                .collect()
+        };
+        for (t, max) in due {
+            self.evict_pass(&t, max)?;
+        }
+        Ok(())
+    }
+
+    /// Counts `t`'s live rows by time, and if there are more than `max`, logs the eviction of
+    /// every row older than the newest second `c` that leaves at most `max − max/16`.
+    fn evict_pass(&self, t: &Table, max: u64) -> Result<(), StorageError> {
+        // The rows in memory win over RocksDB's: a time per key, `None` when deleted.
+        let (mem, ranges, cutoff) = {
+            let mut layers = self.state.write();
+            let cutoff = layers.cutoff(t.id, self.now());
+            if let Some(l) = layers.life.get_mut(&t.id) {
+                l.rows_since_pass = 0;
+            }
+            let (dirty, frozen) = layers.of(t.id);
+            let mut mem: FxHashMap<Key, Option<u32>> = FxHashMap::default();
+            let mut ranges: Vec<KeyRange> = Vec::new();
+            for layer in [frozen, dirty].into_iter().flatten() {
+                // Frozen first, so dirty overrides it.
+                for r in &layer.deleted {
+                    mem.retain(|k, _| !r.contains(*k));
+                    ranges.push(*r);
+                }
+                for (k, slot) in &layer.rows {
+                    let time = match slot {
+                        Slot::Row(r) => Some(r.time),
+                        Slot::Deleted => None,
+                    };
+                    mem.insert(*k, time);
+                }
+            }
+            (mem, ranges, cutoff)
+        };
+        let mut by_time: BTreeMap<u32, u64> = BTreeMap::new();
+        self.rocks.verify_cf(&t.cf, &mut |k, v| {
+            let Some(key) = crate::rocks::key_from(k) else {
+                return;
+            };
+            if mem.contains_key(&key) || ranges.iter().any(|r| r.contains(key)) {
+                return;
+            }
+            let time = crate::row::stored_time(v);
+            if time >= cutoff {
+                *by_time.entry(time).or_default() += 1;
+            }
+        })?;
+        for time in mem.values().flatten() {
+            if *time >= cutoff {
+                *by_time.entry(*time).or_default() += 1;
+            }
+        }
+        let total: u64 = by_time.values().sum();
+        let target = max - max / 16;
+        let mut kept = 0u64;
+        let mut before = None;
+        if total > max {
+            // The newest second c with at most `target` rows at or after it.
+            let mut c = by_time
+                .keys()
+                .next_back()
+                .map_or(0, |t| t.saturating_add(1));
+            for (&time, &n) in by_time.iter().rev() {
+                if kept + n > target {
+                    break;
+                }
+                kept += n;
+                c = time;
+            }
+            before = Some(c);
+        } else {
+            kept = total;
+        }
+        if let Some(l) = self.state.write().life.get_mut(&t.id) {
+            l.rows_at_pass = Some(kept);
+        }
+        let Some(before) = before else {
+            return Ok(());
+        };
+        let evicted = total - kept;
+        let lsn = self
+            .log_lifecycle(
+                t,
+                |_| Some(Body::Evict { before }),
+                |_, _| LifeChange::Evict {
+                    before,
+                    rows: evicted,
+                },
+            )
+            .or_else(|e| match e {
+                PushError::Storage(s) => Err(s),
+                // The table was dropped meanwhile: nothing to evict.
+                _ => Ok(None),
+            })?;
+        if let (Some(lsn), SyncPolicy::Sync) = (lsn, self.opts.sync) {
+            self.wait_durable(lsn)?;
+        }
+        tracing::info!(
+            table = %t.spec.name,
+            rows = total,
+            evicted,
+            before,
+            "rows evicted to keep the table within max_rows"
+        );
+        Ok(())
+    }
+}
