@@ -117,11 +117,11 @@ pub struct TableReport {
     pub key_range: Option<(u64, u64)>,
     /// The table's policies, as `Lifecycle` prints them (`none`, `ttl=7d,admit_after=2`).
     pub lifecycle: String,
-    /// What the policies did (zero for a read-only open).
+    /// What the policies did.
     pub lifecycle_counts: LifecycleCounts,
 }
 
-/// What a store's lifecycle policies did since it was opened (log replay included).
+/// What a store's lifecycle policies did over its tables' lives (saved by checkpoints).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LifecycleCounts {
     /// Keys that got a stored row by reaching `admit_after` pushes.

@@ -376,7 +376,7 @@ fn main() {
 /// Bytes of one stored AdaGrad row of dim `DIM` (header + weights + accumulator).
 const STORED_ROW: usize = paramdb_engine::rows::ROW_HEADER_LEN + 2 * DIM * 4;
 /// Bytes of one cache slot of such a row.
-const CACHE_SLOT: u64 = (32 + 2 * DIM * 4 + paramdb_engine::CACHE_SLOT_OVERHEAD) as u64;
+const CACHE_SLOT: u64 = (40 + 2 * DIM * 4 + paramdb_engine::CACHE_SLOT_OVERHEAD) as u64;
 
 fn cache_section(tmp: &Path, secs: f64) {
     println!("\n### Hot-row cache\n");

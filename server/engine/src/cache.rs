@@ -7,8 +7,8 @@
 //! never holds the only copy of anything, and a crash can at worst cost it its contents.
 //!
 //! - **Layout**: one file per table, `cache/t<id>.slots`: a 4 KiB header, then slots of
-//!   `[key u64][updates u64][crc32 u32][used u32][time u32][reserved u32][floats f32 × dim ×
-//!   (1 + state)]`. The file is
+//!   `[key u64][updates u64][crc32 u32][used u32][time u32][reserved u32][lsn u64][floats f32 ×
+//!   dim × (1 + state)]`. The file is
 //!   sparse: pages are only touched as slots are used.
 //! - **Budget**: `cache_bytes` is split evenly between the live tables.
 //! - **Admission and eviction**: CLOCK (a reference bit per slot). While a table has free
@@ -40,7 +40,7 @@ const MAGIC: &[u8; 8] = b"PDBCACHE";
 /// Version of the cache file layout.
 pub const CACHE_FORMAT_VERSION: u32 = 3;
 const HEADER_BYTES: usize = 4096;
-const SLOT_HEADER: usize = 32;
+const SLOT_HEADER: usize = 40;
 /// Memory each slot costs besides its bytes in the file: its index entry (about 32 bytes in a
 /// hash table at its load factor), its key (16), reference bit, free-list entry, and a
 /// doorkeeper entry (up to about 34). Counted in the budget, so the budget is what the cache
@@ -174,15 +174,17 @@ impl RowCache {
         keys: &[Key],
         want: &mut Vec<usize>,
         out: &mut [f32],
-        cutoff: u32,
+        cutoff: crate::lifecycle::Cutoff,
     ) {
         let Some(t) = self.tables.get_mut(&table) else {
             return;
         };
         let asked = want.len() as u64;
-        if cutoff > 0 {
+        if !cutoff.keeps_all() {
             for &i in want.iter() {
-                if t.time_of(keys[i]).is_some_and(|time| time < cutoff) {
+                if t.stamp_of(keys[i])
+                    .is_some_and(|(time, lsn)| !cutoff.keeps(time, lsn))
+                {
                     t.remove(keys[i]);
                 }
             }
@@ -315,6 +317,7 @@ mod tests {
         Row {
             updates: v as u64,
             time: v as u32,
+            lsn: v as u64,
             data: vec![v; 8].into(),
         }
     }
@@ -344,7 +347,7 @@ mod tests {
         // A batch: the cached keys are copied, the others stay wanted.
         let mut w = [0.0; 12];
         let mut want = vec![0, 1, 2];
-        c.read_weights(1, &[12, 11, 10], &mut want, &mut w, 0);
+        c.read_weights(1, &[12, 11, 10], &mut want, &mut w, Default::default());
         assert_eq!(want, vec![1]);
         assert_eq!((&w[..4], &w[8..]), (&[3.0; 4][..], &[1.0; 4][..]));
         assert_eq!(w[4..8], [0.0; 4]);

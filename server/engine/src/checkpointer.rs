@@ -41,9 +41,11 @@ struct Frozen {
 }
 
 impl Frozen {
-    /// Rows of table `tid` of a time below this are expired or evicted for every later record.
-    fn cutoff(&self, tid: u32) -> u32 {
-        self.lives.get(&tid).map_or(0, |l| l.cutoff(self.clock))
+    /// What of table `tid` is expired or evicted for every later record.
+    fn cutoff(&self, tid: u32) -> crate::lifecycle::Cutoff {
+        self.lives
+            .get(&tid)
+            .map_or(Default::default(), |l| l.cutoff(self.clock))
     }
 }
 
@@ -132,6 +134,12 @@ impl Core {
             let frozen = Arc::new(std::mem::take(&mut layers.dirty));
             layers.dirty_bytes = 0;
             layers.frozen = Some(frozen.clone());
+            // The rows compaction expired since the last checkpoint join the saved counts.
+            for t in self.catalog().by_id.values() {
+                if let (Some(f), Some(l)) = (self.rocks.filter(&t.cf), layers.life.get_mut(&t.id)) {
+                    l.counts.expired += f.expired.swap(0, Ordering::Relaxed);
+                }
+            }
             (frozen, layers.life.clone())
         };
         let dedup = self.state.dedup().clone();
@@ -183,12 +191,15 @@ impl Core {
             let mut dropped = 0;
             for (&k, slot) in sorted {
                 match slot {
-                    Slot::Row(row) if row.time >= cutoff => {
+                    Slot::Row(row) if cutoff.keeps_row(row) => {
                         row.encode(&t.spec.rule, t.spec.dim, &mut buf);
                         b.put_cf(&cf, key_bytes(k), &buf);
                     }
-                    Slot::Row(_) => {
-                        dropped += 1;
+                    Slot::Row(row) => {
+                        // Evicted rows were counted by their eviction.
+                        if row.lsn >= cutoff.lsn {
+                            dropped += 1;
+                        }
                         b.delete_cf(&cf, key_bytes(k));
                     }
                     Slot::Deleted => b.delete_cf(&cf, key_bytes(k)),
@@ -226,12 +237,9 @@ impl Core {
             let (Some(filter), Some(life)) = (self.rocks.filter(&t.cf), f.lives.get(&t.id)) else {
                 continue;
             };
-            filter
-                .cutoff
-                .fetch_max(life.cutoff(f.clock), Ordering::Relaxed);
-            filter
-                .evict_floor
-                .fetch_max(life.evict_floor, Ordering::Relaxed);
+            let c = life.cutoff(f.clock);
+            filter.cutoff.fetch_max(c.time, Ordering::Relaxed);
+            filter.evict_lsn.fetch_max(c.lsn, Ordering::Relaxed);
         }
         if !expired.is_empty() {
             let mut layers = self.state.write();
@@ -263,7 +271,7 @@ impl Core {
                 let mut cache = self.cache();
                 for &(&k, slot) in chunk {
                     match slot {
-                        Slot::Row(row) if row.time >= cutoff => cache.rows.refresh(*tid, k, row),
+                        Slot::Row(row) if cutoff.keeps_row(row) => cache.rows.refresh(*tid, k, row),
                         _ => cache.rows.forget(*tid, k),
                     }
                 }

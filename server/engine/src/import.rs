@@ -250,6 +250,7 @@ fn write_table_file(
     let mut row = Row::initial(&t.spec, 0);
     // Imported rows count as pushed now, for expiry and eviction.
     row.time = core.now();
+    row.lsn = core.log.last_lsn();
     let mut buf = Vec::new();
     let mut file = core.rocks.table_file(path)?;
     for &i in &order {

@@ -21,13 +21,13 @@
 //!   last halving, a key's first push is admitted with probability about
 //!   `(1 − e^(−4N/w))^4`, at most 2.4% (for `n = 2`), since halving keeps `N ≤ w/8`.
 //! - **`max_rows = m`**: after every checkpoint, if the table may hold more than `m` rows (rows
-//!   counted at the last pass, plus rows created since), a pass counts the rows by time and
-//!   logs an eviction of every row older than the newest second `c` such that at most
-//!   `m − m/16` rows have a time ≥ `c`. Evicted rows are gone for reads at once, like expired
-//!   ones, and dropped the same lazy ways. So the cap is enforced at checkpoints (between two,
-//!   the table can grow by the rows of one checkpoint's worth of pushes), at one-second
-//!   granularity (rows pushed in the same second go together), and evicting to 15/16 of `m`
-//!   keeps the passes rare.
+//!   counted at the last pass, plus rows created since), a pass reads the LSN of every row's
+//!   last push and logs an eviction of every row whose LSN is below the `m − m/16`-th largest.
+//!   That is least recently pushed first, in exact log order; the rows of one push share an
+//!   LSN and go together. Evicted rows are gone for reads at once, like expired ones, and
+//!   dropped the same lazy ways. So the cap is enforced at checkpoints (between two, the table
+//!   can grow by one checkpoint's worth of new rows), and evicting to 15/16 of `m` keeps the
+//!   passes rare.
 //!
 //! Changing a table's policies is a logged record too, so every record is replayed under the
 //! policies it was applied with. Shortening or removing a TTL never brings expired rows back:
@@ -162,21 +162,44 @@ impl Sketch {
     }
 }
 
+/// What is absent at some time: rows of a time below `time` (expired, or below a floor an
+/// earlier TTL left) and rows whose last push's LSN is below `lsn` (evicted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Cutoff {
+    pub(crate) time: u32,
+    pub(crate) lsn: u64,
+}
+
+impl Cutoff {
+    /// Whether a row of this time and LSN is live.
+    pub(crate) fn keeps(&self, time: u32, lsn: u64) -> bool {
+        time >= self.time && lsn >= self.lsn
+    }
+
+    pub(crate) fn keeps_row(&self, r: &crate::row::Row) -> bool {
+        self.keeps(r.time, r.lsn)
+    }
+
+    /// Whether every row is live.
+    pub(crate) fn keeps_all(&self) -> bool {
+        self.time == 0 && self.lsn == 0
+    }
+}
+
 /// A table's lifecycle state: its policies, the floors they left, the admission sketch and
 /// what they did. Part of the state machine: changed only by applying log records, and
 /// written by every checkpoint as of its LSN.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Life {
     pub(crate) policy: Lifecycle,
-    /// Rows of a time below this are gone: evictions, and expiries under a TTL since changed.
+    /// Rows of a time below this are gone: expiries under a TTL since changed.
     pub(crate) floor: u32,
-    /// The evictions' part of `floor` (a compaction dropping a row below it is not counted
-    /// again as an expiry).
-    pub(crate) evict_floor: u32,
+    /// Rows whose last push's LSN is below this are evicted.
+    pub(crate) evict_lsn: u64,
     /// When the table got its current TTL.
     pub(crate) ttl_since: u32,
     pub(crate) sketch: Option<Sketch>,
-    /// Counts since the store opened (not persisted).
+    /// What the policies did, over the store's life (checkpointed with the rest).
     pub(crate) counts: LifecycleCounts,
     /// Live rows the last eviction pass left (`None`: no pass since the store opened).
     pub(crate) rows_at_pass: Option<u64>,
@@ -189,7 +212,7 @@ impl Life {
         Life {
             policy,
             floor: 0,
-            evict_floor: 0,
+            evict_lsn: 0,
             ttl_since: now,
             sketch: policy.admits().then(|| Sketch::new(counters)),
             counts: LifecycleCounts::default(),
@@ -198,9 +221,12 @@ impl Life {
         }
     }
 
-    /// Rows of a time below this are absent at time `now`.
-    pub(crate) fn cutoff(&self, now: u32) -> u32 {
-        self.floor.max(self.ttl_cutoff(now))
+    /// What is absent at time `now`.
+    pub(crate) fn cutoff(&self, now: u32) -> Cutoff {
+        Cutoff {
+            time: self.floor.max(self.ttl_cutoff(now)),
+            lsn: self.evict_lsn,
+        }
     }
 
     fn ttl_cutoff(&self, now: u32) -> u32 {
@@ -228,10 +254,9 @@ impl Life {
         self.policy = policy;
     }
 
-    /// Applies an eviction of the rows of a time below `before` (a logged eviction record).
-    pub(crate) fn evict(&mut self, before: u32) {
-        self.floor = self.floor.max(before);
-        self.evict_floor = self.evict_floor.max(before);
+    /// Applies an eviction of the rows last pushed before LSN `before` (a logged record).
+    pub(crate) fn evict(&mut self, before: u64) {
+        self.evict_lsn = self.evict_lsn.max(before);
     }
 
     /// Whether a push of `key`, which has no stored row, creates one (admission). Counts the
@@ -252,7 +277,8 @@ impl Life {
     }
 
     /// The persisted form: `version u8 | ttl u64 | admit_after u32 | max_rows u64 | floor u32 |
-    /// evict_floor u32 | ttl_since u32 | has_sketch u8 | sketch`.
+    /// evict_lsn u64 | ttl_since u32 | admitted u64 | unadmitted u64 | expired u64 |
+    /// evicted u64 | has_sketch u8 | sketch`.
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(48 + self.sketch.as_ref().map_or(0, |s| s.bytes() + 300));
         b.push(LIFE_VERSION);
@@ -260,8 +286,12 @@ impl Life {
         b.extend_from_slice(&self.policy.admit_after.to_le_bytes());
         b.extend_from_slice(&self.policy.max_rows.unwrap_or(0).to_le_bytes());
         b.extend_from_slice(&self.floor.to_le_bytes());
-        b.extend_from_slice(&self.evict_floor.to_le_bytes());
+        b.extend_from_slice(&self.evict_lsn.to_le_bytes());
         b.extend_from_slice(&self.ttl_since.to_le_bytes());
+        let c = &self.counts;
+        for v in [c.admitted, c.unadmitted, c.expired, c.evicted] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
         match &self.sketch {
             Some(s) => {
                 b.push(1);
@@ -273,7 +303,7 @@ impl Life {
     }
 
     pub(crate) fn decode(b: &[u8]) -> Result<Life, String> {
-        const FIXED: usize = 1 + 8 + 4 + 8 + 4 + 4 + 4 + 1;
+        const FIXED: usize = 1 + 8 + 4 + 8 + 4 + 8 + 4 + 32 + 1;
         if b.len() < FIXED {
             return Err(format!("lifecycle entry is {} bytes", b.len()));
         }
@@ -292,17 +322,22 @@ impl Life {
             max_rows: nonzero(u64_at(13)),
         };
         policy.validate().map_err(|e| e.reason)?;
-        let sketch = match b[33] {
+        let sketch = match b[69] {
             0 => None,
-            _ => Some(Sketch::decode(&b[34..])?),
+            _ => Some(Sketch::decode(&b[70..])?),
         };
         Ok(Life {
             policy,
             floor: u32_at(21),
-            evict_floor: u32_at(25),
-            ttl_since: u32_at(29),
+            evict_lsn: u64_at(25),
+            ttl_since: u32_at(33),
             sketch,
-            counts: LifecycleCounts::default(),
+            counts: LifecycleCounts {
+                admitted: u64_at(37),
+                unadmitted: u64_at(45),
+                expired: u64_at(53),
+                evicted: u64_at(61),
+            },
             rows_at_pass: None,
             rows_since_pass: 0,
         })
@@ -321,10 +356,10 @@ mod tests {
         };
         let l = Life::new(policy, 100, 0);
         // Nothing expires before one TTL after the policy was set.
-        assert_eq!(l.cutoff(109), 0);
+        assert_eq!(l.cutoff(109).time, 0);
         // At 110 a row of time 100 has gone 10 s unpushed: expired; 101 is not.
-        assert_eq!(l.cutoff(110), 101);
-        assert_eq!(l.cutoff(200), 191);
+        assert_eq!(l.cutoff(110).time, 101);
+        assert_eq!(l.cutoff(200).time, 191);
     }
 
     #[test]
@@ -338,9 +373,10 @@ mod tests {
             0,
         );
         l.set_policy(Lifecycle::default(), 50, 0);
-        assert_eq!(l.cutoff(1000), 41);
+        assert_eq!(l.cutoff(1000).time, 41);
         l.evict(60);
-        assert_eq!((l.cutoff(1000), l.evict_floor), (60, 60));
+        assert_eq!(l.cutoff(1000), Cutoff { time: 41, lsn: 60 });
+        assert!(!l.cutoff(1000).keeps(41, 59) && l.cutoff(1000).keeps(41, 60));
     }
 
     #[test]
@@ -356,7 +392,7 @@ mod tests {
         assert!(!l.admit(8));
         let b = l.encode();
         let mut back = Life::decode(&b).unwrap();
-        back.counts = l.counts;
+        assert_eq!(back.counts, l.counts);
         back.rows_since_pass = l.rows_since_pass;
         assert_eq!(back, l);
         assert!(Life::decode(&b[..b.len() - 1]).is_err());

@@ -141,10 +141,10 @@ fn open(
     for t in catalog.by_id.values() {
         // Safe from the start: every record after the checkpoint is at or past its clock.
         if let (Some(f), Some(l)) = (rocks.filter(&t.cf), lives.get(&t.id)) {
-            f.cutoff
-                .store(l.cutoff(clock), std::sync::atomic::Ordering::Relaxed);
-            f.evict_floor
-                .store(l.evict_floor, std::sync::atomic::Ordering::Relaxed);
+            let c = l.cutoff(clock);
+            f.cutoff.store(c.time, std::sync::atomic::Ordering::Relaxed);
+            f.evict_lsn
+                .store(c.lsn, std::sync::atomic::Ordering::Relaxed);
         }
     }
     let mut replay = Replay::new(threads, dedup, lives, opts.admission_counters);

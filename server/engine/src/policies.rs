@@ -1,8 +1,7 @@
 //! Lifecycle operations (semantics in `lifecycle`): changing a table's policies, which is a
 //! logged record applied like a push, and the eviction pass that keeps a table within its
-//! `max_rows`, which counts the table's rows by time and logs an eviction.
+//! `max_rows`, which reads the LSN of every row's last push and logs an eviction.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -121,10 +120,10 @@ impl Core {
         Ok(())
     }
 
-    /// Counts `t`'s live rows by time, and if there are more than `max`, logs the eviction of
-    /// every row older than the newest second `c` that leaves at most `max − max/16`.
+    /// Reads the LSN of the last push of every live row of `t`, and if there are more than
+    /// `max`, logs the eviction of every row whose LSN is below the `max − max/16`-th largest.
     fn evict_pass(&self, t: &Table, max: u64) -> Result<(), StorageError> {
-        // The rows in memory win over RocksDB's: a time per key, `None` when deleted.
+        // The rows in memory win over RocksDB's: an LSN per key, `None` when deleted or gone.
         let (mem, ranges, cutoff) = {
             let mut layers = self.state.write();
             let cutoff = layers.cutoff(t.id, self.now());
@@ -132,7 +131,7 @@ impl Core {
                 l.rows_since_pass = 0;
             }
             let (dirty, frozen) = layers.of(t.id);
-            let mut mem: FxHashMap<Key, Option<u32>> = FxHashMap::default();
+            let mut mem: FxHashMap<Key, Option<u64>> = FxHashMap::default();
             let mut ranges: Vec<KeyRange> = Vec::new();
             for layer in [frozen, dirty].into_iter().flatten() {
                 // Frozen first, so dirty overrides it.
@@ -141,16 +140,16 @@ impl Core {
                     ranges.push(*r);
                 }
                 for (k, slot) in &layer.rows {
-                    let time = match slot {
-                        Slot::Row(r) => Some(r.time),
-                        Slot::Deleted => None,
+                    let lsn = match slot {
+                        Slot::Row(r) if cutoff.keeps_row(r) => Some(r.lsn),
+                        _ => None,
                     };
-                    mem.insert(*k, time);
+                    mem.insert(*k, lsn);
                 }
             }
             (mem, ranges, cutoff)
         };
-        let mut by_time: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut lsns: Vec<u64> = Vec::new();
         self.rocks.verify_cf(&t.cf, &mut |k, v| {
             let Some(key) = crate::rocks::key_from(k) else {
                 return;
@@ -158,37 +157,25 @@ impl Core {
             if mem.contains_key(&key) || ranges.iter().any(|r| r.contains(key)) {
                 return;
             }
-            let time = crate::row::stored_time(v);
-            if time >= cutoff {
-                *by_time.entry(time).or_default() += 1;
+            let (time, lsn) = (crate::row::stored_time(v), crate::row::stored_lsn(v));
+            if cutoff.keeps(time, lsn) {
+                lsns.push(lsn);
             }
         })?;
-        for time in mem.values().flatten() {
-            if *time >= cutoff {
-                *by_time.entry(*time).or_default() += 1;
-            }
-        }
-        let total: u64 = by_time.values().sum();
+        lsns.extend(mem.values().flatten());
+        let total = lsns.len() as u64;
         let target = max - max / 16;
-        let mut kept = 0u64;
-        let mut before = None;
-        if total > max {
-            // The newest second c with at most `target` rows at or after it.
-            let mut c = by_time
-                .keys()
-                .next_back()
-                .map_or(0, |t| t.saturating_add(1));
-            for (&time, &n) in by_time.iter().rev() {
-                if kept + n > target {
-                    break;
-                }
-                kept += n;
-                c = time;
-            }
-            before = Some(c);
+        let (before, kept) = if total > max {
+            // The target-th largest LSN: rows below it go (rows of one push share an LSN and
+            // stay or go together).
+            let at = (total - target) as usize;
+            let (_, &mut nth, _) = lsns.select_nth_unstable(at);
+            let kept = lsns.iter().filter(|&&l| l >= nth).count() as u64;
+            (Some(nth), kept)
         } else {
-            kept = total;
-        }
+            (None, total)
+        };
+        drop(lsns);
         if let Some(l) = self.state.write().life.get_mut(&t.id) {
             l.rows_at_pass = Some(kept);
         }
@@ -199,7 +186,12 @@ impl Core {
         let lsn = self
             .log_lifecycle(
                 t,
-                |_| Some(Body::Evict { before }),
+                |_| {
+                    Some(Body::Evict {
+                        before,
+                        rows: evicted,
+                    })
+                },
                 |_, _| LifeChange::Evict {
                     before,
                     rows: evicted,
@@ -217,7 +209,7 @@ impl Core {
             table = %t.spec.name,
             rows = total,
             evicted,
-            before,
+            before_lsn = before,
             "rows evicted to keep the table within max_rows"
         );
         Ok(())

@@ -220,7 +220,7 @@ impl Core {
         let dirty_bytes =
             match self
                 .state
-                .apply(t, client, seq, done.time, request, &mut plan.fetched)
+                .apply(t, client, seq, (done.time, lsn), request, &mut plan.fetched)
             {
                 Ok(b) => b,
                 Err(m) => {

@@ -81,7 +81,7 @@ impl Core {
                 for (i, &k) in keys.iter().enumerate() {
                     let o = &mut out[i * dim..(i + 1) * dim];
                     match lookup(dirty, frozen, k) {
-                        Found::Row(r) if r.time >= cutoff => o.copy_from_slice(r.weights(dim)),
+                        Found::Row(r) if cutoff.keeps_row(r) => o.copy_from_slice(r.weights(dim)),
                         Found::Row(_) | Found::Deleted => {
                             crate::init::fill(&t.spec.init, t.spec.seed, k, o)
                         }
@@ -120,7 +120,7 @@ impl Core {
         out: &mut [f32],
         offer: bool,
         generation: u64,
-        cutoff: u32,
+        cutoff: crate::lifecycle::Cutoff,
     ) -> Result<(), StorageError> {
         let dim = t.dim();
         let mk: Vec<Key> = missing.iter().map(|&i| keys[i]).collect();
@@ -130,7 +130,7 @@ impl Core {
             for ((&i, &k), v) in missing.iter().zip(&mk).zip(stored) {
                 let o = &mut out[i * dim..(i + 1) * dim];
                 match v {
-                    Some(b) if row::stored_time(&b) >= cutoff => {
+                    Some(b) if cutoff.keeps(row::stored_time(&b), row::stored_lsn(&b)) => {
                         row::decode_weights_into(&b, &t.spec.rule, t.spec.dim, o).map_err(
                             |reason| StorageError::CorruptRow {
                                 table: t.spec.name.clone(),
@@ -148,7 +148,7 @@ impl Core {
         for ((&i, &k), v) in missing.iter().zip(&mk).zip(stored) {
             let o = &mut out[i * dim..(i + 1) * dim];
             match v.map(|b| decode_stored(t, k, &b)).transpose()? {
-                Some(row) if row.time >= cutoff => {
+                Some(row) if cutoff.keeps_row(&row) => {
                     o.copy_from_slice(row.weights(dim));
                     loaded.push((k, row));
                 }

@@ -59,30 +59,37 @@ impl std::fmt::Debug for Rocks {
 /// `Rocks::filters`).
 type Filters = HashMap<String, (Arc<ExpiryFilter>, Option<Options>)>;
 
-/// What a table's compaction filter drops: rows of a time below `cutoff` (expired or
-/// evicted). The store raises `cutoff` after each checkpoint to the cut-off as of that
+/// What a table's compaction filter drops: rows of a time below `cutoff` (expired) and rows
+/// last pushed before LSN `evict_lsn` (evicted). The store raises `cutoff` after each checkpoint to the cut-off as of that
 /// checkpoint's last record, which every later record is at or past, so a row the filter
 /// drops is one that every later read, push and replay treats as absent anyway.
 #[derive(Debug, Default)]
 pub(crate) struct ExpiryFilter {
     pub(crate) cutoff: AtomicU32,
-    /// Below this a row was evicted (and counted when it was); at or above, it expired.
-    pub(crate) evict_floor: AtomicU32,
+    /// Rows last pushed below this LSN were evicted (and counted when they were).
+    pub(crate) evict_lsn: AtomicU64,
     /// Expired rows the filter dropped.
     pub(crate) expired: AtomicU64,
 }
 
 impl ExpiryFilter {
     fn decide(&self, value: &[u8]) -> rocksdb::compaction_filter::Decision {
-        let cutoff = self.cutoff.load(Ordering::Relaxed);
-        let time = crate::row::stored_time(value);
-        if cutoff == 0 || time >= cutoff {
-            return rocksdb::compaction_filter::Decision::Keep;
+        use rocksdb::compaction_filter::Decision;
+        let (cutoff, evict) = (
+            self.cutoff.load(Ordering::Relaxed),
+            self.evict_lsn.load(Ordering::Relaxed),
+        );
+        if cutoff == 0 && evict == 0 {
+            return Decision::Keep;
         }
-        if time >= self.evict_floor.load(Ordering::Relaxed) {
+        if crate::row::stored_lsn(value) < evict {
+            return Decision::Remove;
+        }
+        if crate::row::stored_time(value) < cutoff {
             self.expired.fetch_add(1, Ordering::Relaxed);
+            return Decision::Remove;
         }
-        rocksdb::compaction_filter::Decision::Remove
+        Decision::Keep
     }
 }
 

@@ -8,8 +8,9 @@ use crate::init;
 /// Version byte at the start of every stored row. Version 2 added the row's time (when it was
 /// last pushed); version-1 rows still read, with time 0.
 pub const ROW_FORMAT_VERSION: u8 = 2;
-/// Bytes before the floats: version, rule tag, reserved, dim, update counter, time, reserved.
-pub const ROW_HEADER_LEN: usize = 24;
+/// Bytes before the floats: version, rule tag, reserved, dim, update counter, time, reserved,
+/// LSN.
+pub const ROW_HEADER_LEN: usize = 32;
 /// The header of a version-1 row (no time).
 const V1_HEADER_LEN: usize = 16;
 
@@ -26,11 +27,14 @@ pub fn rule_tag(rule: &UpdateRule) -> u8 {
 /// One row: `data` holds the weights followed by `rule.state_slots()` state vectors, each `dim`
 /// long. `updates` counts the pushes applied to the row (Adam's step count). `time` is when it
 /// was last pushed or imported: the time of that log record, in whole seconds since the Unix
-/// epoch (0: unknown, for rows stored before format 2). Expiry and eviction go by it.
+/// epoch (0: unknown, for rows stored before format 2): expiry goes by it. `lsn` is the LSN of
+/// that push's record (for an imported row, the last LSN when it was staged): eviction, least
+/// recently pushed first, goes by it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
     pub updates: u64,
     pub time: u32,
+    pub lsn: u64,
     pub data: Box<[f32]>,
 }
 
@@ -50,6 +54,7 @@ impl Row {
         Row {
             updates: 0,
             time: 0,
+            lsn: 0,
             data,
         }
     }
@@ -115,6 +120,7 @@ impl Row {
         out.extend_from_slice(&self.updates.to_le_bytes());
         out.extend_from_slice(&self.time.to_le_bytes());
         out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&self.lsn.to_le_bytes());
         crate::le::extend_f32s(out, &self.data);
     }
 
@@ -132,6 +138,7 @@ impl Row {
         Ok(Row {
             updates,
             time: stored_time(b),
+            lsn: stored_lsn(b),
             data,
         })
     }
@@ -141,6 +148,15 @@ impl Row {
 pub fn stored_time(b: &[u8]) -> u32 {
     if b.len() >= ROW_HEADER_LEN && b[0] >= 2 {
         u32::from_le_bytes(b[16..20].try_into().expect("4 bytes"))
+    } else {
+        0
+    }
+}
+
+/// The LSN of a stored row's last push (0 for a version-1 row).
+pub fn stored_lsn(b: &[u8]) -> u64 {
+    if b.len() >= ROW_HEADER_LEN && b[0] >= 2 {
+        u64::from_le_bytes(b[24..32].try_into().expect("8 bytes"))
     } else {
         0
     }
@@ -298,18 +314,19 @@ mod tests {
         r.apply(&s.rule, &[1.0, 2.0, 3.0]);
         let mut b = Vec::new();
         r.encode(&s.rule, 3, &mut b);
-        assert_eq!(b.len(), 24 + 9 * 4);
+        assert_eq!(b.len(), 32 + 9 * 4);
         assert_eq!(Row::decode(&b, &s.rule, 3).unwrap(), r);
         r.time = 1_800_000_000;
+        r.lsn = 1 << 40;
         r.encode(&s.rule, 3, &mut b);
-        assert_eq!(stored_time(&b), 1_800_000_000);
+        assert_eq!((stored_time(&b), stored_lsn(&b)), (1_800_000_000, 1 << 40));
         assert_eq!(Row::decode(&b, &s.rule, 3).unwrap(), r);
         // A version-1 row: no time.
         let mut v1 = vec![1, b[1], 0, 0];
         v1.extend_from_slice(&b[4..16]);
-        v1.extend_from_slice(&b[24..]);
+        v1.extend_from_slice(&b[32..]);
         let old = Row::decode(&v1, &s.rule, 3).unwrap();
-        assert_eq!((old.time, &old.data), (0, &r.data));
+        assert_eq!((old.time, old.lsn, &old.data), (0, 0, &r.data));
         let mut w = [0.0; 3];
         decode_weights_into(&b, &s.rule, 3, &mut w).unwrap();
         assert_eq!(&w, r.weights(3));

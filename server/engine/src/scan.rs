@@ -88,7 +88,7 @@ impl RangeScan {
             let (dirty, frozen) = layers.of(t.id);
             for &k in candidates {
                 match lookup(dirty, frozen, k) {
-                    Found::Row(r) if r.time >= cutoff => {
+                    Found::Row(r) if cutoff.keeps_row(r) => {
                         mem.push((k, Some(r.weights(dim).to_vec())))
                     }
                     Found::Row(_) | Found::Deleted => mem.push((k, None)),
@@ -126,7 +126,9 @@ impl RangeScan {
                 (Some(_), None) => mi.next().expect("peeked"),
                 _ => {
                     let (k, b) = di.next().expect("peeked");
-                    if self.deleted.iter().any(|r| r.contains(k)) || row::stored_time(&b) < cutoff {
+                    if self.deleted.iter().any(|r| r.contains(k))
+                        || !cutoff.keeps(row::stored_time(&b), row::stored_lsn(&b))
+                    {
                         (k, None)
                     } else {
                         let mut w = vec![0.0; dim];

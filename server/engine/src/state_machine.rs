@@ -21,7 +21,7 @@ use rustc_hash::FxHashMap;
 use crate::catalog::{Catalog, Table};
 use crate::dedup::{SeqWindow, Verdict};
 use crate::error::StorageError;
-use crate::lifecycle::{part_of, Life, SKETCH_PARTS};
+use crate::lifecycle::{part_of, Cutoff, Life, SKETCH_PARTS};
 use crate::rocks::Rocks;
 use crate::row::Row;
 use crate::wal::{Record, RecordKeys, RecordKind};
@@ -180,9 +180,11 @@ impl Layers {
         self.dirty.values().map(|t| t.len()).sum()
     }
 
-    /// Rows of table `table` with a time below this are absent at time `now` (0: none are).
-    pub(crate) fn cutoff(&self, table: u32, now: u32) -> u32 {
-        self.life.get(&table).map_or(0, |l| l.cutoff(now))
+    /// What of table `table` is absent at time `now` (expired or evicted).
+    pub(crate) fn cutoff(&self, table: u32, now: u32) -> Cutoff {
+        self.life
+            .get(&table)
+            .map_or(Cutoff::default(), |l| l.cutoff(now))
     }
 }
 
@@ -245,18 +247,18 @@ pub(crate) struct MissingBase {
     pub(crate) key: Key,
 }
 
-/// Applies `u`, logged at `time`, to the rows of table `t` in `layer`: each row there is
+/// Applies `u`, logged at `time` with LSN `lsn`, to the rows of table `t` in `layer`: each row there is
 /// updated in place; a row not there yet starts from `base(key)` (`Some(None)`: nothing stored),
 /// or from its initial value if the layer deleted it. A row older than the table's cut-off
 /// (expired or evicted) counts as absent, and an absent key gets a row only if admission lets
-/// it (`Life::admit`). Every row applied to takes the record's time. Only keys for which `mine`
+/// it (`Life::admit`). Every row applied to takes the record's time and LSN. Only keys for which `mine`
 /// holds are touched (replay partitions rows between threads). Returns the bytes added to the
 /// layer. Keys within one push are distinct, so each row sees its updates in LSN order.
 pub(crate) fn apply_updates(
     layer: &mut TableLayer,
     t: &Table,
     life: &mut Life,
-    time: u32,
+    (time, lsn): (u32, u64),
     u: &impl Updates,
     mine: impl Fn(Key) -> bool,
     mut base: impl FnMut(Key) -> Option<Option<Row>>,
@@ -274,12 +276,14 @@ pub(crate) fn apply_updates(
             Entry::Occupied(o) => {
                 let slot = o.into_mut();
                 match slot {
-                    Slot::Row(r) if r.time >= cutoff => {}
-                    Slot::Row(_) => {
-                        life.counts.expired += 1;
+                    Slot::Row(r) if cutoff.keeps_row(r) => {}
+                    Slot::Row(r) => {
+                        // Evicted rows were counted by their eviction.
+                        let expired = r.lsn >= cutoff.lsn;
                         if !life.admit(k) {
                             continue;
                         }
+                        life.counts.expired += expired as u64;
                         *slot = Slot::Row(Row::initial(&t.spec, k));
                     }
                     Slot::Deleted => {
@@ -303,9 +307,9 @@ pub(crate) fn apply_updates(
                     base(k).ok_or(MissingBase { key: k })?
                 };
                 let live = match stored {
-                    Some(r) if r.time >= cutoff => Some(r),
-                    Some(_) => {
-                        life.counts.expired += 1;
+                    Some(r) if cutoff.keeps_row(&r) => Some(r),
+                    Some(r) => {
+                        life.counts.expired += (r.lsn >= cutoff.lsn) as u64;
                         None
                     }
                     None => None,
@@ -324,6 +328,7 @@ pub(crate) fn apply_updates(
         };
         row.apply(&t.spec.rule, u.values(i, &mut scratch));
         row.time = time;
+        row.lsn = lsn;
     }
     Ok(added)
 }
@@ -381,7 +386,7 @@ impl StateMachine {
         t: &Table,
         client: ClientId,
         seq: u64,
-        time: u32,
+        (time, lsn): (u32, u64),
         u: &impl Updates,
         fetched: &mut HashMap<Key, Option<Row>>,
     ) -> Result<u64, MissingBase> {
@@ -397,7 +402,7 @@ impl StateMachine {
             dirty,
             t,
             life,
-            time,
+            (time, lsn),
             u,
             |_| true,
             |k| match frozen.map_or(Found::Absent, |f| f.find(k)) {
@@ -451,9 +456,9 @@ impl StateMachine {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum LifeChange {
     Policy(paramdb_types::Lifecycle),
-    /// Evict the rows of a time below `before`; `rows` of them were counted.
+    /// Evict the rows last pushed before LSN `before`; `rows` of them were counted.
     Evict {
-        before: u32,
+        before: u64,
         rows: u64,
     },
 }
@@ -463,8 +468,8 @@ impl LifeChange {
         match rec.kind {
             RecordKind::Lifecycle => rec.lifecycle().map(LifeChange::Policy),
             RecordKind::Evict => rec
-                .evict_before()
-                .map(|before| LifeChange::Evict { before, rows: 0 }),
+                .eviction()
+                .map(|(before, rows)| LifeChange::Evict { before, rows }),
             _ => None,
         }
     }
@@ -488,6 +493,8 @@ pub(crate) struct Replay {
     parts: Vec<(Rows, Lives)>,
     dedup: Dedup,
     counters: usize,
+    /// The counts the checkpoint saved, by table: every partition starts from them.
+    base_counts: HashMap<u32, paramdb_types::LifecycleCounts>,
     /// Time of the last record replayed.
     pub(crate) last_time: u32,
 }
@@ -502,6 +509,7 @@ impl Replay {
             parts: (0..threads).map(|_| (Rows::new(), lives.clone())).collect(),
             dedup,
             counters,
+            base_counts: lives.iter().map(|(t, l)| (*t, l.counts)).collect(),
             last_time: 0,
         }
     }
@@ -585,7 +593,13 @@ impl Replay {
                         let Some(mine) = part_lives.get_mut(table) else {
                             continue;
                         };
-                        life.counts.add(&mine.counts);
+                        // Each partition started from the checkpoint's counts.
+                        let base = self.base_counts.get(table).copied().unwrap_or_default();
+                        let c = &mut life.counts;
+                        c.admitted += mine.counts.admitted - base.admitted;
+                        c.unadmitted += mine.counts.unadmitted - base.unadmitted;
+                        c.expired += mine.counts.expired - base.expired;
+                        c.evicted += mine.counts.evicted - base.evicted;
                         if let (Some(s), Some(o)) = (&mut life.sketch, &mut mine.sketch) {
                             for q in (0..SKETCH_PARTS).filter(|q| q % n == p) {
                                 s.take_part(q, o);
@@ -637,7 +651,11 @@ fn replay_partition(
         let life = lives
             .entry(t.id)
             .or_insert_with(|| Life::new(Default::default(), rec.time, counters));
-        if let Some(change) = LifeChange::of_record(rec) {
+        if let Some(mut change) = LifeChange::of_record(rec) {
+            // Every partition applies it; one counts its rows.
+            if let (LifeChange::Evict { rows, .. }, true) = (&mut change, p != 0) {
+                *rows = 0;
+            }
             change.apply(life, rec.time, counters);
             continue;
         }
@@ -651,11 +669,12 @@ fn replay_partition(
             .filter(|&k| mine(k) && layer.find(k).is_absent())
             .collect();
         let mut fetched = crate::read_path::stored_rows(rocks, t, &missing)?;
-        apply_updates(layer, t, life, rec.time, rec, mine, |k| fetched.remove(&k)).map_err(
-            |m| StorageError::CorruptMeta {
-                reason: format!("replay of LSN {} found no row for key {}", rec.lsn, m.key),
-            },
-        )?;
+        apply_updates(layer, t, life, (rec.time, rec.lsn), rec, mine, |k| {
+            fetched.remove(&k)
+        })
+        .map_err(|m| StorageError::CorruptMeta {
+            reason: format!("replay of LSN {} found no row for key {}", rec.lsn, m.key),
+        })?;
     }
     Ok(())
 }

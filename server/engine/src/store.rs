@@ -146,7 +146,7 @@ impl Store {
         self.core.set_lifecycle(name, lifecycle)
     }
 
-    /// What table `name`'s lifecycle policies did since the store opened.
+    /// What table `name`'s lifecycle policies did over its life.
     pub fn lifecycle_counts(
         &self,
         name: &str,

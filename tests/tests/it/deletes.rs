@@ -64,7 +64,7 @@ impl Model {
 fn opts() -> StoreOptions {
     StoreOptions {
         // A small cache: rows are cached, evicted and refreshed while deletes land.
-        cache_bytes: 64 * (32 + 2 * DIM as u64 * 4 + paramdb_engine::CACHE_SLOT_OVERHEAD as u64),
+        cache_bytes: 64 * (40 + 2 * DIM as u64 * 4 + paramdb_engine::CACHE_SLOT_OVERHEAD as u64),
         ..manual_opts()
     }
 }

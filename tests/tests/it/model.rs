@@ -106,7 +106,7 @@ fn grads(grad: i8, n: usize) -> Vec<f32> {
 }
 
 /// Bytes of one cache slot of a dim-3 table with at most one state vector.
-const SLOT_BYTES: u64 = 32 + 2 * DIM as u64 * 4 + paramdb_engine::CACHE_SLOT_OVERHEAD as u64;
+const SLOT_BYTES: u64 = 40 + 2 * DIM as u64 * 4 + paramdb_engine::CACHE_SLOT_OVERHEAD as u64;
 
 fn run(ops: Vec<Op>, cache_slots: u64) -> Result<(), TestCaseError> {
     let tmp = tempfile::tempdir().unwrap();

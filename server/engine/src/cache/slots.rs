@@ -232,15 +232,19 @@ impl TableCache {
         Row {
             updates: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
             time: u32::from_le_bytes(b[24..28].try_into().expect("4 bytes")),
+            lsn: u64::from_le_bytes(b[32..40].try_into().expect("8 bytes")),
             data: self.floats_of(s).into(),
         }
     }
 
-    /// The time of the cached row of `key`, if it is cached.
-    pub(super) fn time_of(&self, key: Key) -> Option<u32> {
+    /// The time and LSN of the cached row of `key`, if it is cached.
+    pub(super) fn stamp_of(&self, key: Key) -> Option<(u32, u64)> {
         let s = *self.index.get(&key)?;
         let b = self.slot(s);
-        Some(u32::from_le_bytes(b[24..28].try_into().expect("4 bytes")))
+        Some((
+            u32::from_le_bytes(b[24..28].try_into().expect("4 bytes")),
+            u64::from_le_bytes(b[32..40].try_into().expect("8 bytes")),
+        ))
     }
 
     pub(super) fn write_slot(&mut self, s: u32, key: Key, row: &Row) {
@@ -249,6 +253,7 @@ impl TableCache {
         b[0..8].copy_from_slice(&key.to_le_bytes());
         b[8..16].copy_from_slice(&row.updates.to_le_bytes());
         b[24..28].copy_from_slice(&row.time.to_le_bytes());
+        b[32..40].copy_from_slice(&row.lsn.to_le_bytes());
         let data: &mut [f32] = bytemuck::cast_slice_mut(&mut b[SLOT_HEADER..SLOT_HEADER + n * 4]);
         data.copy_from_slice(&row.data);
         let crc = slot_crc(b, n);
@@ -361,6 +366,7 @@ fn slot_crc(slot: &[u8], floats: usize) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&slot[0..16]);
     h.update(&slot[24..28]);
+    h.update(&slot[32..40]);
     h.update(&slot[SLOT_HEADER..SLOT_HEADER + floats * 4]);
     h.finalize()
 }

@@ -102,7 +102,7 @@ pub enum RecordKind {
     Delete,
     /// Sets the table's lifecycle policies (`Record::lifecycle`).
     Lifecycle,
-    /// Evicts every row of the table last pushed before a time (`Record::evict_before`).
+    /// Evicts every row of the table last pushed before an LSN (`Record::eviction`).
     Evict,
 }
 
@@ -151,10 +151,10 @@ impl Record<'_> {
         })
     }
 
-    /// The time before which an eviction record evicts rows.
-    pub fn evict_before(&self) -> Option<u32> {
-        (self.kind == RecordKind::Evict)
-            .then(|| u32::from_le_bytes(self.values[..4].try_into().expect("4 bytes")))
+    /// An eviction record's LSN (rows last pushed before it go) and the rows it evicted.
+    pub fn eviction(&self) -> Option<(u64, u64)> {
+        let u64_at = |o: usize| u64::from_le_bytes(self.values[o..o + 8].try_into().expect("8"));
+        (self.kind == RecordKind::Evict).then(|| (u64_at(0), u64_at(8)))
     }
 
     /// Decodes the values of row `i` into `out` (length `dim`).
@@ -179,8 +179,8 @@ pub enum Body<'a> {
     DeleteRange { start: u64, end: u64 },
     /// New lifecycle policies for the table.
     Lifecycle(paramdb_types::Lifecycle),
-    /// An eviction of the table's rows last pushed before `before`.
-    Evict { before: u32 },
+    /// An eviction of the table's rows whose last push has an LSN below `before`.
+    Evict { before: u64, rows: u64 },
 }
 
 impl<'a> Body<'a> {
@@ -224,7 +224,7 @@ fn body_len(body: &Body<'_>) -> usize {
         Body::DeleteKeys(k) => RECORD_FIXED_LEN + k.len() * 8,
         Body::DeleteRange { .. } => RECORD_FIXED_LEN + 16,
         Body::Lifecycle(_) => RECORD_FIXED_LEN + LIFECYCLE_BODY,
-        Body::Evict { .. } => RECORD_FIXED_LEN + 8,
+        Body::Evict { .. } => RECORD_FIXED_LEN + 16,
     }
 }
 
@@ -302,9 +302,9 @@ pub fn encode_frame<'a>(
             head.extend_from_slice(&[0; 4]);
             head.extend_from_slice(&l.max_rows.unwrap_or(0).to_le_bytes());
         }
-        Body::Evict { before } => {
+        Body::Evict { before, rows } => {
             head.extend_from_slice(&before.to_le_bytes());
-            head.extend_from_slice(&[0; 4]);
+            head.extend_from_slice(&rows.to_le_bytes());
         }
     }
     let values = crate::le::f32s_as_le_bytes(body.values());
@@ -445,7 +445,7 @@ fn parse_payload(p: &[u8]) -> Result<Record<'_>, FrameError> {
             RecordKind::Lifecycle,
             Some((RECORD_FIXED_LEN + LIFECYCLE_BODY) as u64),
         ),
-        TYPE_EVICT if rows == 0 => (RecordKind::Evict, Some(RECORD_FIXED_LEN as u64 + 8)),
+        TYPE_EVICT if rows == 0 => (RecordKind::Evict, Some(RECORD_FIXED_LEN as u64 + 16)),
         TYPE_LIFECYCLE | TYPE_EVICT => {
             return Err(FrameError::Malformed("lifecycle record with a row count"))
         }
@@ -577,6 +577,7 @@ mod tests {
         }
         let evict = Body::Evict {
             before: 1_700_000_000,
+            rows: 12,
         };
         for part in encode_frame(&mut b, 6, 0, 0, 2, 8, 78, evict).parts() {
             buf.extend_from_slice(part);
@@ -588,8 +589,8 @@ mod tests {
         );
         let (e, end) = read_frame(&buf, next).unwrap();
         assert_eq!(
-            (e.kind, e.time, e.evict_before()),
-            (RecordKind::Evict, 78, Some(1_700_000_000))
+            (e.kind, e.time, e.eviction()),
+            (RecordKind::Evict, 78, Some((1_700_000_000, 12)))
         );
         assert_eq!(end, buf.len());
     }
