@@ -13,7 +13,6 @@ use crate::error::{InputError, PushError, StorageError, TableError};
 use crate::options::SyncPolicy;
 use crate::state_machine::{LifeChange, Slot};
 use crate::store::Core;
-use crate::wal::Body;
 
 impl Core {
     /// The time reads judge expiry by: the clock, but never before the last record logged.
@@ -56,43 +55,24 @@ impl Core {
         policy.validate().map_err(InputError::from)?;
         let t = self.table(name)?;
         self.poison.check()?;
-        let lsn = self.log_lifecycle(
-            &t,
-            |_| Some(Body::Lifecycle(policy)),
-            |_, _| LifeChange::Policy(policy),
-        )?;
-        if let Some(lsn) = lsn {
-            self.wait_durable(lsn)?;
-        }
+        let lsn = self.log_lifecycle(&t, LifeChange::Policy(policy))?;
+        self.wait_durable(lsn)?;
         tracing::info!(table = %name, lifecycle = %policy, "table lifecycle changed");
         Ok(self.info_of(&t))
     }
 
-    /// Logs and applies a lifecycle record for `t` under the sequencer. `body` sees the time
-    /// the record will have (it may decide there is nothing to log), `change` the record's
-    /// time and the body. Returns the record's LSN.
-    fn log_lifecycle(
-        &self,
-        t: &Table,
-        body: impl FnOnce(u32) -> Option<Body<'static>>,
-        change: impl FnOnce(u32, &Body<'static>) -> LifeChange,
-    ) -> Result<Option<u64>, PushError> {
+    /// Logs `change` as a lifecycle record of `t` and applies it, under the sequencer.
+    /// Returns the record's LSN.
+    fn log_lifecycle(&self, t: &Table, change: LifeChange) -> Result<u64, PushError> {
         let log = self.log.sequencer();
         if self.admit(&log, t, ClientId::ANONYMOUS, 0)?.is_some() {
             unreachable!("anonymous writes are never duplicates");
         }
-        let Some(body) = body(self.opts.clock.now().max(log.last_time())) else {
-            return Ok(None);
-        };
-        let (done, log) = self.append(log, t, ClientId::ANONYMOUS, 0, body)?;
-        self.state.apply_lifecycle(
-            t.id,
-            change(done.time, &body),
-            done.time,
-            self.opts.admission_counters,
-        );
+        let (done, log) = self.append(log, t, ClientId::ANONYMOUS, 0, change.body())?;
+        self.state
+            .apply_lifecycle(t.id, change, done.time, self.opts.admission_counters);
         drop(log);
-        Ok(Some(done.lsn))
+        Ok(done.lsn)
     }
 
     /// Runs an eviction pass for every table over its `max_rows` (see `lifecycle`).
@@ -183,26 +163,17 @@ impl Core {
             return Ok(());
         };
         let evicted = total - kept;
-        let lsn = self
-            .log_lifecycle(
-                t,
-                |_| {
-                    Some(Body::Evict {
-                        before,
-                        rows: evicted,
-                    })
-                },
-                |_, _| LifeChange::Evict {
-                    before,
-                    rows: evicted,
-                },
-            )
-            .or_else(|e| match e {
-                PushError::Storage(s) => Err(s),
-                // The table was dropped meanwhile: nothing to evict.
-                _ => Ok(None),
-            })?;
-        if let (Some(lsn), SyncPolicy::Sync) = (lsn, self.opts.sync) {
+        let change = LifeChange::Evict {
+            before,
+            rows: evicted,
+        };
+        let lsn = match self.log_lifecycle(t, change) {
+            Ok(lsn) => lsn,
+            Err(PushError::Storage(s)) => return Err(s),
+            // The table was dropped meanwhile: nothing to evict.
+            Err(_) => return Ok(()),
+        };
+        if self.opts.sync == SyncPolicy::Sync {
             self.wait_durable(lsn)?;
         }
         tracing::info!(

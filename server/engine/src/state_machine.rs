@@ -464,6 +464,14 @@ pub(crate) enum LifeChange {
 }
 
 impl LifeChange {
+    /// The record that logs this change.
+    pub(crate) fn body(self) -> crate::wal::Body<'static> {
+        match self {
+            LifeChange::Policy(p) => crate::wal::Body::Lifecycle(p),
+            LifeChange::Evict { before, rows } => crate::wal::Body::Evict { before, rows },
+        }
+    }
+
     pub(crate) fn of_record(rec: &Record<'_>) -> Option<LifeChange> {
         match rec.kind {
             RecordKind::Lifecycle => rec.lifecycle().map(LifeChange::Policy),
@@ -493,8 +501,6 @@ pub(crate) struct Replay {
     parts: Vec<(Rows, Lives)>,
     dedup: Dedup,
     counters: usize,
-    /// The counts the checkpoint saved, by table: every partition starts from them.
-    base_counts: HashMap<u32, paramdb_types::LifecycleCounts>,
     /// Time of the last record replayed.
     pub(crate) last_time: u32,
 }
@@ -502,14 +508,20 @@ pub(crate) struct Replay {
 impl Replay {
     /// A replay onto the checkpoint's exactly-once windows and lifecycle state. Each thread
     /// keeps its own copy of the lifecycle state and updates the admission sketch's
-    /// partitions it owns.
+    /// partitions it owns. Partition 0 starts from the checkpoint's counts, the others from
+    /// zero, so the counts add up at the end.
     pub(crate) fn new(threads: usize, dedup: Dedup, lives: Lives, counters: usize) -> Replay {
         let threads = threads.clamp(1, SKETCH_PARTS);
+        let mut zeroed = lives.clone();
+        zeroed
+            .values_mut()
+            .for_each(|l| l.counts = Default::default());
+        let mut parts = vec![(Rows::new(), lives)];
+        parts.extend((1..threads).map(|_| (Rows::new(), zeroed.clone())));
         Replay {
-            parts: (0..threads).map(|_| (Rows::new(), lives.clone())).collect(),
+            parts,
             dedup,
             counters,
-            base_counts: lives.iter().map(|(t, l)| (*t, l.counts)).collect(),
             last_time: 0,
         }
     }
@@ -593,13 +605,7 @@ impl Replay {
                         let Some(mine) = part_lives.get_mut(table) else {
                             continue;
                         };
-                        // Each partition started from the checkpoint's counts.
-                        let base = self.base_counts.get(table).copied().unwrap_or_default();
-                        let c = &mut life.counts;
-                        c.admitted += mine.counts.admitted - base.admitted;
-                        c.unadmitted += mine.counts.unadmitted - base.unadmitted;
-                        c.expired += mine.counts.expired - base.expired;
-                        c.evicted += mine.counts.evicted - base.evicted;
+                        life.counts.add(&mine.counts);
                         if let (Some(s), Some(o)) = (&mut life.sketch, &mut mine.sketch) {
                             for q in (0..SKETCH_PARTS).filter(|q| q % n == p) {
                                 s.take_part(q, o);

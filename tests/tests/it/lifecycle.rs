@@ -67,6 +67,18 @@ impl Rows {
     }
 }
 
+/// Up to `most − 1` distinct keys below `KEYS`, sorted, and small integer values for them.
+fn random_push(rng: &mut StdRng, most: usize) -> (Vec<u64>, Vec<f32>) {
+    let n = rng.random_range(1..most);
+    let mut keys: Vec<u64> = (0..n).map(|_| rng.random_range(0..KEYS)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let values: Vec<f32> = (0..keys.len() * DIM)
+        .map(|_| rng.random_range(-4..=4) as f32)
+        .collect();
+    (keys, values)
+}
+
 /// Every key pulls what the model says, and a full scan returns exactly the live rows.
 fn check(store: &Store, want: impl Fn(u64) -> Option<Vec<f32>>, what: &str) {
     let keys: Vec<u64> = (0..KEYS).collect();
@@ -136,13 +148,7 @@ fn ttl_matches_a_model_through_checkpoints_crashes_compactions_and_policy_change
     };
     for step in 0..400 {
         let now = clock.now();
-        let n = rng.random_range(1..20);
-        let mut keys: Vec<u64> = (0..n).map(|_| rng.random_range(0..KEYS)).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let values: Vec<f32> = (0..keys.len() * DIM)
-            .map(|_| rng.random_range(-4..=4) as f32)
-            .collect();
+        let (keys, values) = random_push(&mut rng, 20);
         seq += 1;
         store.push("l", ClientId(1), seq, &keys, &values).unwrap();
         for (i, &k) in keys.iter().enumerate() {
@@ -241,13 +247,7 @@ fn admission_matches_a_model_through_checkpoints_crashes_and_deletes() {
     let mut seq = 0;
     let (mut admitted, mut unadmitted) = (0, 0);
     for step in 0..300 {
-        let k_n = rng.random_range(1..10);
-        let mut keys: Vec<u64> = (0..k_n).map(|_| rng.random_range(0..KEYS)).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let values: Vec<f32> = (0..keys.len() * DIM)
-            .map(|_| rng.random_range(-4..=4) as f32)
-            .collect();
+        let (keys, values) = random_push(&mut rng, 10);
         seq += 1;
         if rng.random_range(0..15) == 0 {
             store.delete("l", ClientId(1), seq, &keys).unwrap();
@@ -379,13 +379,7 @@ fn max_rows_evicts_the_least_recently_pushed_as_the_model_says() {
     let mut seq = 0;
     let mut evicted = 0u64;
     for step in 0..300 {
-        let n = rng.random_range(1..12);
-        let mut keys: Vec<u64> = (0..n).map(|_| rng.random_range(0..KEYS)).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let values: Vec<f32> = (0..keys.len() * DIM)
-            .map(|_| rng.random_range(-4..=4) as f32)
-            .collect();
+        let (keys, values) = random_push(&mut rng, 12);
         seq += 1;
         store.push("l", ClientId(1), seq, &keys, &values).unwrap();
         for (i, &k) in keys.iter().enumerate() {
