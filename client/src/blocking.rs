@@ -89,6 +89,12 @@ impl BlockingClient {
         self.client.client_id()
     }
 
+    /// Runs a call of the async client (`inner()`) on this client's runtime: for the calls
+    /// with no blocking wrapper, such as a backup's fences.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
     pub fn next_seq(&self) -> u64 {
         self.client.next_seq()
     }
@@ -185,6 +191,19 @@ impl BlockingClient {
             rt: self.rt.clone(),
             stream: self.client.pull_range(table, range),
         }
+    }
+
+    /// `pull_range` of the rows each shard changed after its LSN in `since`.
+    pub fn pull_range_since(
+        &self,
+        table: &str,
+        range: KeyRange,
+        since: &[u64],
+    ) -> Result<BlockingRows, ClientError> {
+        Ok(BlockingRows {
+            rt: self.rt.clone(),
+            stream: self.client.pull_range_since(table, range, since)?,
+        })
     }
 
     pub fn checkpoint(&self) -> Result<Vec<u64>, ClientError> {

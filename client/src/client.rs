@@ -23,7 +23,9 @@ use crate::error::ClientError;
 use crate::routing;
 #[cfg(feature = "embedded")]
 use crate::transport::EmbeddedShard;
-use crate::transport::{GrpcShard, LogDump, RowBlock, Security, Shard, ShardAck, ShardStats};
+use crate::transport::{
+    GrpcShard, LogDump, RowBlock, Security, Shard, ShardAck, ShardStats, WriteId,
+};
 
 /// Timeouts, retries and identity.
 #[derive(Clone, Debug)]
@@ -327,6 +329,15 @@ impl Client {
         self.inner.client_id
     }
 
+    /// The identity every shard's part of a write split into `parts` carries.
+    fn write_id(&self, seq: u64, parts: usize) -> WriteId {
+        WriteId {
+            client: self.inner.client_id,
+            seq,
+            parts: u16::try_from(parts).unwrap_or(u16::MAX),
+        }
+    }
+
     /// Reserves the next sequence number (for callers that retry a push across their own
     /// restarts and must reuse it).
     pub fn next_seq(&self) -> u64 {
@@ -523,7 +534,7 @@ impl Client {
         keys: &[u64],
         values: &[f32],
     ) -> Result<PushResult, ClientError> {
-        if keys.is_empty() || values.len() % keys.len() != 0 {
+        if keys.is_empty() || !values.len().is_multiple_of(keys.len()) {
             return Err(ClientError::Invalid(format!(
                 "{} values for {} keys",
                 values.len(),
@@ -533,7 +544,7 @@ impl Client {
         let dim = values.len() / keys.len();
         check_push(table, keys, values, dim)?;
         let parts = routing::split_keys(&self.inner.map, keys)?;
-        let client = self.inner.client_id;
+        let id = self.write_id(seq, parts.len());
         let acks: Vec<ShardAck> =
             futures::future::try_join_all(parts.iter().map(|(shard, idx)| {
                 let sub_k: Vec<u64> = idx.iter().map(|&i| keys[i]).collect();
@@ -545,7 +556,7 @@ impl Client {
                 let sub_v: Arc<[f32]> = sub_v.into();
                 self.retry(*shard, move |s| {
                     let (k, v, table) = (sub_k.clone(), sub_v.clone(), table.to_string());
-                    async move { s.push(&table, client, seq, k, v).await }
+                    async move { s.push(&table, id, k, v).await }
                 })
             }))
             .await?;
@@ -563,7 +574,7 @@ impl Client {
         values: &[f32],
     ) -> Result<PushResult, ClientError> {
         let dim = self.dim(table).await? as usize;
-        if values.is_empty() || values.len() % dim != 0 {
+        if values.is_empty() || !values.len().is_multiple_of(dim) {
             return Err(ClientError::Invalid(format!(
                 "{} values do not make whole rows of dim {dim}",
                 values.len()
@@ -572,13 +583,13 @@ impl Client {
         let rows = (values.len() / dim) as u64;
         let parts = routing::split_block(&self.inner.map, start, rows)?;
         let seq = self.next_seq();
-        let client = self.inner.client_id;
+        let id = self.write_id(seq, parts.len());
         let acks: Vec<ShardAck> =
             futures::future::try_join_all(parts.into_iter().map(|(shard, first, off, n)| {
                 let v: Arc<[f32]> = values[off as usize * dim..(off + n) as usize * dim].into();
                 self.retry(shard, move |s| {
                     let (v, table) = (v.clone(), table.to_string());
-                    async move { s.push_range(&table, client, seq, first, v).await }
+                    async move { s.push_range(&table, id, first, v).await }
                 })
             }))
             .await?;
@@ -610,13 +621,13 @@ impl Client {
             )));
         }
         let parts = routing::split_keys(&self.inner.map, keys)?;
-        let client = self.inner.client_id;
+        let id = self.write_id(seq, parts.len());
         let acks: Vec<ShardAck> =
             futures::future::try_join_all(parts.iter().map(|(shard, idx)| {
                 let sub_k: Vec<u64> = idx.iter().map(|&i| keys[i]).collect();
                 self.retry(*shard, move |s| {
                     let (k, table) = (sub_k.clone(), table.to_string());
-                    async move { s.delete(&table, client, seq, k).await }
+                    async move { s.delete(&table, id, k).await }
                 })
             }))
             .await?;
@@ -641,12 +652,12 @@ impl Client {
         }
         let parts = routing::split_range(&self.inner.map, range);
         let seq = self.next_seq();
-        let client = self.inner.client_id;
+        let id = self.write_id(seq, parts.len());
         let acks: Vec<ShardAck> =
             futures::future::try_join_all(parts.into_iter().map(|(shard, part)| {
                 self.retry(shard, move |s| {
                     let table = table.to_string();
-                    async move { s.delete_range(&table, client, seq, part).await }
+                    async move { s.delete_range(&table, id, part).await }
                 })
             }))
             .await?;
@@ -659,15 +670,46 @@ impl Client {
     /// The stored rows of `range`, in key order: each shard's part streamed in turn. A part
     /// interrupted by a retryable failure resumes after its last delivered key.
     pub fn pull_range(&self, table: &str, range: KeyRange) -> RowStream {
+        self.ranges(table, range, None)
+    }
+
+    /// `pull_range` of only the rows each shard `i` changed after its LSN `since[i]` (the end
+    /// LSNs of a backup, for a delta export): rows last pushed or imported since.
+    pub fn pull_range_since(
+        &self,
+        table: &str,
+        range: KeyRange,
+        since: &[u64],
+    ) -> Result<RowStream, ClientError> {
+        if since.len() != self.inner.shards.len() {
+            return Err(ClientError::Invalid(format!(
+                "{} LSNs for {} shards",
+                since.len(),
+                self.inner.shards.len()
+            )));
+        }
+        Ok(self.ranges(table, range, Some(since.to_vec())))
+    }
+
+    fn ranges(&self, table: &str, range: KeyRange, since: Option<Vec<u64>>) -> RowStream {
         let parts = routing::split_range(&self.inner.map, range);
         let client = self.clone();
         let table = table.to_string();
         stream::iter(parts)
-            .flat_map(move |(shard, part)| client.shard_range(shard, table.clone(), part))
+            .flat_map(move |(shard, part)| {
+                let since = since.as_ref().map(|s| s[shard]);
+                client.shard_range(shard, table.clone(), part, since)
+            })
             .boxed()
     }
 
-    fn shard_range(&self, shard: usize, table: String, part: KeyRange) -> RowStream {
+    fn shard_range(
+        &self,
+        shard: usize,
+        table: String,
+        part: KeyRange,
+        since: Option<u64>,
+    ) -> RowStream {
         struct St {
             client: Client,
             shard: usize,
@@ -688,7 +730,7 @@ impl Client {
             failures: 0,
             done: false,
         };
-        stream::unfold(st, |mut st| async move {
+        stream::unfold(st, move |mut st| async move {
             loop {
                 if st.done || st.cursor >= st.end {
                     return None;
@@ -700,7 +742,7 @@ impl Client {
                         .client
                         .retry(st.shard, move |s| {
                             let t = t.clone();
-                            async move { s.pull_range(&t, range).await }
+                            async move { s.pull_range(&t, range, since).await }
                         })
                         .await
                     {
@@ -765,6 +807,10 @@ impl Client {
     /// The cluster map the client routes by.
     pub fn map(&self) -> &ClusterMap {
         &self.inner.map
+    }
+
+    pub(crate) fn shards(&self) -> &[Shard] {
+        &self.inner.shards
     }
 
     pub(crate) fn shard_count(&self) -> usize {

@@ -23,6 +23,8 @@ pub enum ClientError {
         address: String,
         message: String,
     },
+    #[error("backup cut: {0}")]
+    Cut(String),
     #[error("shard {shard} ({address}): gave up after {attempts} attempts: {last}")]
     RetriesExhausted {
         shard: usize,
@@ -46,6 +48,7 @@ impl ClientError {
             ClientError::RetriesExhausted { last, .. } => last.code(),
             ClientError::Invalid(_) | ClientError::NoShard { .. } => Some(Code::InvalidArgument),
             ClientError::Connect { .. } => Some(Code::Unavailable),
+            ClientError::Cut(_) => Some(Code::Aborted),
         }
     }
 

@@ -16,6 +16,7 @@
 
 pub mod blocking;
 pub mod client;
+mod cut;
 pub mod error;
 pub mod import;
 pub mod routing;
@@ -31,8 +32,9 @@ pub use paramdb_engine::{Store, StoreOptions, SyncPolicy};
 pub use paramdb_proto::cluster::ClusterMap;
 pub use paramdb_types::parse_duration_secs;
 pub use paramdb_types::{
-    CacheStats, Code, Initializer, KeyRange, Lifecycle, LifecycleCounts, LogRecord, Problem,
-    ProblemArea, ShardReport, StoreStats, TableReport, TableSpec, UpdateRule, VerifyReport,
+    CacheStats, ClientWindow, Code, FenceReport, Initializer, KeyRange, Lifecycle, LifecycleCounts,
+    LogRecord, Problem, ProblemArea, ShardBackup, ShardReport, StoreStats, TableReport, TableSpec,
+    UpdateRule, VerifyReport,
 };
 pub use staleness::Clock;
-pub use transport::{ImportResult, LogDump, RowBlock, ShardStats};
+pub use transport::{BackupRequest, ImportResult, LogDump, RowBlock, ShardStats};

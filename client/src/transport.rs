@@ -10,7 +10,9 @@ mod grpc;
 use std::sync::Arc;
 
 use futures::stream::BoxStream;
-use paramdb_types::{KeyRange, LogRecord, ShardReport, StoreStats, TableSpec, VerifyReport};
+use paramdb_types::{
+    FenceReport, KeyRange, LogRecord, ShardBackup, ShardReport, StoreStats, TableSpec, VerifyReport,
+};
 
 use crate::error::ClientError;
 #[cfg(feature = "embedded")]
@@ -69,6 +71,26 @@ pub struct RowBlock {
 
 /// A shard's log records (no values) and its torn or damaged segments.
 pub type LogDump = (Vec<LogRecord>, Vec<String>);
+
+/// One shard's backup: where (paths on the shard's host) and at which fence.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackupRequest {
+    /// 0: no fence (the shard's state when the call runs).
+    pub fence: u64,
+    pub dest: std::path::PathBuf,
+    pub previous: Option<std::path::PathBuf>,
+    /// Copy every file rather than hard-link the live table files.
+    pub copy: bool,
+}
+
+/// Who sends a write to a shard: the client, the write's sequence number, and how many
+/// shards' parts the client split it into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteId {
+    pub client: u64,
+    pub seq: u64,
+    pub parts: u16,
+}
 
 /// Acknowledgement of a push by one shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,33 +162,30 @@ impl Shard {
     pub async fn push(
         &self,
         table: &str,
-        client: u64,
-        seq: u64,
+        id: WriteId,
         keys: Vec<u64>,
         values: Arc<[f32]>,
     ) -> Result<ShardAck, ClientError> {
-        each!(self, s => s.push(table, client, seq, keys, values).await)
+        each!(self, s => s.push(table, id, keys, values).await)
     }
 
     pub async fn push_range(
         &self,
         table: &str,
-        client: u64,
-        seq: u64,
+        id: WriteId,
         start: u64,
         values: Arc<[f32]>,
     ) -> Result<ShardAck, ClientError> {
-        each!(self, s => s.push_range(table, client, seq, start, values).await)
+        each!(self, s => s.push_range(table, id, start, values).await)
     }
 
     pub async fn delete(
         &self,
         table: &str,
-        client: u64,
-        seq: u64,
+        id: WriteId,
         keys: Vec<u64>,
     ) -> Result<ShardAck, ClientError> {
-        each!(self, s => s.delete(table, client, seq, keys).await)
+        each!(self, s => s.delete(table, id, keys).await)
     }
 
     pub async fn begin_import(&self, table: &str) -> Result<ShardImport, ClientError> {
@@ -181,20 +200,21 @@ impl Shard {
     pub async fn delete_range(
         &self,
         table: &str,
-        client: u64,
-        seq: u64,
+        id: WriteId,
         range: KeyRange,
     ) -> Result<ShardAck, ClientError> {
-        each!(self, s => s.delete_range(table, client, seq, range).await)
+        each!(self, s => s.delete_range(table, id, range).await)
     }
 
     /// The stored rows of `range` (inside this shard's range), streamed in blocks.
+    /// `since`: only the rows last pushed after that LSN of the shard.
     pub async fn pull_range(
         &self,
         table: &str,
         range: KeyRange,
+        since: Option<u64>,
     ) -> Result<BoxStream<'static, Result<RowBlock, ClientError>>, ClientError> {
-        each!(self, s => s.pull_range(table, range).await)
+        each!(self, s => s.pull_range(table, range, since).await)
     }
 
     pub async fn checkpoint(&self) -> Result<u64, ClientError> {
@@ -215,6 +235,25 @@ impl Shard {
 
     pub async fn compact(&self) -> Result<(), ClientError> {
         each!(self, s => s.compact().await)
+    }
+
+    /// Puts up a backup's write fence for `lease` (see `Store::fence`).
+    pub async fn fence(&self, lease: std::time::Duration) -> Result<FenceReport, ClientError> {
+        each!(self, s => s.fence(lease).await)
+    }
+
+    /// Lets `owed` writes through fence `fence`; says which are applied.
+    pub async fn owe(&self, fence: u64, owed: Vec<(u64, u64)>) -> Result<Vec<bool>, ClientError> {
+        each!(self, s => s.owe(fence, owed).await)
+    }
+
+    pub async fn unfence(&self, fence: u64) -> Result<bool, ClientError> {
+        each!(self, s => s.unfence(fence).await)
+    }
+
+    /// The shard's backup into `dest` on its host, at fence `fence`'s cut (0: no fence).
+    pub async fn backup(&self, req: BackupRequest) -> Result<ShardBackup, ClientError> {
+        each!(self, s => s.backup(req).await)
     }
 
     pub async fn stats(&self) -> Result<ShardStats, ClientError> {

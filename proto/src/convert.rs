@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use paramdb_types::{
-    CacheStats, KeyRange, LifecycleCounts, LogRecord, Problem, ProblemArea, ShardReport,
-    StoreStats, TableReport, TableSpec, VerifyReport,
+    CacheStats, ClientWindow, FenceReport, KeyRange, LifecycleCounts, LogRecord, Problem,
+    ProblemArea, ShardBackup, ShardReport, StoreStats, TableReport, TableSpec, VerifyReport,
 };
 
 use crate::v1;
@@ -337,9 +337,93 @@ pub fn dump_from_wire(d: v1::LogDumpResponse) -> (Vec<LogRecord>, Vec<String>) {
     (records, d.trouble)
 }
 
+pub fn fence_to_wire(r: FenceReport) -> v1::FenceResponse {
+    v1::FenceResponse {
+        fence: r.fence,
+        lsn: r.lsn,
+        clients: r
+            .clients
+            .into_iter()
+            .map(|w| v1::ClientWindow {
+                client: w.client,
+                high: w.high,
+                bits: w.bits,
+                part_seqs: w.parts.iter().map(|p| p.0).collect(),
+                part_counts: w.parts.iter().map(|p| p.1).collect(),
+            })
+            .collect(),
+    }
+}
+
+pub fn fence_from_wire(r: v1::FenceResponse) -> FenceReport {
+    FenceReport {
+        fence: r.fence,
+        lsn: r.lsn,
+        clients: r
+            .clients
+            .into_iter()
+            .map(|w| ClientWindow {
+                client: w.client,
+                high: w.high,
+                bits: w.bits,
+                parts: w.part_seqs.into_iter().zip(w.part_counts).collect(),
+            })
+            .collect(),
+    }
+}
+
+pub fn backup_to_wire(b: ShardBackup) -> v1::BackupResponse {
+    v1::BackupResponse {
+        checkpoint_lsn: b.checkpoint_lsn,
+        end_lsn: b.end_lsn,
+        files: b.files,
+        bytes: b.bytes,
+        bytes_copied: b.bytes_copied,
+        bytes_linked: b.bytes_linked,
+        bytes_reused: b.bytes_reused,
+    }
+}
+
+pub fn backup_from_wire(b: v1::BackupResponse) -> ShardBackup {
+    ShardBackup {
+        checkpoint_lsn: b.checkpoint_lsn,
+        end_lsn: b.end_lsn,
+        files: b.files,
+        bytes: b.bytes,
+        bytes_copied: b.bytes_copied,
+        bytes_linked: b.bytes_linked,
+        bytes_reused: b.bytes_reused,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fence_and_backup_round_trip() {
+        let f = FenceReport {
+            fence: 3,
+            lsn: 99,
+            clients: vec![ClientWindow {
+                client: 7,
+                high: 12,
+                bits: vec![5; 16],
+                parts: vec![(11, 3), (12, 2)],
+            }],
+        };
+        assert_eq!(fence_from_wire(fence_to_wire(f.clone())), f);
+        let b = ShardBackup {
+            checkpoint_lsn: 1,
+            end_lsn: 2,
+            files: 3,
+            bytes: 4,
+            bytes_copied: 5,
+            bytes_linked: 6,
+            bytes_reused: 7,
+        };
+        assert_eq!(backup_from_wire(backup_to_wire(b.clone())), b);
+    }
 
     #[test]
     fn stats_round_trip() {

@@ -85,7 +85,7 @@ pub enum Op {
 /// the client's private rows, every 5th a delete of two of them, the rest pushes.
 pub fn op(client: u64, seq: u64) -> Op {
     let h = mix(client.wrapping_mul(7_000_003) ^ seq.rotate_left(17));
-    if seq % 7 == 0 {
+    if seq.is_multiple_of(7) {
         let a = h % PRIVATE_KEYS;
         let b = a + 1 + (h >> 8) % (PRIVATE_KEYS - a);
         return Op::DeleteRange {
@@ -93,7 +93,7 @@ pub fn op(client: u64, seq: u64) -> Op {
             end: private_key(client, b),
         };
     }
-    if seq % 5 == 0 {
+    if seq.is_multiple_of(5) {
         let a = h % PRIVATE_KEYS;
         let b = (a + 1 + (h >> 8) % (PRIVATE_KEYS - 1)) % PRIVATE_KEYS;
         return Op::DeleteKeys(vec![private_key(client, a), private_key(client, b)]);

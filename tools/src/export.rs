@@ -55,11 +55,63 @@ pub struct ExportArgs {
     /// runs spilled to a temporary directory beside --out, then merged.
     #[arg(long, default_value = "256M", value_parser = parse_bytes)]
     pub sort_memory: u64,
+    /// A delta: only the rows changed since a backup (a set, or a target directory's newest
+    /// set), plus the keys deleted or expired since then, listed in `<out stem>.deleted.txt`.
+    /// Or since LSNs, one per shard (`12,40,7`): the changed rows only.
+    #[arg(long)]
+    pub since: Option<String>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
     #[command(flatten)]
     pub target: Target,
+}
+
+/// What a delta export is relative to.
+#[derive(Debug, Clone)]
+pub struct Since {
+    /// Each shard's LSN: rows last pushed after it changed.
+    pub lsns: Vec<u64>,
+    /// The backup the LSNs are the end of, to find the keys deleted since.
+    pub backup: Option<paramdb_engine::backup::BackupSet>,
+}
+
+impl Since {
+    /// `--since`: LSNs (comma-separated, one per shard) or a backup's directory.
+    fn parse(spec: &str, client: &BlockingClient) -> anyhow::Result<Since> {
+        let map = client.inner().map();
+        if let Ok(lsns) = spec
+            .split(',')
+            .map(|p| p.trim().parse::<u64>())
+            .collect::<Result<Vec<u64>, _>>()
+        {
+            if lsns.len() != map.shards.len() {
+                bail!(
+                    "--since {spec}: {} LSNs for {} shards (one per shard, in order)",
+                    lsns.len(),
+                    map.shards.len()
+                );
+            }
+            return Ok(Since { lsns, backup: None });
+        }
+        let set = paramdb_engine::backup::find_set(Path::new(spec))?;
+        let ranges: Vec<[u64; 2]> = set
+            .shards
+            .iter()
+            .map(|s| [s.range.start, s.range.end])
+            .collect();
+        let ours: Vec<[u64; 2]> = map.shards.iter().map(|s| s.range).collect();
+        if ranges != ours {
+            bail!(
+                "the backup {} has shards {ranges:?}; the target has {ours:?}",
+                set.dir.display()
+            );
+        }
+        Ok(Since {
+            lsns: set.shards.iter().map(|s| s.end_lsn).collect(),
+            backup: Some(set),
+        })
+    }
 }
 
 /// `123`, `64K`, `256M`, `4G` (powers of 1024) as bytes.
@@ -100,20 +152,29 @@ pub struct Request<'a> {
     pub order: Option<Order>,
     pub sort_memory: u64,
     pub quiet: bool,
+    /// A delta export: only what changed since.
+    pub since: Option<Since>,
 }
 
 /// What an export wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
     pub rows: u64,
     pub dim: usize,
     pub order: Order,
     /// Sorted runs spilled to disk (0 when the rows fit `sort_memory`).
     pub runs: usize,
+    /// A delta against a backup: the keys deleted or expired since, and the file listing them.
+    pub deleted: Option<(u64, PathBuf)>,
 }
 
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     let client = args.target.connect_read_only()?;
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| Since::parse(s, &client))
+        .transpose()?;
     let req = Request {
         table: &args.table,
         format: args.format,
@@ -123,6 +184,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         order: args.order,
         sort_memory: args.sort_memory,
         quiet: args.quiet,
+        since,
     };
     if args.start >= args.end {
         bail!("--start {} is not below --end {}", args.start, args.end);
@@ -140,6 +202,12 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
             Order::Key => "key",
         }
     );
+    if let Some((n, path)) = &w.deleted {
+        println!(
+            "{n} keys deleted or expired since the backup, listed in {}",
+            path.display()
+        );
+    }
     Ok(())
 }
 
@@ -171,11 +239,17 @@ pub fn export(client: &BlockingClient, req: &Request<'_>) -> anyhow::Result<Writ
         pos: 0,
     };
     let bar = progress(client, req)?;
+    let rows = || -> anyhow::Result<BlockingRows> {
+        Ok(match &req.since {
+            Some(s) => client.pull_range_since(req.table, req.range, &s.lsns)?,
+            None => client.pull_range(req.table, req.range),
+        })
+    };
     let mut sink = Sink::create(req.format, req.out, dim)?;
     let mut runs = 0;
     match order {
         Order::Key => {
-            for block in client.pull_range(req.table, req.range) {
+            for block in rows()? {
                 let block = block?;
                 bar.inc(block.keys.len() as u64);
                 for (&k, v) in block.keys.iter().zip(block.values.chunks(dim)) {
@@ -191,7 +265,7 @@ pub fn export(client: &BlockingClient, req: &Request<'_>) -> anyhow::Result<Writ
             let parent = spill_dir(req.out);
             let budget = usize::try_from(req.sort_memory).unwrap_or(usize::MAX);
             let mut sorter = Sorter::new(dim, budget, parent);
-            for block in client.pull_range(req.table, req.range) {
+            for block in rows()? {
                 let block = block?;
                 bar.inc(block.keys.len() as u64);
                 for (&key, v) in block.keys.iter().zip(block.values.chunks(dim)) {
@@ -221,12 +295,90 @@ pub fn export(client: &BlockingClient, req: &Request<'_>) -> anyhow::Result<Writ
     }
     bar.finish_and_clear();
     let rows = sink.finish()?;
+    let deleted = match req.since.as_ref().and_then(|s| s.backup.as_ref()) {
+        Some(set) => Some(write_deleted(client, set, req)?),
+        None => None,
+    };
     Ok(Written {
         rows,
         dim,
         order,
         runs,
+        deleted,
     })
+}
+
+/// The keys of `req.table` the backup `set` holds and the target no longer does (deleted,
+/// expired or evicted since), one per line in key order in `<out stem>.deleted.txt`: both
+/// key sets streamed in key order and merged, so memory stays at a block of each.
+fn write_deleted(
+    client: &BlockingClient,
+    set: &paramdb_engine::backup::BackupSet,
+    req: &Request<'_>,
+) -> anyhow::Result<(u64, PathBuf)> {
+    use std::io::Write;
+    let backup = open_backup(set)?;
+    let path = sibling(req.out, ".deleted.txt");
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    let mut n = 0;
+    if backup.describe_table(req.table).is_ok() {
+        let keys = |rows: BlockingRows| {
+            rows.flat_map(|b| match b {
+                Ok(b) => b.keys.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            })
+        };
+        let mut now = keys(client.pull_range(req.table, req.range)).peekable();
+        for k in keys(backup.pull_range(req.table, req.range)) {
+            let k = k?;
+            let mut gone = true;
+            while let Some(c) = now.peek() {
+                match c {
+                    Ok(c) if *c < k => {
+                        now.next();
+                    }
+                    Ok(c) => {
+                        gone = *c != k;
+                        break;
+                    }
+                    Err(_) => {
+                        now.next().expect("peeked")?;
+                    }
+                }
+            }
+            if gone {
+                writeln!(out, "{k}")?;
+                n += 1;
+            }
+        }
+    }
+    out.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok((n, path))
+}
+
+/// A backup set's shards, opened read-only in this process with the set's key ranges.
+fn open_backup(set: &paramdb_engine::backup::BackupSet) -> anyhow::Result<BlockingClient> {
+    let mut map = paramdb_client::ClusterMap::even(
+        &(0..set.shards.len())
+            .map(|i| format!("backup-{i}"))
+            .collect::<Vec<_>>(),
+    );
+    let mut stores = Vec::new();
+    for (entry, s) in map.shards.iter_mut().zip(&set.shards) {
+        entry.range = [s.range.start, s.range.end];
+        let dir = set.shard_dir(s.index);
+        let store = paramdb_engine::Store::open_read_only(&dir, Default::default())
+            .with_context(|| format!("opening the backup's {}", dir.display()))?;
+        stores.push(std::sync::Arc::new(store));
+    }
+    Ok(BlockingClient::embedded(
+        map,
+        stores,
+        paramdb_client::ClientOptions::default(),
+    )?)
 }
 
 /// The directory of `file`, where sorted runs are spilled (same file system as the output).

@@ -266,7 +266,7 @@ fn shard_json(index: usize, range: (u64, u64), r: &ShardReport) -> serde_json::V
     })
 }
 
-fn human_bytes(b: u64) -> String {
+pub(crate) fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
     let mut u = 0;

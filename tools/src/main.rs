@@ -2,6 +2,7 @@
 //! training, evaluation, the tools that inspect, verify and export stored parameters, the
 //! shard server, and the crash demo.
 
+mod backup;
 mod crash_demo;
 mod demo;
 mod export;
@@ -58,6 +59,12 @@ enum Command {
     Neighbours(train::NeighboursArgs),
     /// Export a table (word2vec text/binary, npy, safetensors, tsv), streaming.
     Export(export::ExportArgs),
+    /// Back up embedded shards, a shard's data directory, or a running cluster (`--cluster`,
+    /// a consistent cut) into a target directory: hard links where possible, incremental
+    /// against the target's last backup.
+    Backup(backup::BackupArgs),
+    /// Restore a backup into new directories, and verify them.
+    Restore(backup::RestoreArgs),
     /// Import a file in any export format (and GloVe text) as a bulk load: RocksDB table
     /// files ingested by each shard, not pushes through the log.
     Import(import::ImportArgs),
@@ -158,6 +165,8 @@ fn main() -> std::process::ExitCode {
         Command::Eval(EvalCommand::Similarity(args)) => train::similarity(args),
         Command::Neighbours(args) => train::neighbours(args),
         Command::Export(args) => export::run(args),
+        Command::Backup(args) => backup::backup(args),
+        Command::Restore(args) => backup::restore(args),
         Command::Import(args) => import::run(args),
         Command::Delete(args) => inspect::delete(args),
         Command::Lifecycle(args) => inspect::lifecycle(args),

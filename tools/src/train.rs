@@ -318,7 +318,7 @@ pub fn linreg(args: LinregArgs) -> anyhow::Result<()> {
     };
     let every = args.every.max(1);
     let show = |s: &linreg::Step| {
-        if s.step % every == 0 || s.step + 1 == cfg.steps {
+        if s.step.is_multiple_of(every) || s.step + 1 == cfg.steps {
             println!("worker {} step {} loss {:.5}", s.worker, s.step, s.loss);
         }
     };

@@ -355,6 +355,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 order: Some(Order::Count),
                 sort_memory: 256 << 20,
                 quiet: f.debug == 0,
+                since: None,
             },
         )?;
         println!(

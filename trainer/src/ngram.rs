@@ -275,7 +275,7 @@ impl Meta {
 }
 
 pub(crate) fn is_dev(dev_every: u64, offset: u64) -> bool {
-    dev_every > 0 && xxhash_rust::xxh3::xxh3_64(&offset.to_le_bytes()) % dev_every == 0
+    dev_every > 0 && xxhash_rust::xxh3::xxh3_64(&offset.to_le_bytes()).is_multiple_of(dev_every)
 }
 
 /// The stored configuration of `model`, if its counts are complete.

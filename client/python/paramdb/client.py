@@ -310,7 +310,10 @@ class Client:
             )
         seq = self.next_seq() if seq is None else seq
         dup = True
-        for s, pos in self._each_shard(keys):
+        # Every part says how many shards the push went to: a cluster backup's cut keeps a
+        # push whole by it.
+        parts = list(self._each_shard(keys))
+        for s, pos in parts:
             r = self._call(
                 s,
                 "Push",
@@ -320,6 +323,7 @@ class Client:
                     seq=seq,
                     keys=keys[pos].tolist(),
                     values=np.ascontiguousarray(values[pos], dtype="<f4").tobytes(),
+                    parts=len(parts),
                 ),
             )
             dup = dup and r.duplicate
@@ -335,12 +339,17 @@ class Client:
             raise ParamdbError("no keys to delete", grpc.StatusCode.INVALID_ARGUMENT)
         seq = self.next_seq() if seq is None else seq
         dup = True
-        for s, pos in self._each_shard(keys):
+        parts = list(self._each_shard(keys))
+        for s, pos in parts:
             r = self._call(
                 s,
                 "DeleteRows",
                 pb.DeleteRowsRequest(
-                    table=table, client_id=self.client_id, seq=seq, keys=keys[pos].tolist()
+                    table=table,
+                    client_id=self.client_id,
+                    seq=seq,
+                    keys=keys[pos].tolist(),
+                    parts=len(parts),
                 ),
             )
             dup = dup and r.duplicate
@@ -356,15 +365,21 @@ class Client:
             )
         seq = self.next_seq() if seq is None else seq
         dup = True
-        for s, shard in enumerate(self.shards):
-            lo, hi = max(start, shard.start), min(end, shard.end)
-            if lo >= hi:
-                continue
+        spans = [
+            (s, max(start, shard.start), min(end, shard.end)) for s, shard in enumerate(self.shards)
+        ]
+        spans = [(s, lo, hi) for s, lo, hi in spans if lo < hi]
+        for s, lo, hi in spans:
             r = self._call(
                 s,
                 "DeleteRange",
                 pb.DeleteRangeRequest(
-                    table=table, client_id=self.client_id, seq=seq, start=lo, end=hi
+                    table=table,
+                    client_id=self.client_id,
+                    seq=seq,
+                    start=lo,
+                    end=hi,
+                    parts=len(spans),
                 ),
             )
             dup = dup and r.duplicate

@@ -8,7 +8,7 @@ use futures::stream::{BoxStream, StreamExt};
 use paramdb_engine::{chain, Classify, Store};
 use paramdb_types::{ClientId, Code, KeyRange, ShardReport, TableSpec, VerifyReport};
 
-use super::{LogDump, RowBlock, ShardAck, ShardStats};
+use super::{BackupRequest, LogDump, RowBlock, ShardAck, ShardStats, WriteId};
 use crate::error::ClientError;
 
 #[derive(Clone, Debug)]
@@ -123,43 +123,58 @@ impl EmbeddedShard {
     pub(super) async fn push(
         &self,
         table: &str,
-        client: u64,
-        seq: u64,
+        id: WriteId,
         keys: Vec<u64>,
         values: Arc<[f32]>,
     ) -> Result<ShardAck, ClientError> {
         self.check_keys(&keys)?;
         let table = table.to_string();
-        self.run(move |s| s.push(&table, ClientId(client), seq, &keys, &values))
-            .await
-            .map(ack)
+        self.run(move |s| {
+            s.push_part(
+                &table,
+                ClientId(id.client),
+                id.seq,
+                id.parts,
+                &keys,
+                &values,
+            )
+        })
+        .await
+        .map(ack)
     }
 
     pub(super) async fn push_range(
         &self,
         table: &str,
-        client: u64,
-        seq: u64,
+        id: WriteId,
         start: u64,
         values: Arc<[f32]>,
     ) -> Result<ShardAck, ClientError> {
         self.check_keys(&[start])?;
         let table = table.to_string();
-        self.run(move |s| s.push_range(&table, ClientId(client), seq, start, &values))
-            .await
-            .map(ack)
+        self.run(move |s| {
+            s.push_range_part(
+                &table,
+                ClientId(id.client),
+                id.seq,
+                id.parts,
+                start,
+                &values,
+            )
+        })
+        .await
+        .map(ack)
     }
 
     pub(super) async fn delete(
         &self,
         table: &str,
-        client: u64,
-        seq: u64,
+        id: WriteId,
         keys: Vec<u64>,
     ) -> Result<ShardAck, ClientError> {
         self.check_keys(&keys)?;
         let table = table.to_string();
-        self.run(move |s| s.delete(&table, ClientId(client), seq, &keys))
+        self.run(move |s| s.delete_part(&table, ClientId(id.client), id.seq, id.parts, &keys))
             .await
             .map(ack)
     }
@@ -167,15 +182,14 @@ impl EmbeddedShard {
     pub(super) async fn delete_range(
         &self,
         table: &str,
-        client: u64,
-        seq: u64,
+        id: WriteId,
         range: KeyRange,
     ) -> Result<ShardAck, ClientError> {
         if !range.is_empty() {
             self.check_keys(&[range.start, range.end - 1])?;
         }
         let table = table.to_string();
-        self.run(move |s| s.delete_range(&table, ClientId(client), seq, range))
+        self.run(move |s| s.delete_range_part(&table, ClientId(id.client), id.seq, id.parts, range))
             .await
             .map(ack)
     }
@@ -195,6 +209,7 @@ impl EmbeddedShard {
         &self,
         table: &str,
         range: KeyRange,
+        since: Option<u64>,
     ) -> Result<BoxStream<'static, Result<RowBlock, ClientError>>, ClientError> {
         let index = self.index;
         let dim = self
@@ -203,7 +218,11 @@ impl EmbeddedShard {
             .map_err(|e| error(index, e))?
             .spec
             .dim;
-        let scan = self.store.scan(table, range).map_err(|e| error(index, e))?;
+        let scan = match since {
+            Some(lsn) => self.store.scan_since(table, range, lsn),
+            None => self.store.scan(table, range),
+        }
+        .map_err(|e| error(index, e))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
             let empty = || RowBlock {
@@ -256,6 +275,40 @@ impl EmbeddedShard {
 
     pub(super) async fn compact(&self) -> Result<(), ClientError> {
         self.run(|s| s.compact()).await
+    }
+
+    pub(super) async fn fence(
+        &self,
+        lease: std::time::Duration,
+    ) -> Result<paramdb_types::FenceReport, ClientError> {
+        self.run(move |s| s.fence(lease)).await
+    }
+
+    pub(super) async fn owe(
+        &self,
+        fence: u64,
+        owed: Vec<(u64, u64)>,
+    ) -> Result<Vec<bool>, ClientError> {
+        self.run(move |s| s.owe(fence, &owed)).await
+    }
+
+    pub(super) async fn unfence(&self, fence: u64) -> Result<bool, ClientError> {
+        Ok(self.store.unfence(fence))
+    }
+
+    pub(super) async fn backup(
+        &self,
+        r: BackupRequest,
+    ) -> Result<paramdb_types::ShardBackup, ClientError> {
+        let opts = paramdb_engine::backup::BackupOptions {
+            copy: r.copy,
+            cancel: None,
+        };
+        self.run(move |s| match r.fence {
+            0 => s.backup(&r.dest, r.previous.as_deref(), opts),
+            f => s.backup_fenced(f, &r.dest, r.previous.as_deref(), opts),
+        })
+        .await
     }
 
     pub(super) async fn stats(&self) -> Result<ShardStats, ClientError> {

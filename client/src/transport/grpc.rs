@@ -15,7 +15,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use super::{LogDump, RowBlock, ShardAck, ShardStats};
+use super::{BackupRequest, LogDump, RowBlock, ShardAck, ShardStats, WriteId};
 use crate::error::ClientError;
 
 /// TLS and the bearer token for every gRPC shard.
@@ -206,15 +206,15 @@ impl GrpcShard {
     pub(super) async fn push(
         &self,
         table: &str,
-        client: u64,
-        seq: u64,
+        id: WriteId,
         keys: Vec<u64>,
         values: Arc<[f32]>,
     ) -> Result<ShardAck, ClientError> {
         let req = v1::PushRequest {
             table: table.into(),
-            client_id: client,
-            seq,
+            client_id: id.client,
+            seq: id.seq,
+            parts: id.parts as u32,
             keys,
             values: packed::f32s_into_bytes(values),
         };
@@ -225,15 +225,15 @@ impl GrpcShard {
     pub(super) async fn push_range(
         &self,
         table: &str,
-        client: u64,
-        seq: u64,
+        id: WriteId,
         start: u64,
         values: Arc<[f32]>,
     ) -> Result<ShardAck, ClientError> {
         let req = v1::PushRangeRequest {
             table: table.into(),
-            client_id: client,
-            seq,
+            client_id: id.client,
+            seq: id.seq,
+            parts: id.parts as u32,
             start,
             values: packed::f32s_into_bytes(values),
         };
@@ -244,14 +244,14 @@ impl GrpcShard {
     pub(super) async fn delete(
         &self,
         table: &str,
-        client: u64,
-        seq: u64,
+        id: WriteId,
         keys: Vec<u64>,
     ) -> Result<ShardAck, ClientError> {
         let req = v1::DeleteRowsRequest {
             table: table.into(),
-            client_id: client,
-            seq,
+            client_id: id.client,
+            seq: id.seq,
+            parts: id.parts as u32,
             keys,
         };
         let r = self.client.clone().delete_rows(req).await;
@@ -261,14 +261,14 @@ impl GrpcShard {
     pub(super) async fn delete_range(
         &self,
         table: &str,
-        client: u64,
-        seq: u64,
+        id: WriteId,
         range: KeyRange,
     ) -> Result<ShardAck, ClientError> {
         let req = v1::DeleteRangeRequest {
             table: table.into(),
-            client_id: client,
-            seq,
+            client_id: id.client,
+            seq: id.seq,
+            parts: id.parts as u32,
             start: range.start,
             end: range.end,
         };
@@ -296,6 +296,7 @@ impl GrpcShard {
         &self,
         table: &str,
         range: KeyRange,
+        since: Option<u64>,
     ) -> Result<BoxStream<'static, Result<RowBlock, ClientError>>, ClientError> {
         let index = self.index;
         let req = v1::PullRangeRequest {
@@ -303,6 +304,7 @@ impl GrpcShard {
             start: range.start,
             end: range.end,
             block_rows: 0,
+            since_lsn: since,
         };
         let stream = self
             .client
@@ -371,6 +373,75 @@ impl GrpcShard {
             .await
             .map_err(|s| self.status(s))?;
         Ok(convert::dump_from_wire(r.into_inner()))
+    }
+
+    pub(super) async fn fence(
+        &self,
+        lease: std::time::Duration,
+    ) -> Result<paramdb_types::FenceReport, ClientError> {
+        let r = self
+            .client
+            .clone()
+            .fence(v1::FenceRequest {
+                lease_ms: lease.as_millis().max(1) as u64,
+            })
+            .await
+            .map_err(|s| self.status(s))?;
+        Ok(convert::fence_from_wire(r.into_inner()))
+    }
+
+    pub(super) async fn owe(
+        &self,
+        fence: u64,
+        owed: Vec<(u64, u64)>,
+    ) -> Result<Vec<bool>, ClientError> {
+        let n = owed.len();
+        let (clients, seqs) = owed.into_iter().unzip();
+        let r = self
+            .client
+            .clone()
+            .owe(v1::OweRequest {
+                fence,
+                clients,
+                seqs,
+            })
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner();
+        if r.applied.len() != n {
+            return Err(self.bad_answer("owe answered for another number of writes"));
+        }
+        Ok(r.applied)
+    }
+
+    pub(super) async fn unfence(&self, fence: u64) -> Result<bool, ClientError> {
+        let r = self
+            .client
+            .clone()
+            .unfence(v1::UnfenceRequest { fence })
+            .await
+            .map_err(|s| self.status(s))?;
+        Ok(r.into_inner().lifted)
+    }
+
+    pub(super) async fn backup(
+        &self,
+        r: BackupRequest,
+    ) -> Result<paramdb_types::ShardBackup, ClientError> {
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let req = v1::BackupRequest {
+            fence: r.fence,
+            dest: path(&r.dest),
+            previous: r.previous.as_deref().map(path).unwrap_or_default(),
+            copy: r.copy,
+        };
+        let b = self
+            .client
+            .clone()
+            .backup(req)
+            .await
+            .map_err(|s| self.status(s))?;
+        Ok(convert::backup_from_wire(b.into_inner()))
     }
 
     pub(super) async fn compact(&self) -> Result<(), ClientError> {

@@ -9,6 +9,7 @@
 //! **Architecture Invariant:** this crate depends on nothing of paramdb's and nothing that
 //! does I/O; every other paramdb crate may depend on it.
 
+mod backup;
 mod code;
 mod key;
 mod lifecycle;
@@ -16,6 +17,7 @@ mod report;
 mod spec;
 mod text;
 
+pub use backup::{ClientWindow, FenceReport, ShardBackup};
 pub use code::Code;
 pub use key::{ClientId, Key, KeyRange, PushAck};
 pub use lifecycle::{parse_duration_secs, Lifecycle, MAX_ADMIT_AFTER, MAX_TTL_SECS};

@@ -83,7 +83,7 @@ pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
 
 fn format_duration(secs: u64, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     for (unit, n) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3600), ("m", 60)] {
-        if secs % n == 0 {
+        if secs.is_multiple_of(n) {
             return write!(f, "{}{unit}", secs / n);
         }
     }

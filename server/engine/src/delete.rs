@@ -17,6 +17,7 @@ use paramdb_types::{ClientId, Key, KeyRange, PushAck};
 
 use crate::error::{InputError, PushError};
 use crate::options::SyncPolicy;
+use crate::push::{Admitted, Origin};
 use crate::state_machine::Delete;
 use crate::store::Core;
 use crate::wal::Body;
@@ -25,10 +26,10 @@ impl Core {
     pub(crate) fn delete(
         &self,
         table: &str,
-        client: ClientId,
-        seq: u64,
+        origin: Origin,
         what: Delete<'_>,
     ) -> Result<PushAck, PushError> {
+        let Origin { client, seq, .. } = origin;
         self.check_writable("delete")?;
         let t = self.table(table)?;
         let dedup_keys: Vec<Key>;
@@ -68,25 +69,33 @@ impl Core {
             return Err(InputError::InvalidSequence { client: client.0 }.into());
         }
         self.poison.check()?;
-        let lsn = {
+        let lsn = loop {
             let log = self.log.sequencer();
-            if let Some(lsn) = self.admit(&log, &t, client, seq)? {
-                drop(log);
-                return self.ack_duplicate(lsn);
+            match self.admit(&log, &t, origin, true)? {
+                Admitted::New => {}
+                Admitted::Duplicate(lsn) => {
+                    drop(log);
+                    return self.ack_duplicate(lsn);
+                }
+                Admitted::Fenced => {
+                    drop(log);
+                    self.fence.wait(client.0, seq);
+                    continue;
+                }
             }
             let body = match what {
                 Delete::Keys(k) => Body::DeleteKeys(k),
                 Delete::Range(KeyRange { start, end }) => Body::DeleteRange { start, end },
             };
-            let (done, log) = self.append(log, &t, client, seq, body)?;
+            let (done, log) = self.append(log, &t, origin, body)?;
             let lsn = done.lsn;
-            let dirty_bytes = self.state.apply_delete(&t, client, seq, what);
+            let dirty_bytes = self.state.apply_delete(&t, origin, what);
             drop(log);
             let budget = self.opts.checkpoint_dirty_bytes;
             if budget > 0 && dirty_bytes >= budget {
                 self.stop.wake.notify_all();
             }
-            lsn
+            break lsn;
         };
         self.counters
             .deletes

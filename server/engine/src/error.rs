@@ -90,6 +90,17 @@ pub enum InputError {
     SequenceTooOld { client: u64, seq: u64, oldest: u64 },
     #[error("cannot {op}: the store is open read-only")]
     ReadOnly { op: &'static str },
+    #[error("backup target {} already exists", quote(path))]
+    BackupTargetExists { path: String },
+    #[error("another backup into {} is running (its LOCK is held)", quote(path))]
+    BackupInProgress { path: String },
+    #[error(
+        "cannot restore into {}: it exists and is not an empty directory",
+        quote(path)
+    )]
+    RestoreTargetNotEmpty { path: String },
+    #[error("backup fence {fence} is no longer up (lifted, replaced, or out of lease): the cut cannot be trusted; run the backup again")]
+    FenceGone { fence: u64 },
 }
 
 impl Classify for InputError {
@@ -101,6 +112,11 @@ impl Classify for InputError {
             InputError::Busy { .. } => Code::Unavailable,
             InputError::RequestTooLarge { .. } => Code::ResourceExhausted,
             InputError::ReadOnly { .. } => Code::PermissionDenied,
+            InputError::BackupTargetExists { .. } | InputError::RestoreTargetNotEmpty { .. } => {
+                Code::AlreadyExists
+            }
+            InputError::BackupInProgress { .. } => Code::Unavailable,
+            InputError::FenceGone { .. } => Code::Aborted,
             _ => Code::InvalidArgument,
         }
     }
@@ -163,6 +179,8 @@ pub enum StorageError {
     CorruptMeta { reason: String },
     #[error("{} is not a paramdb shard directory: {reason}", path.display())]
     NotAStore { path: PathBuf, reason: String },
+    #[error("{} is not a usable backup: {reason}", path.display())]
+    NotABackup { path: PathBuf, reason: String },
     /// A fault a test injected (see `fault::RocksFaults`).
     #[error("injected fault: {what}")]
     Injected { what: &'static str },
@@ -200,9 +218,9 @@ impl Classify for StorageError {
             | StorageError::LogGap { .. }
             | StorageError::CorruptRow { .. }
             | StorageError::CorruptMeta { .. } => Code::DataLoss,
-            StorageError::NotAStore { .. } | StorageError::UnsupportedFormat { .. } => {
-                Code::FailedPrecondition
-            }
+            StorageError::NotAStore { .. }
+            | StorageError::NotABackup { .. }
+            | StorageError::UnsupportedFormat { .. } => Code::FailedPrecondition,
             StorageError::Rocks { .. } | StorageError::Injected { .. } => Code::Internal,
         }
     }
@@ -283,6 +301,11 @@ operation_error!(
     ImportError
 );
 operation_error!(
+    /// A backup or a restore was refused or failed. A failed backup leaves no set that
+    /// restore accepts; the store itself is unchanged.
+    BackupError
+);
+operation_error!(
     /// A checkpoint, a sync, a compaction or a clean close failed. A failed checkpoint poisons
     /// the store: the log still holds everything, and the next open replays it.
     CheckpointError
@@ -319,6 +342,7 @@ widen!(
     TableError => PushError,
     TableError => PullError,
     CheckpointError => PushError,
+    CheckpointError => BackupError,
     CheckpointError => TableError,
     PushError => TableError
 );

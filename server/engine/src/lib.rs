@@ -19,6 +19,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod backup;
 mod cache;
 mod catalog;
 mod checkpointer;
@@ -26,6 +27,7 @@ mod dedup;
 mod delete;
 pub mod error;
 mod fault;
+mod fence;
 mod group_commit;
 mod import;
 mod init;
@@ -53,8 +55,8 @@ pub use cache::SLOT_OVERHEAD as CACHE_SLOT_OVERHEAD;
 pub use catalog::{TableInfo, STORE_FORMAT_VERSION};
 pub use checkpointer::CheckpointInfo;
 pub use error::{
-    chain, CheckpointError, Classify, ImportError, InputError, OpenError, PullError, PushError,
-    StorageError, TableError,
+    chain, BackupError, CheckpointError, Classify, ImportError, InputError, OpenError, PullError,
+    PushError, StorageError, TableError,
 };
 pub use fault::RocksFaults;
 pub use import::{Import, ImportInfo};

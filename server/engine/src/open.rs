@@ -112,6 +112,7 @@ fn open(
     let (rocks, catalog, checkpoint_lsn, dedup) = open_rocks(dir, &opts, read_only, faults)?;
     if !read_only {
         crate::import::remove_stale_staging(dir);
+        crate::backup::remove_stale_staging(dir);
     }
     let cache = if read_only {
         RowCache::disabled()
@@ -194,6 +195,7 @@ fn open(
         stop: Stop::default(),
         counters: Counters::default(),
         time: std::sync::atomic::AtomicU32::new(last_time),
+        fence: Default::default(),
         opts,
     });
     if !report.lost.is_empty() && !read_only {

@@ -5,12 +5,13 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use paramdb_types::{ClientId, Key, KeyRange, Lifecycle, LifecycleCounts};
+use paramdb_types::{Key, KeyRange, Lifecycle, LifecycleCounts};
 use rustc_hash::FxHashMap;
 
 use crate::catalog::{Table, TableInfo};
 use crate::error::{InputError, PushError, StorageError, TableError};
 use crate::options::SyncPolicy;
+use crate::push::{Admitted, Origin};
 use crate::state_machine::{LifeChange, Slot};
 use crate::store::Core;
 
@@ -65,10 +66,14 @@ impl Core {
     /// Returns the record's LSN.
     fn log_lifecycle(&self, t: &Table, change: LifeChange) -> Result<u64, PushError> {
         let log = self.log.sequencer();
-        if self.admit(&log, t, ClientId::ANONYMOUS, 0)?.is_some() {
+        // A table's own records are not a client's writes: a backup's fence lets them by.
+        if !matches!(
+            self.admit(&log, t, Origin::ANONYMOUS, false)?,
+            Admitted::New
+        ) {
             unreachable!("anonymous writes are never duplicates");
         }
-        let (done, log) = self.append(log, t, ClientId::ANONYMOUS, 0, change.body())?;
+        let (done, log) = self.append(log, t, Origin::ANONYMOUS, change.body())?;
         self.state
             .apply_lifecycle(t.id, change, done.time, self.opts.admission_counters);
         drop(log);

@@ -37,6 +37,32 @@ pub(crate) enum PushKeys<'a> {
     Range { start: Key, count: u64 },
 }
 
+/// Who wrote a record: the client, its sequence number, and how many shards the client split
+/// the write into (0 or 1: one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Origin {
+    pub(crate) client: ClientId,
+    pub(crate) seq: u64,
+    pub(crate) parts: u16,
+}
+
+impl Origin {
+    pub(crate) const ANONYMOUS: Origin = Origin {
+        client: ClientId::ANONYMOUS,
+        seq: 0,
+        parts: 0,
+    };
+}
+
+/// What the last checks under the sequencer decided.
+pub(crate) enum Admitted {
+    New,
+    /// A retry of an applied write: acknowledge once this LSN is durable.
+    Duplicate(u64),
+    /// A backup's fence is up: wait for it with no lock held, then try again.
+    Fenced,
+}
+
 /// What step 2 found: the rows to start from, as of cache generation `generation`.
 struct Plan {
     generation: u64,
@@ -48,11 +74,11 @@ impl Core {
     pub(crate) fn push(
         &self,
         table: &str,
-        client: ClientId,
-        seq: u64,
+        origin: Origin,
         keys: PushKeys<'_>,
         values: &[f32],
     ) -> Result<PushAck, PushError> {
+        let Origin { client, seq, .. } = origin;
         self.check_writable("push")?;
         let t = self.table(table)?;
         let n = validate(&t, keys, values, self.opts.max_request_bytes)?;
@@ -84,10 +110,11 @@ impl Core {
                 return self.ack_duplicate(ack);
             }
             let mut plan = self.plan(&t, key_list)?;
-            match self.log_and_apply(&t, client, seq, keys, &request, &mut plan)? {
+            match self.log_and_apply(&t, origin, keys, &request, &mut plan)? {
                 Logged::Lsn(lsn) => break lsn,
                 Logged::Duplicate(lsn) => return self.ack_duplicate(lsn),
                 Logged::Stale => continue,
+                Logged::Fenced => self.fence.wait(client.0, seq),
             }
         };
         self.counters
@@ -181,8 +208,7 @@ impl Core {
     fn log_and_apply(
         &self,
         t: &Table,
-        client: ClientId,
-        seq: u64,
+        origin: Origin,
         keys: PushKeys<'_>,
         request: &Request<'_>,
         plan: &mut Plan,
@@ -191,8 +217,10 @@ impl Core {
         if self.cache().generation != plan.generation {
             return Ok(Logged::Stale); // a checkpoint finished: fetched rows may be stale
         }
-        if let Some(lsn) = self.admit(&log, t, client, seq)? {
-            return Ok(Logged::Duplicate(lsn));
+        match self.admit(&log, t, origin, true)? {
+            Admitted::New => {}
+            Admitted::Duplicate(lsn) => return Ok(Logged::Duplicate(lsn)),
+            Admitted::Fenced => return Ok(Logged::Fenced),
         }
         // Every row must have a base before the record is logged: in memory, or read above.
         {
@@ -215,12 +243,12 @@ impl Core {
             keys: log_keys,
             values: request.values,
         };
-        let (done, log) = self.append(log, t, client, seq, body)?;
+        let (done, log) = self.append(log, t, origin, body)?;
         let lsn = done.lsn;
         let dirty_bytes =
             match self
                 .state
-                .apply(t, client, seq, (done.time, lsn), request, &mut plan.fetched)
+                .apply(t, origin, (done.time, lsn), request, &mut plan.fetched)
             {
                 Ok(b) => b,
                 Err(m) => {
@@ -245,16 +273,18 @@ impl Core {
 }
 
 impl Core {
-    /// The last checks of a write of `(client, seq)` to `t`, under the sequencer: the table
-    /// still exists, the write is new (`Some(lsn)`: a retry of an applied one, to be
-    /// acknowledged once `lsn` is durable), and the store is not poisoned.
+    /// The last checks of a write of `origin` to `t`, under the sequencer: the table still
+    /// exists, the write is new (not a retry of an applied one, to be acknowledged once the
+    /// LSN it names is durable), the store is not poisoned, and (when `fenced` applies) no
+    /// backup's fence holds it back.
     pub(crate) fn admit(
         &self,
         log: &Sequencer<'_>,
         t: &Table,
-        client: ClientId,
-        seq: u64,
-    ) -> Result<Option<u64>, PushError> {
+        origin: Origin,
+        fenced: bool,
+    ) -> Result<Admitted, PushError> {
+        let Origin { client, seq, .. } = origin;
         if !self.table_live(t.id) {
             return Err(InputError::UnknownTable {
                 name: t.spec.name.clone(),
@@ -263,7 +293,7 @@ impl Core {
         }
         match self.state.verdict(client, seq) {
             Verdict::New => {}
-            Verdict::Duplicate => return Ok(Some(log.last_lsn())),
+            Verdict::Duplicate => return Ok(Admitted::Duplicate(log.last_lsn())),
             Verdict::TooOld { oldest } => {
                 return Err(InputError::SequenceTooOld {
                     client: client.0,
@@ -274,7 +304,10 @@ impl Core {
             }
         }
         self.poison.check()?;
-        Ok(None)
+        if fenced && self.fence.blocks(client.0, seq) {
+            return Ok(Admitted::Fenced);
+        }
+        Ok(Admitted::New)
     }
 
     /// Appends a write's record with the next LSN. On failure the segment's tail is unknown:
@@ -283,11 +316,11 @@ impl Core {
         &self,
         mut log: Sequencer<'l>,
         t: &Table,
-        client: ClientId,
-        seq: u64,
+        origin: Origin,
         body: Body<'_>,
     ) -> Result<(Appended, Sequencer<'l>), PushError> {
-        match log.append(client.0, seq, t.id, t.spec.dim, self.opts.clock.now(), body) {
+        let o = (origin.client.0, origin.seq, origin.parts);
+        match log.append(o, t.id, t.spec.dim, self.opts.clock.now(), body) {
             Ok(done) => {
                 self.time
                     .fetch_max(done.time, std::sync::atomic::Ordering::Relaxed);
@@ -310,6 +343,8 @@ enum Logged {
     Duplicate(u64),
     /// The plan went stale; plan again.
     Stale,
+    /// A backup's fence holds the write back: wait, then plan again.
+    Fenced,
 }
 
 /// Step 1. Returns the number of rows.

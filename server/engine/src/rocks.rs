@@ -459,6 +459,14 @@ impl Rocks {
         Ok(out)
     }
 
+    /// A RocksDB checkpoint in `dir` (which must not exist): hard links to the table files,
+    /// copies of the rest.
+    pub(crate) fn checkpoint_to(&self, dir: &Path) -> Result<()> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(dir))
+            .map_err(|e| StorageError::rocks("checkpoint", e))
+    }
+
     /// Writes `batch` without RocksDB's WAL, then flushes the column families `cfs` (and meta)
     /// atomically and waits: when this returns, the batch is durable, all of it or none.
     pub(crate) fn commit(&self, batch: WriteBatch, cfs: &[String]) -> Result<()> {

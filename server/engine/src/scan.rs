@@ -34,6 +34,8 @@ pub struct RangeScan {
     /// Ranges deleted in memory at the scan's start: RocksDB's rows inside them are gone,
     /// unless memory holds a newer row.
     deleted: Vec<KeyRange>,
+    /// Only rows whose last push (or import) is past this LSN (a delta export).
+    since: Option<u64>,
     batch: VecDeque<(Key, Vec<f32>)>,
 }
 
@@ -65,8 +67,15 @@ impl RangeScan {
             mem_keys,
             mem_pos: 0,
             deleted,
+            since: None,
             batch: VecDeque::new(),
         }
+    }
+
+    /// Keeps only the rows last pushed (or imported) after LSN `lsn`.
+    pub(crate) fn since(mut self, lsn: u64) -> Self {
+        self.since = Some(lsn);
+        self
     }
 
     fn fill(&mut self) -> Result<(), StorageError> {
@@ -82,13 +91,15 @@ impl RangeScan {
         let mut mem: Vec<(Key, Option<Vec<f32>>)> = Vec::with_capacity(take);
         // Rows older than this are expired or evicted: skipped like deleted ones.
         let cutoff;
+        let since = self.since;
+        let changed = |lsn: u64| since.is_none_or(|s| lsn > s);
         {
             let layers = self.core.state.read();
             cutoff = layers.cutoff(t.id, self.core.now());
             let (dirty, frozen) = layers.of(t.id);
             for &k in candidates {
                 match lookup(dirty, frozen, k) {
-                    Found::Row(r) if cutoff.keeps_row(r) => {
+                    Found::Row(r) if cutoff.keeps_row(r) && changed(r.lsn) => {
                         mem.push((k, Some(r.weights(dim).to_vec())))
                     }
                     Found::Row(_) | Found::Deleted => mem.push((k, None)),
@@ -128,6 +139,7 @@ impl RangeScan {
                     let (k, b) = di.next().expect("peeked");
                     if self.deleted.iter().any(|r| r.contains(k))
                         || !cutoff.keeps(row::stored_time(&b), row::stored_lsn(&b))
+                        || !changed(row::stored_lsn(&b))
                     {
                         (k, None)
                     } else {

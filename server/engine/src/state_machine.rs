@@ -22,6 +22,7 @@ use crate::catalog::{Catalog, Table};
 use crate::dedup::{SeqWindow, Verdict};
 use crate::error::StorageError;
 use crate::lifecycle::{part_of, Cutoff, Life, SKETCH_PARTS};
+use crate::push::Origin;
 use crate::rocks::Rocks;
 use crate::row::Row;
 use crate::wal::{Record, RecordKeys, RecordKind};
@@ -384,8 +385,7 @@ impl StateMachine {
     pub(crate) fn apply(
         &self,
         t: &Table,
-        client: ClientId,
-        seq: u64,
+        origin: Origin,
         (time, lsn): (u32, u64),
         u: &impl Updates,
         fetched: &mut HashMap<Key, Option<Row>>,
@@ -414,30 +414,30 @@ impl StateMachine {
         layers.dirty_bytes += added;
         let bytes = layers.dirty_bytes;
         drop(guard);
-        if client != ClientId::ANONYMOUS {
-            self.dedup().entry(client.0).or_default().mark(seq);
-        }
+        self.mark(origin);
         Ok(bytes)
     }
 
     /// Applies a logged delete of `(client, seq)` to the dirty layer. Call under the
     /// sequencer, in LSN order. Returns the dirty layer's bytes afterwards.
-    pub(crate) fn apply_delete(
-        &self,
-        t: &Table,
-        client: ClientId,
-        seq: u64,
-        what: Delete<'_>,
-    ) -> u64 {
+    pub(crate) fn apply_delete(&self, t: &Table, origin: Origin, what: Delete<'_>) -> u64 {
         let mut layers = self.write();
         let delta = layers.dirty.entry(t.id).or_default().delete(what, |_| true);
         layers.dirty_bytes = layers.dirty_bytes.saturating_add_signed(delta);
         let bytes = layers.dirty_bytes;
         drop(layers);
-        if client != ClientId::ANONYMOUS {
-            self.dedup().entry(client.0).or_default().mark(seq);
-        }
+        self.mark(origin);
         bytes
+    }
+
+    /// Records a client's write as applied in its window.
+    fn mark(&self, o: Origin) {
+        if o.client != ClientId::ANONYMOUS {
+            self.dedup()
+                .entry(o.client.0)
+                .or_default()
+                .mark(o.seq, o.parts);
+        }
     }
 
     /// Applies a logged lifecycle record (new policies, or an eviction) of table `table`.
@@ -547,7 +547,7 @@ impl Replay {
                         ),
                     });
                 }
-                w.mark(rec.seq);
+                w.mark(rec.seq, rec.parts);
             }
             if let Some(t) = catalog.by_id.get(&rec.table) {
                 if rec.dim != t.spec.dim {

@@ -22,12 +22,14 @@ use paramdb_types::{ClientId, Key, KeyRange, PushAck, StoreStats, TableSpec};
 use crate::catalog::{Catalog, Table, TableInfo};
 use crate::checkpointer::CheckpointInfo;
 use crate::error::{
-    CheckpointError, ImportError, InputError, PullError, PushError, StorageError, TableError,
+    BackupError, CheckpointError, ImportError, InputError, PullError, PushError, StorageError,
+    TableError,
 };
 use crate::group_commit::WaitError;
 use crate::log::Log;
 use crate::options::StoreOptions;
 use crate::poison::Poison;
+use crate::push::Origin;
 use crate::read_path::HotRows;
 use crate::rocks::Rocks;
 use crate::state_machine::StateMachine;
@@ -81,6 +83,8 @@ pub(crate) struct Core {
     pub(crate) counters: Counters,
     /// Time of the last record logged: the time reads judge expiry by is never before it.
     pub(crate) time: std::sync::atomic::AtomicU32,
+    /// A cluster backup's write fence.
+    pub(crate) fence: crate::fence::Fence,
 }
 
 /// A shard's durable store. Dropping it without `close` behaves like a crash of the store
@@ -121,6 +125,85 @@ impl Store {
     /// Drops a table and all its rows.
     pub fn drop_table(&self, name: &str) -> Result<(), TableError> {
         self.core.drop_table(name)
+    }
+
+    /// Backs this shard up into `dest` (new), consistent at the log's end when it is called,
+    /// while pushes go on (see `backup`). `previous` is an earlier backup of this shard whose
+    /// unchanged files are linked instead of copied. A checkpoint is taken first, so the log
+    /// part is short.
+    pub fn backup(
+        &self,
+        dest: &Path,
+        previous: Option<&Path>,
+        opts: crate::backup::BackupOptions,
+    ) -> Result<paramdb_types::ShardBackup, BackupError> {
+        self.core.check_writable("back up")?;
+        self.core.checkpoint()?;
+        self.core.backup(dest, previous, opts, &mut || Ok(()))
+    }
+
+    /// Puts up a write fence for a cluster backup (see `fence`): no new write is logged
+    /// until `backup_fenced` or `unfence`, or until `lease` runs out. Reports the
+    /// exactly-once windows, from which the coordinator finds writes that reached only some
+    /// of their shards.
+    pub fn fence(
+        &self,
+        lease: std::time::Duration,
+    ) -> Result<paramdb_types::FenceReport, BackupError> {
+        self.core.check_writable("fence")?;
+        let log = self.core.log.sequencer();
+        let fence = self.core.fence.raise(lease);
+        let lsn = log.last_lsn();
+        drop(log);
+        let mut clients: Vec<_> = self
+            .core
+            .state
+            .dedup()
+            .iter()
+            .map(|(&c, w)| w.report(c))
+            .collect();
+        clients.sort_by_key(|w| w.client);
+        Ok(paramdb_types::FenceReport {
+            fence,
+            lsn,
+            clients,
+        })
+    }
+
+    /// Lets the writes `owed` through fence `fence` and says, for each, whether it is applied
+    /// by now. Refused when the fence is no longer up.
+    pub fn owe(&self, fence: u64, owed: &[(u64, u64)]) -> Result<Vec<bool>, BackupError> {
+        if !self.core.fence.owe(fence, owed) {
+            return Err(InputError::FenceGone { fence }.into());
+        }
+        Ok(owed
+            .iter()
+            .map(|&(c, s)| self.core.state.verdict(ClientId(c), s) != crate::dedup::Verdict::New)
+            .collect())
+    }
+
+    /// Takes fence `fence` down, if it is still up (a coordinator giving up).
+    pub fn unfence(&self, fence: u64) -> bool {
+        self.core.fence.lift(fence)
+    }
+
+    /// Backs this shard up at the cut fence `fence` holds (see `backup`): the fence is lifted
+    /// as soon as the log's end is fixed. Refused, with nothing written, when the fence is no
+    /// longer up (its lease ran out, so writes may have passed it).
+    pub fn backup_fenced(
+        &self,
+        fence: u64,
+        dest: &Path,
+        previous: Option<&Path>,
+        opts: crate::backup::BackupOptions,
+    ) -> Result<paramdb_types::ShardBackup, BackupError> {
+        self.core.backup(dest, previous, opts, &mut || {
+            if self.core.fence.lift(fence) {
+                Ok(())
+            } else {
+                Err(InputError::FenceGone { fence }.into())
+            }
+        })
     }
 
     /// Every table, by name.
@@ -181,10 +264,23 @@ impl Store {
         keys: &[Key],
         values: &[f32],
     ) -> Result<PushAck, PushError> {
+        self.push_part(table, client, seq, 1, keys, values)
+    }
+
+    /// `push` of one shard's part of a write the client split into `parts` shards' parts (a
+    /// cluster backup's cut holds such a write whole or not at all).
+    pub fn push_part(
+        &self,
+        table: &str,
+        client: ClientId,
+        seq: u64,
+        parts: u16,
+        keys: &[Key],
+        values: &[f32],
+    ) -> Result<PushAck, PushError> {
         self.core.push(
             table,
-            client,
-            seq,
+            Origin { client, seq, parts },
             crate::push::PushKeys::List(keys),
             values,
         )
@@ -200,8 +296,21 @@ impl Store {
         start: Key,
         values: &[f32],
     ) -> Result<PushAck, PushError> {
+        self.push_range_part(table, client, seq, 1, start, values)
+    }
+
+    /// `push_range` of one part of a write split into `parts` (see `push_part`).
+    pub fn push_range_part(
+        &self,
+        table: &str,
+        client: ClientId,
+        seq: u64,
+        parts: u16,
+        start: Key,
+        values: &[f32],
+    ) -> Result<PushAck, PushError> {
         let t = self.core.table(table)?;
-        if values.len() % t.dim() != 0 {
+        if !values.len().is_multiple_of(t.dim()) {
             return Err(InputError::DimensionMismatch {
                 table: table.to_string(),
                 dim: t.spec.dim,
@@ -213,8 +322,7 @@ impl Store {
         let count = (values.len() / t.dim()) as u64;
         self.core.push(
             table,
-            client,
-            seq,
+            Origin { client, seq, parts },
             crate::push::PushKeys::Range { start, count },
             values,
         )
@@ -230,8 +338,23 @@ impl Store {
         seq: u64,
         keys: &[Key],
     ) -> Result<PushAck, PushError> {
-        self.core
-            .delete(table, client, seq, crate::state_machine::Delete::Keys(keys))
+        self.delete_part(table, client, seq, 1, keys)
+    }
+
+    /// `delete` of one part of a write split into `parts` (see `push_part`).
+    pub fn delete_part(
+        &self,
+        table: &str,
+        client: ClientId,
+        seq: u64,
+        parts: u16,
+        keys: &[Key],
+    ) -> Result<PushAck, PushError> {
+        self.core.delete(
+            table,
+            Origin { client, seq, parts },
+            crate::state_machine::Delete::Keys(keys),
+        )
     }
 
     /// Deletes every row in `range`, stored or not, as `delete` does.
@@ -242,10 +365,21 @@ impl Store {
         seq: u64,
         range: KeyRange,
     ) -> Result<PushAck, PushError> {
+        self.delete_range_part(table, client, seq, 1, range)
+    }
+
+    /// `delete_range` of one part of a write split into `parts` (see `push_part`).
+    pub fn delete_range_part(
+        &self,
+        table: &str,
+        client: ClientId,
+        seq: u64,
+        parts: u16,
+        range: KeyRange,
+    ) -> Result<PushAck, PushError> {
         self.core.delete(
             table,
-            client,
-            seq,
+            Origin { client, seq, parts },
             crate::state_machine::Delete::Range(range),
         )
     }
@@ -265,6 +399,17 @@ impl Store {
     pub fn scan(&self, table: &str, range: KeyRange) -> Result<crate::scan::RangeScan, PullError> {
         let t = self.core.table(table)?;
         Ok(crate::scan::RangeScan::new(self.core.clone(), t, range))
+    }
+
+    /// `scan` of only the rows last pushed (or imported) after LSN `since`: what changed since
+    /// a backup whose end LSN it is (a delta export).
+    pub fn scan_since(
+        &self,
+        table: &str,
+        range: KeyRange,
+        since: u64,
+    ) -> Result<crate::scan::RangeScan, PullError> {
+        Ok(self.scan(table, range)?.since(since))
     }
 
     /// Persists every row changed since the last checkpoint to RocksDB and deletes the log

@@ -2,6 +2,7 @@
 //! wire can make, calling the engine (on a blocking thread when it does I/O), and encoding.
 
 pub(super) mod admin;
+pub(super) mod backup;
 pub(super) mod pull;
 pub(super) mod push;
 pub(super) mod range;

@@ -296,6 +296,31 @@ impl Paramdb for ShardService {
         handlers::admin::log_dump(self, req).await
     }
 
+    async fn fence(
+        &self,
+        req: Request<v1::FenceRequest>,
+    ) -> Result<Response<v1::FenceResponse>, Status> {
+        handlers::backup::fence(self, req).await
+    }
+
+    async fn owe(&self, req: Request<v1::OweRequest>) -> Result<Response<v1::OweResponse>, Status> {
+        handlers::backup::owe(self, req).await
+    }
+
+    async fn unfence(
+        &self,
+        req: Request<v1::UnfenceRequest>,
+    ) -> Result<Response<v1::UnfenceResponse>, Status> {
+        handlers::backup::unfence(self, req).await
+    }
+
+    async fn backup(
+        &self,
+        req: Request<v1::BackupRequest>,
+    ) -> Result<Response<v1::BackupResponse>, Status> {
+        handlers::backup::backup(self, req).await
+    }
+
     async fn stats(
         &self,
         req: Request<v1::StatsRequest>,

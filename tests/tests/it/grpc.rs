@@ -229,6 +229,7 @@ fn grpc_bad_input_gets_its_status_and_the_server_keeps_serving() {
             seq: 1,
             keys,
             values: f(values),
+            parts: 1,
         };
         let cases: Vec<(&str, v1::PushRequest, Code)> = vec![
             (
@@ -412,6 +413,7 @@ fn grpc_concurrency_limit_refuses_with_resource_exhausted() {
                 start: 0,
                 end: 3000,
                 block_rows: 16,
+                since_lsn: None,
             })
             .await
             .unwrap()
@@ -551,6 +553,7 @@ fn sigterm_finishes_despite_a_stalled_range_stream() {
                 start: 0,
                 end: u64::MAX,
                 block_rows: 16,
+                since_lsn: None,
             })
             .await
             .unwrap()

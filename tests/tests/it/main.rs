@@ -1,6 +1,7 @@
 //! paramdb integration tests, one binary (link once). Modules are named by scenario.
 
 mod architecture;
+mod backup;
 mod bad_input;
 mod cluster;
 mod common;

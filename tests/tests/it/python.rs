@@ -97,7 +97,7 @@ fn python_package_retries_apply_each_push_once_across_shard_kills() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
         // Kill a shard every 60 acknowledged pushes, alternating, and bring it back.
-        if acked > 0 && acked % 60 == 0 && acked < pushes {
+        if acked > 0 && acked.is_multiple_of(60) && acked < pushes {
             let i = kills % 2;
             cluster.kill(i);
             std::thread::sleep(std::time::Duration::from_millis(50));

@@ -103,7 +103,7 @@ fn tools_read_a_live_shard_without_disturbing_it() {
                 }
                 drop(a);
                 pushes += 1;
-                if pushes % 50 == 0 {
+                if pushes.is_multiple_of(50) {
                     client.checkpoint().unwrap();
                 }
             }

@@ -6,8 +6,9 @@
 
 /// Version of the segment and record layout; stored in every segment header. Version 2 added
 /// the delete records (types 3 and 4); version 3 the record time (bytes 44..48) and the
-/// lifecycle records (types 5 and 6). Older segments read as before, with time 0.
-pub const WAL_FORMAT_VERSION: u32 = 3;
+/// lifecycle records (types 5 and 6); version 4 the write's fan-out (bytes 2..4). Older
+/// segments read as before, with time 0 and fan-out 0.
+pub const WAL_FORMAT_VERSION: u32 = 4;
 pub const SEGMENT_MAGIC: [u8; 8] = *b"PDBGLOG\0";
 pub const SEGMENT_HEADER_LEN: usize = 40;
 pub const FRAME_HEADER_LEN: usize = 8;
@@ -119,6 +120,10 @@ pub struct Record<'a> {
     /// When the record was logged, in whole seconds since the Unix epoch (0 in segments
     /// before version 3). Never decreases from one LSN to the next.
     pub time: u32,
+    /// How many shards the client split this write into (0 or 1: one shard; 0 in segments
+    /// before version 4). A backup's cut uses it to tell a write that reached only some of
+    /// its shards.
+    pub parts: u16,
     pub keys: RecordKeys<'a>,
     /// `rows × dim` f32, little-endian; a lifecycle record's body.
     pub values: &'a [u8],
@@ -263,8 +268,7 @@ impl PushFrame<'_> {
 pub fn encode_frame<'a>(
     head: &'a mut Vec<u8>,
     lsn: u64,
-    client: u64,
-    seq: u64,
+    (client, seq, parts): (u64, u64, u16),
     table: u32,
     dim: u32,
     time: u32,
@@ -277,7 +281,9 @@ pub fn encode_frame<'a>(
     head.extend_from_slice(&(len as u32).to_le_bytes());
     head.extend_from_slice(&[0; 4]); // crc, filled below
     head.push(body.record_type());
-    head.extend_from_slice(&[0; 7]);
+    head.push(0);
+    head.extend_from_slice(&parts.to_le_bytes());
+    head.extend_from_slice(&[0; 4]);
     head.extend_from_slice(&lsn.to_le_bytes());
     head.extend_from_slice(&client.to_le_bytes());
     head.extend_from_slice(&seq.to_le_bytes());
@@ -335,7 +341,7 @@ pub fn encode_record(
     body: Body<'_>,
 ) {
     let mut head = Vec::new();
-    let f = encode_frame(&mut head, lsn, client, seq, table, dim, 0, body);
+    let f = encode_frame(&mut head, lsn, (client, seq, 0), table, dim, 0, body);
     for p in f.parts() {
         out.extend_from_slice(p);
     }
@@ -424,6 +430,7 @@ fn parse_payload(p: &[u8]) -> Result<Record<'_>, FrameError> {
     let u32_at = |o: usize| u32::from_le_bytes(p[o..o + 4].try_into().expect("4 bytes"));
     let u64_at = |o: usize| u64::from_le_bytes(p[o..o + 8].try_into().expect("8 bytes"));
     let ty = p[0];
+    let parts = u16::from_le_bytes([p[2], p[3]]);
     let (lsn, client, seq) = (u64_at(8), u64_at(16), u64_at(24));
     let (table, dim, rows, time) = (u32_at(32), u32_at(36), u32_at(40), u32_at(44));
     let n = rows as u64;
@@ -485,6 +492,7 @@ fn parse_payload(p: &[u8]) -> Result<Record<'_>, FrameError> {
         dim,
         rows,
         time,
+        parts,
         keys,
         values,
     })
@@ -572,14 +580,14 @@ mod tests {
         };
         let (mut a, mut b) = (Vec::new(), Vec::new());
         let mut buf = Vec::new();
-        for part in encode_frame(&mut a, 5, 0, 0, 2, 8, 77, Body::Lifecycle(l)).parts() {
+        for part in encode_frame(&mut a, 5, (0, 0, 0), 2, 8, 77, Body::Lifecycle(l)).parts() {
             buf.extend_from_slice(part);
         }
         let evict = Body::Evict {
             before: 1_700_000_000,
             rows: 12,
         };
-        for part in encode_frame(&mut b, 6, 0, 0, 2, 8, 78, evict).parts() {
+        for part in encode_frame(&mut b, 6, (0, 0, 0), 2, 8, 78, evict).parts() {
             buf.extend_from_slice(part);
         }
         let (r, next) = read_frame(&buf, 0).unwrap();

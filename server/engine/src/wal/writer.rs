@@ -120,15 +120,21 @@ impl LogWriter {
         keys: Result<&[u64], u64>,
         values: &[f32],
     ) -> io::Result<Appended> {
-        self.append(client, seq, table, dim, now, Body::Push { keys, values })
+        self.append(
+            (client, seq, 0),
+            table,
+            dim,
+            now,
+            Body::Push { keys, values },
+        )
     }
 
     /// Appends one record at time `now` (or the last record's, if the clock went back) and
     /// says what it wrote (see `append_push` on errors).
+    /// `origin` is the writing client, its sequence number and the write's fan-out.
     pub fn append(
         &mut self,
-        client: u64,
-        seq: u64,
+        origin: (u64, u64, u16),
         table: u32,
         dim: u32,
         now: u32,
@@ -136,7 +142,7 @@ impl LogWriter {
     ) -> io::Result<Appended> {
         let lsn = self.next_lsn;
         let time = now.max(self.last_time);
-        let frame = format::encode_frame(&mut self.buf, lsn, client, seq, table, dim, time, body);
+        let frame = format::encode_frame(&mut self.buf, lsn, origin, table, dim, time, body);
         let len = frame.len() as u64;
         if self.segment_bytes + len > self.max_segment_bytes
             && self.segment_bytes > format::SEGMENT_HEADER_LEN as u64
@@ -144,8 +150,7 @@ impl LogWriter {
             // Rotating needs `self`; the frame is rebuilt after (it names no segment).
             drop(frame);
             self.rotate()?;
-            let frame =
-                format::encode_frame(&mut self.buf, lsn, client, seq, table, dim, time, body);
+            let frame = format::encode_frame(&mut self.buf, lsn, origin, table, dim, time, body);
             self.file.append_parts(&frame.parts())?;
         } else {
             self.file.append_parts(&frame.parts())?;

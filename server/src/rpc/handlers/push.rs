@@ -36,8 +36,18 @@ pub(crate) async fn push(
     check_table_name(&r.table)?;
     s.check_keys(&r.keys)?;
     let vals = values(&r.values)?;
-    let a = blocking(move || store.push(&r.table, ClientId(r.client_id), r.seq, &r.keys, &vals))
-        .await?;
+    let parts = parts(r.parts)?;
+    let a = blocking(move || {
+        store.push_part(
+            &r.table,
+            ClientId(r.client_id),
+            r.seq,
+            parts,
+            &r.keys,
+            &vals,
+        )
+    })
+    .await?;
     Ok(ack(a))
 }
 
@@ -75,9 +85,18 @@ pub(crate) async fn push_range(
             return Err(s.out_of_range(k));
         }
     }
-    let a =
-        blocking(move || store.push_range(&r.table, ClientId(r.client_id), r.seq, r.start, &vals))
-            .await?;
+    let parts = parts(r.parts)?;
+    let a = blocking(move || {
+        store.push_range_part(
+            &r.table,
+            ClientId(r.client_id),
+            r.seq,
+            parts,
+            r.start,
+            &vals,
+        )
+    })
+    .await?;
     Ok(ack(a))
 }
 
@@ -90,7 +109,10 @@ pub(crate) async fn delete_rows(
     s.check_size(&r)?;
     check_table_name(&r.table)?;
     s.check_keys(&r.keys)?;
-    let a = blocking(move || store.delete(&r.table, ClientId(r.client_id), r.seq, &r.keys)).await?;
+    let parts = parts(r.parts)?;
+    let a =
+        blocking(move || store.delete_part(&r.table, ClientId(r.client_id), r.seq, parts, &r.keys))
+            .await?;
     Ok(ack(a))
 }
 
@@ -114,9 +136,22 @@ pub(crate) async fn delete_range(
         }
     }
     let range = paramdb_types::KeyRange::new(r.start, r.end);
-    let a =
-        blocking(move || store.delete_range(&r.table, ClientId(r.client_id), r.seq, range)).await?;
+    let parts = parts(r.parts)?;
+    let a = blocking(move || {
+        store.delete_range_part(&r.table, ClientId(r.client_id), r.seq, parts, range)
+    })
+    .await?;
     Ok(ack(a))
+}
+
+/// A write's fan-out, as the engine keeps it.
+fn parts(p: u32) -> Result<u16, Status> {
+    u16::try_from(p).map_err(|_| {
+        Status::invalid_argument(format!(
+            "a write split into {p} shards' parts; at most {} are supported",
+            u16::MAX
+        ))
+    })
 }
 
 /// Staging memory per import: each full buffer becomes one table file.

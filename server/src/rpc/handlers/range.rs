@@ -90,7 +90,7 @@ pub(crate) fn pull_range(
     };
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        if stream_blocks(&store, &r.table, range, dim, block, &sender) {
+        if stream_blocks(&store, &r.table, (range, r.since_lsn), dim, block, &sender) {
             complete.store(true, Ordering::SeqCst);
         }
     });
@@ -122,12 +122,16 @@ impl Sender {
 fn stream_blocks(
     store: &Store,
     table: &str,
-    range: KeyRange,
+    (range, since): (KeyRange, Option<u64>),
     dim: u32,
     block: usize,
     tx: &Sender,
 ) -> bool {
-    let scan = match store.scan(table, range) {
+    let scan = match since {
+        Some(lsn) => store.scan_since(table, range, lsn),
+        None => store.scan(table, range),
+    };
+    let scan = match scan {
         Ok(s) => s,
         Err(e) => return tx.send(Err(to_status(e))),
     };
