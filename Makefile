@@ -42,6 +42,7 @@ bench: deps pydeps
 	$(CARGO) bench --workspace --bench vocab_scale -- --sizes 1000000,3000000,10000000   # about 8 GB of free disk
 	$(CARGO) bench --workspace --bench bounded_memory   # needs about 6 GB of free disk
 	$(CARGO) bench --workspace --bench soak              # 10 minutes
+	tests/benches/backup.sh                              # about 5 minutes; about 45 GB of free disk
 	PARAMDB_KILLS=1000 $(CARGO) test --release --workspace --test it kill_loop -- --nocapture
 
 lint: deps

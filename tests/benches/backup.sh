@@ -10,9 +10,10 @@ P="${CARGO_TARGET_DIR:-$ROOT/target}/release/paramdb"
 PY="$ROOT/.venv/bin/python"
 ROWS="${1:-23000000}"
 DIR="${BENCH_DIR:-/tmp/paramdb-backup-bench}"
-rm -rf "$DIR" && mkdir -p "$DIR" && cd "$DIR"
-
-"$PY" - "$ROWS" <<'PY'
+mkdir -p "$DIR" && cd "$DIR"
+rm -rf data linked copied restored cp-peer
+# The generated files are kept for the next run with the same ROWS.
+[ -f "all.npy" ] && [ "$(cat rows 2>/dev/null)" = "$ROWS" ] || "$PY" - "$ROWS" <<'PY'
 import sys, numpy as np
 rows, dim, chunk = int(sys.argv[1]), 100, 1_000_000
 rng = np.random.default_rng(1)
@@ -25,18 +26,23 @@ m.flush()
 pick = np.sort(rng.choice(rows, rows // 100, replace=False)).astype(np.uint64)
 np.save("change.keys.npy", pick)
 np.save("change.npy", rng.standard_normal((len(pick), dim), dtype=np.float32))
+open("rows", "w").write(str(rows))
 PY
 
 t() { local s; s=$(date +%s.%N); "$@"; echo "  $(echo "$(date +%s.%N) - $s" | bc) s"; }
 echo "== import $ROWS rows"
 t "$P" import big --format npy --in all.npy --data-dir data
-du -sb data/rocksdb | awk '{printf "  shard rocksdb: %.2f GB\n", $1/1e9}'
+du -sb data/shard-0/rocksdb | awk '{printf "  shard rocksdb: %.2f GB\n", $1/1e9}'
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
 echo "== backup by hard links"
 t "$P" backup --data-dir data --to linked
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
 echo "== backup by copying (first in its target)"
 t "$P" backup --data-dir data --to copied --copy
+sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+echo "== peer: cp -r of the shard's rocksdb directory, then sync"
+t sh -c 'cp -r data/shard-0/rocksdb cp-peer && sync'
+rm -rf cp-peer
 echo "== 1% of the rows changed (re-imported)"
 t "$P" import big --format npy --in change.npy --data-dir data
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true

@@ -287,9 +287,21 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
         .map_err(io_err(format!("syncing directory {}", dir.display())))
 }
 
-/// Copies `from` to `to` (new), fsynced, returning its size and CRC-32.
+/// Copies `from` to `to` (new), not yet synced (see `sync_files`), returning its size and
+/// CRC-32. Syncing every file as it is copied would wait for each file's write-back before
+/// reading the next; synced together at the end, the writes overlap the reads.
 fn copy_with_crc(from: &Path, to: &Path) -> Result<(u64, u32), StorageError> {
     copy_checked(from, to, &BackupOptions::default())
+}
+
+/// fsyncs files written by `copy_with_crc`.
+fn sync_files(files: &[PathBuf]) -> Result<(), StorageError> {
+    for f in files {
+        File::open(f)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(format!("syncing {}", f.display())))?;
+    }
+    Ok(())
 }
 
 fn copy_checked(from: &Path, to: &Path, opts: &BackupOptions) -> Result<(u64, u32), StorageError> {
@@ -300,7 +312,7 @@ fn copy_checked(from: &Path, to: &Path, opts: &BackupOptions) -> Result<(u64, u3
         .open(to)
         .map_err(io_err(format!("creating {}", to.display())))?;
     let mut h = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 4 << 20];
     let mut n = 0u64;
     loop {
         let k = src
@@ -315,8 +327,6 @@ fn copy_checked(from: &Path, to: &Path, opts: &BackupOptions) -> Result<(u64, u3
             .map_err(io_err(format!("writing {}", to.display())))?;
         n += k as u64;
     }
-    dst.sync_all()
-        .map_err(io_err(format!("syncing {}", to.display())))?;
     Ok((n, h.finalize()))
 }
 
@@ -396,6 +406,8 @@ struct Mover<'a> {
     opts: &'a BackupOptions,
     out: ShardBackup,
     files: Vec<FileEntry>,
+    /// Copied, to be synced before the manifest is written.
+    copied: Vec<PathBuf>,
 }
 
 impl Mover<'_> {
@@ -424,6 +436,7 @@ impl Mover<'_> {
             return Ok(());
         }
         let (n, crc) = copy_checked(src, &to, self.opts)?;
+        self.copied.push(to);
         self.out.bytes_copied += n;
         self.finish(FileEntry {
             path: rel.to_string(),
@@ -496,6 +509,7 @@ impl Core {
                     ..Default::default()
                 },
                 files: Vec::new(),
+                copied: Vec::new(),
             };
             let mut names: Vec<String> = fs::read_dir(&staging)
                 .map_err(io_err(format!("listing {}", staging.display())))?
@@ -522,6 +536,7 @@ impl Core {
                     true,
                 )?;
             }
+            sync_files(&mover.copied)?;
             sync_dir(&dest.join("rocksdb"))?;
             sync_dir(&dest.join("wal"))?;
             let manifest = ShardManifest {
@@ -560,6 +575,12 @@ pub(crate) fn remove_stale_staging(dir: &Path) {
 /// Checks a shard backup against its manifest: every file present with its size, and every
 /// recorded CRC matching. Returns its LSNs.
 pub fn check_shard_backup(dir: &Path) -> Result<(u64, u64), BackupError> {
+    check_part(dir, true)
+}
+
+/// `check_shard_backup`, reading the files for their CRCs only when `crcs` (a commit checks
+/// sizes: the part's writer computed the CRCs as it wrote).
+fn check_part(dir: &Path, crcs: bool) -> Result<(u64, u64), BackupError> {
     let m = ShardManifest::read(dir)?;
     for f in &m.files {
         let p = dir.join(&f.path);
@@ -574,7 +595,7 @@ pub fn check_shard_backup(dir: &Path) -> Result<(u64, u64), BackupError> {
         if size != f.size {
             return Err(damaged(format!("{size} bytes, the manifest says {}", f.size)).into());
         }
-        if let Some(want) = f.crc {
+        if let Some(want) = f.crc.filter(|_| crcs) {
             let (_, got) = crc_of(&p)?;
             if got != want {
                 return Err(
@@ -597,13 +618,16 @@ pub fn restore_shard(from: &Path, to: &Path) -> Result<paramdb_types::VerifyRepo
     for sub in ["rocksdb", "wal"] {
         fs::create_dir_all(to.join(sub)).map_err(io_err(format!("creating {}", to.display())))?;
     }
+    let mut copied = Vec::new();
     for f in &m.files {
         let (src, dst) = (from.join(&f.path), to.join(&f.path));
         let name = f.path.rsplit('/').next().unwrap_or(&f.path);
         if !(immutable(name) && fs::hard_link(&src, &dst).is_ok()) {
             copy_with_crc(&src, &dst)?;
+            copied.push(dst);
         }
     }
+    sync_files(&copied)?;
     sync_dir(&to.join("rocksdb"))?;
     sync_dir(&to.join("wal"))?;
     write_durable(to, STORE_ID, &format!("{}\n", new_store_id()))?;
@@ -739,7 +763,7 @@ impl PendingSet {
         let mut out = Vec::new();
         for &(index, range) in shards {
             let dir = self.shard_dir(index);
-            let (checkpoint_lsn, end_lsn) = check_shard_backup(&dir)?;
+            let (checkpoint_lsn, end_lsn) = check_part(&dir, false)?;
             s += &format!(
                 "shard {index} {} {} {checkpoint_lsn} {end_lsn}\n",
                 range.start, range.end

@@ -199,6 +199,28 @@ fn run_backup(cluster_file: &Path, to: &Path, extra: &[&str]) -> std::process::O
         .unwrap()
 }
 
+fn restore(from: &Path, to: &Path) -> std::process::Output {
+    Command::new(paramdb_bin())
+        .args(["restore", "--from"])
+        .arg(from)
+        .arg("--to")
+        .arg(to)
+        .output()
+        .unwrap()
+}
+
+/// `paramdb restore`, which must succeed, and the restored shards opened read-only.
+fn restore_and_open(from: &Path, to: &Path) -> BlockingClient {
+    let out = restore(from, to);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    BlockingClient::open_embedded_read_only(to, StoreOptions::default(), ClientOptions::default())
+        .unwrap()
+}
+
 /// The cut sequence of a client in a restored cluster: the `S` for which every key of the
 /// client holds exactly the sum of its pushes up to `S`. `None`: no prefix of the client's
 /// pushes explains the rows (some push is in on some shards only).
@@ -271,24 +293,7 @@ fn a_cluster_backed_up_while_four_clients_push_restores_a_consistent_cut() {
     for n in 1..=3 {
         let set = root.join(format!("backup-{n:06}"));
         let to = dir.path().join(format!("restored-{n}"));
-        let out = Command::new(paramdb_bin())
-            .args(["restore", "--from"])
-            .arg(&set)
-            .arg("--to")
-            .arg(&to)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let restored = BlockingClient::open_embedded_read_only(
-            &to,
-            StoreOptions::default(),
-            ClientOptions::default(),
-        )
-        .unwrap();
+        let restored = restore_and_open(&set, &to);
         for (c, (acked, keys)) in pushers.iter().enumerate() {
             let vals = restored.pull("t", keys).unwrap();
             let rows: BTreeMap<u64, f32> = keys
@@ -367,13 +372,7 @@ fn a_killed_backup_leaves_nothing_restore_accepts_and_the_cluster_serves_on() {
         let _ = std::fs::remove_dir_all(&root);
     }
     assert!(killed, "no kill landed before the backup finished");
-    let out = Command::new(paramdb_bin())
-        .args(["restore", "--from"])
-        .arg(&root)
-        .arg("--to")
-        .arg(dir.path().join("nope"))
-        .output()
-        .unwrap();
+    let out = restore(&root, &dir.path().join("nope"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "restore accepted a killed backup");
     assert!(
@@ -400,24 +399,7 @@ fn a_killed_backup_leaves_nothing_restore_accepts_and_the_cluster_serves_on() {
         .collect();
     assert!(leftovers.is_empty());
     let to = dir.path().join("restored");
-    let out = Command::new(paramdb_bin())
-        .args(["restore", "--from"])
-        .arg(&root)
-        .arg("--to")
-        .arg(&to)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let restored = BlockingClient::open_embedded_read_only(
-        &to,
-        StoreOptions::default(),
-        ClientOptions::default(),
-    )
-    .unwrap();
+    let restored = restore_and_open(&root, &to);
     // Key 7 was pushed once, after the kill.
     assert_eq!(restored.pull("big", &[7]).unwrap()[0], 1.0);
     cluster.stop();
