@@ -60,16 +60,29 @@ fn partial_writes(reports: &[FenceReport]) -> BTreeMap<(u64, u64), Partial> {
     out
 }
 
+/// A cut in place: every shard fenced, every write caught on some of its shards completed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cut {
+    /// Each shard's fence, to pass to its backup (which lifts it).
+    pub fences: Vec<u64>,
+    /// Writes found on fewer shards than their parts, and completed.
+    pub caught: usize,
+    /// Writes left on fewer shards than their parts (`allow_partial`): `(client, seq, shards
+    /// that have it, parts)`. The cluster itself holds them so; their clients gave up.
+    pub partial: Vec<(u64, u64, usize, u32)>,
+}
+
 impl Client {
     /// Puts a write fence up on every shard for `lease` and completes the writes caught
-    /// half-applied, waiting at most `wait` for them. Returns each shard's fence, to pass to
-    /// its backup (which lifts it), and how many writes were caught half-applied. On failure
-    /// every fence is taken down again.
+    /// half-applied, waiting at most `wait` for them. A write still incomplete then (its
+    /// client gave up on some shard) fails the cut, or with `allow_partial` is left as the
+    /// cluster holds it and reported. On failure every fence is taken down again.
     pub async fn fence_cut(
         &self,
         lease: Duration,
         wait: Duration,
-    ) -> Result<(Vec<u64>, usize), ClientError> {
+        allow_partial: bool,
+    ) -> Result<Cut, ClientError> {
         let shards = self.shards();
         let results = futures::future::join_all(shards.iter().map(|s| s.fence(lease))).await;
         let mut reports = Vec::with_capacity(results.len());
@@ -85,8 +98,15 @@ impl Client {
             self.unfence(&fences).await;
             return Err(e);
         }
-        match self.complete_partials(&fences, &reports, wait).await {
-            Ok(n) => Ok((fences, n)),
+        match self
+            .complete_partials(&fences, &reports, wait, allow_partial)
+            .await
+        {
+            Ok((caught, partial)) => Ok(Cut {
+                fences,
+                caught,
+                partial,
+            }),
             Err(e) => {
                 self.unfence(&fences).await;
                 Err(e)
@@ -99,7 +119,8 @@ impl Client {
         fences: &[u64],
         reports: &[FenceReport],
         wait: Duration,
-    ) -> Result<usize, ClientError> {
+        allow_partial: bool,
+    ) -> Result<(usize, Vec<(u64, u64, usize, u32)>), ClientError> {
         let mut partial = partial_writes(reports);
         let caught = partial.len();
         let shards = self.shards();
@@ -124,18 +145,29 @@ impl Client {
             partial.retain(|_, p| !p.complete());
             if let Some((&(client, seq), p)) = partial.iter().next() {
                 if Instant::now() >= deadline {
-                    let have = p.applied.iter().filter(|&&a| a).count();
+                    let have = |p: &Partial| p.applied.iter().filter(|&&a| a).count();
+                    if allow_partial {
+                        let left = partial
+                            .iter()
+                            .map(|(&(c, s), p)| (c, s, have(p), p.parts))
+                            .collect();
+                        return Ok((caught, left));
+                    }
                     return Err(ClientError::Cut(format!(
-                        "write {seq} of client {client:#x} reached {have} of its {} shards and \
-                         no more within {:?}; the backup cannot cut it whole (is that client \
-                         still retrying?)",
-                        p.parts, wait
+                        "write {seq} of client {client:#x} reached {} of its {} shards and \
+                         no more within {:?}, so the backup cannot cut it whole ({} such \
+                         writes); if its client gave up on it, --allow-partial backs up the \
+                         cluster as it holds them",
+                        have(p),
+                        p.parts,
+                        wait,
+                        partial.len()
                     )));
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-        Ok(caught)
+        Ok((caught, Vec::new()))
     }
 
     /// Takes the fences down (best effort: each also ends with its lease).

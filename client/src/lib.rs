@@ -17,6 +17,7 @@
 pub mod blocking;
 pub mod client;
 mod cut;
+pub use cut::Cut;
 pub mod error;
 pub mod import;
 pub mod routing;

@@ -36,6 +36,10 @@ pub struct BackupArgs {
     /// How long to wait for writes caught on some shards but not yet on others.
     #[arg(long, default_value = "10s", value_parser = duration)]
     pub wait: Duration,
+    /// Back up writes still on only some of their shards after --wait (their clients gave
+    /// up on them) as the cluster holds them, and list them, instead of failing.
+    #[arg(long)]
+    pub allow_partial: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -81,11 +85,19 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
     let n = map.shards.len();
     // Short log parts: every shard writes its rows back first (writes go on meanwhile).
     client.checkpoint()?;
-    let (fences, caught) = if n > 1 {
-        client.block_on(client.inner().fence_cut(args.lease, args.wait))?
+    let cut = if n > 1 {
+        client.block_on(
+            client
+                .inner()
+                .fence_cut(args.lease, args.wait, args.allow_partial),
+        )?
     } else {
-        (vec![0], 0)
+        paramdb_client::Cut {
+            fences: vec![0],
+            ..Default::default()
+        }
     };
+    let (fences, caught) = (&cut.fences, cut.caught);
     let cut_at = started.elapsed();
     let parts: Vec<Result<ShardBackup, _>> =
         client.block_on(futures::future::join_all((0..n).map(|i| {
@@ -102,7 +114,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
         match p {
             Ok(b) => done.push(b),
             Err(e) => {
-                client.block_on(client.inner().unfence(&fences));
+                client.block_on(client.inner().unfence(fences));
                 return Err(anyhow::Error::from(e).context(format!("backing up shard {i}")));
             }
         }
@@ -131,6 +143,9 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
             human_bytes(b.bytes_linked),
             human_bytes(b.bytes_reused),
         );
+    }
+    for (c, s, have, parts) in &cut.partial {
+        println!("  left partial: write {s} of client {c:#x}, on {have} of its {parts} shards");
     }
     let copied: u64 = done.iter().map(|b| b.bytes_copied).sum();
     let reused: u64 = done.iter().map(|b| b.bytes_reused).sum();

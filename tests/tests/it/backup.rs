@@ -599,3 +599,66 @@ fn a_delta_export_since_a_backup_holds_the_changed_rows_and_the_keys_deleted_sin
     ]);
     assert_eq!(read("all.txt").len(), keys.len() + 1 - 2);
 }
+
+#[test]
+fn a_write_its_client_gave_up_on_fails_the_cut_unless_allowed() {
+    use paramdb_proto::v1::{self, paramdb_client::ParamdbClient};
+    let cluster = Cluster::start(2, &[]);
+    let admin = cluster.client();
+    admin.create_table(spec("t")).unwrap();
+    admin
+        .push("t", &[1, u64::MAX - 1], &[1.0; 2 * DIM])
+        .unwrap();
+    // A write split over both shards that reached only shard 0: its client gave up on it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let addr = format!("http://{}", cluster.map.shards[0].address);
+        let mut raw = ParamdbClient::connect(addr).await.unwrap();
+        raw.push(v1::PushRequest {
+            table: "t".into(),
+            client_id: 77,
+            seq: 1,
+            keys: vec![3],
+            values: paramdb_proto::packed::f32s_to_bytes(&[5.0; DIM]).into(),
+            parts: 2,
+        })
+        .await
+        .unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_file = dir.path().join("cluster.toml");
+    std::fs::write(&cluster_file, cluster.map.to_toml()).unwrap();
+    let root = dir.path().join("backups");
+    let out = run_backup(&cluster_file, &root, &["--wait", "300ms"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a partial write was cut as if whole");
+    assert!(
+        err.contains("write 1 of client 0x4d reached 1 of its 2 shards")
+            && err.contains("--allow-partial"),
+        "{err}"
+    );
+    // The fences came down: the cluster takes writes at once.
+    let t = Instant::now();
+    admin.push("t", &[2], &[1.0; DIM]).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2));
+    let out = run_backup(
+        &cluster_file,
+        &root,
+        &["--wait", "300ms", "--allow-partial"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("left partial: write 1 of client 0x4d, on 1 of its 2 shards"),
+        "{text}"
+    );
+    let restored = restore_and_open(&root, &dir.path().join("restored"));
+    let got = restored.pull("t", &[1, 2, 3, u64::MAX - 1]).unwrap();
+    let firsts: Vec<f32> = got.chunks(DIM).map(|r| r[0]).collect();
+    assert_eq!(firsts, [1.0, 1.0, 5.0, 1.0]);
+    cluster.stop();
+}
