@@ -305,36 +305,26 @@ fn sync_files(files: &[PathBuf]) -> Result<(), StorageError> {
 }
 
 fn copy_checked(from: &Path, to: &Path, opts: &BackupOptions) -> Result<(u64, u32), StorageError> {
-    let mut src = File::open(from).map_err(io_err(format!("opening {}", from.display())))?;
     let mut dst = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(to)
         .map_err(io_err(format!("creating {}", to.display())))?;
-    let mut h = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; 4 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = src
-            .read(&mut buf)
-            .map_err(io_err(format!("reading {}", from.display())))?;
-        if k == 0 {
-            break;
-        }
+    read_with_crc(from, |chunk| {
         opts.check()?;
-        h.update(&buf[..k]);
-        dst.write_all(&buf[..k])
-            .map_err(io_err(format!("writing {}", to.display())))?;
-        n += k as u64;
-    }
-    Ok((n, h.finalize()))
+        dst.write_all(chunk)
+            .map_err(io_err(format!("writing {}", to.display())))
+    })
 }
 
-/// CRC-32 and size of a file.
-fn crc_of(path: &Path) -> Result<(u64, u32), StorageError> {
+/// Reads `path` through, handing each chunk to `each`; returns its size and CRC-32.
+fn read_with_crc(
+    path: &Path,
+    mut each: impl FnMut(&[u8]) -> Result<(), StorageError>,
+) -> Result<(u64, u32), StorageError> {
     let mut f = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
     let mut h = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 4 << 20];
     let mut n = 0u64;
     loop {
         let k = f
@@ -344,6 +334,7 @@ fn crc_of(path: &Path) -> Result<(u64, u32), StorageError> {
             return Ok((n, h.finalize()));
         }
         h.update(&buf[..k]);
+        each(&buf[..k])?;
         n += k as u64;
     }
 }
@@ -575,12 +566,12 @@ pub(crate) fn remove_stale_staging(dir: &Path) {
 /// Checks a shard backup against its manifest: every file present with its size, and every
 /// recorded CRC matching. Returns its LSNs.
 pub fn check_shard_backup(dir: &Path) -> Result<(u64, u64), BackupError> {
-    check_part(dir, true)
+    check_part(dir, true).map(|m| (m.checkpoint_lsn, m.end_lsn))
 }
 
 /// `check_shard_backup`, reading the files for their CRCs only when `crcs` (a commit checks
 /// sizes: the part's writer computed the CRCs as it wrote).
-fn check_part(dir: &Path, crcs: bool) -> Result<(u64, u64), BackupError> {
+fn check_part(dir: &Path, crcs: bool) -> Result<ShardManifest, BackupError> {
     let m = ShardManifest::read(dir)?;
     for f in &m.files {
         let p = dir.join(&f.path);
@@ -596,7 +587,7 @@ fn check_part(dir: &Path, crcs: bool) -> Result<(u64, u64), BackupError> {
             return Err(damaged(format!("{size} bytes, the manifest says {}", f.size)).into());
         }
         if let Some(want) = f.crc.filter(|_| crcs) {
-            let (_, got) = crc_of(&p)?;
+            let (_, got) = read_with_crc(&p, |_| Ok(()))?;
             if got != want {
                 return Err(
                     damaged(format!("checksum {got:08x}, the manifest says {want:08x}")).into(),
@@ -604,7 +595,7 @@ fn check_part(dir: &Path, crcs: bool) -> Result<(u64, u64), BackupError> {
             }
         }
     }
-    Ok((m.checkpoint_lsn, m.end_lsn))
+    Ok(m)
 }
 
 /// Restores the shard backup in `from` into `to`, which must not exist or be empty: table
@@ -613,8 +604,16 @@ fn check_part(dir: &Path, crcs: bool) -> Result<(u64, u64), BackupError> {
 /// error (the directory is left for inspection).
 pub fn restore_shard(from: &Path, to: &Path) -> Result<paramdb_types::VerifyReport, BackupError> {
     check_empty_target(to)?;
-    let m = ShardManifest::read(from)?;
-    check_shard_backup(from)?;
+    let m = check_part(from, true)?;
+    restore_checked(from, &m, to)
+}
+
+/// `restore_shard` of a part already checked against its manifest `m`.
+fn restore_checked(
+    from: &Path,
+    m: &ShardManifest,
+    to: &Path,
+) -> Result<paramdb_types::VerifyReport, BackupError> {
     for sub in ["rocksdb", "wal"] {
         fs::create_dir_all(to.join(sub)).map_err(io_err(format!("creating {}", to.display())))?;
     }
@@ -763,7 +762,11 @@ impl PendingSet {
         let mut out = Vec::new();
         for &(index, range) in shards {
             let dir = self.shard_dir(index);
-            let (checkpoint_lsn, end_lsn) = check_part(&dir, false)?;
+            let ShardManifest {
+                checkpoint_lsn,
+                end_lsn,
+                ..
+            } = check_part(&dir, false)?;
             s += &format!(
                 "shard {index} {} {} {checkpoint_lsn} {end_lsn}\n",
                 range.start, range.end
@@ -882,17 +885,20 @@ pub fn find_set(from: &Path) -> Result<BackupSet, BackupError> {
 /// `to/shard-<i>`. Returns each restored directory with its range.
 pub fn restore_set(set: &BackupSet, to: &Path) -> Result<Vec<(PathBuf, KeyRange)>, BackupError> {
     check_empty_target(to)?;
-    for s in &set.shards {
-        check_shard_backup(&set.shard_dir(s.index))?;
-    }
+    // Every part is checked before anything is written.
+    let manifests = set
+        .shards
+        .iter()
+        .map(|s| check_part(&set.shard_dir(s.index), true))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut out = Vec::new();
-    for s in &set.shards {
+    for (s, m) in set.shards.iter().zip(&manifests) {
         let dir = if !set.nested {
             to.to_path_buf()
         } else {
             to.join(format!("shard-{}", s.index))
         };
-        restore_shard(&set.shard_dir(s.index), &dir)?;
+        restore_checked(&set.shard_dir(s.index), m, &dir)?;
         out.push((dir, s.range));
     }
     Ok(out)

@@ -420,12 +420,15 @@ fn bad_restores_and_backups_are_refused() {
             .output()
             .unwrap()
     };
-    let out = paramdb(&["backup", "--data-dir", "data", "--to", "b"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let succeeds = |args: &[&str]| {
+        let out = paramdb(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    succeeds(&["backup", "--data-dir", "data", "--to", "b"]);
     std::fs::create_dir(dir.path().join("full")).unwrap();
     std::fs::write(dir.path().join("full/x"), b"x").unwrap();
     for (args, want) in [
@@ -479,18 +482,8 @@ fn bad_restores_and_backups_are_refused() {
                 .is_none()
     );
     // The data directory itself backs up and restores through the CLI.
-    let out = paramdb(&["backup", "--data-dir", "data", "--to", "b"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = paramdb(&["restore", "--from", "b", "--to", "r3"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(&["backup", "--data-dir", "data", "--to", "b"]);
+    succeeds(&["restore", "--from", "b", "--to", "r3"]);
     let r = Store::open(dir.path().join("r3"), StoreOptions::default()).unwrap();
     assert_eq!(
         r.pull("t", &[1, 2, 3]).unwrap(),
