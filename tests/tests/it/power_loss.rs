@@ -61,13 +61,15 @@ fn run(policy: &str, cuts: usize) -> Outcome {
     let stop = Arc::new(AtomicBool::new(false));
     // key → (when its push was first sent, when the client saw it acknowledged).
     let acked = Arc::new(Mutex::new(HashMap::<u64, (Instant, Instant)>::new()));
+    let last_error = Arc::new(Mutex::new(String::from("none")));
     let clients: Vec<_> = (0..2u64)
         .map(|c| {
-            let (map, stop, acked, next_key) = (
+            let (map, stop, acked, next_key, last_error) = (
                 cluster.map.clone(),
                 stop.clone(),
                 acked.clone(),
                 next_key.clone(),
+                last_error.clone(),
             );
             std::thread::spawn(move || {
                 let opts = ClientOptions {
@@ -82,12 +84,12 @@ fn run(policy: &str, cuts: usize) -> Outcome {
                     let k = next_key.fetch_add(1, Ordering::SeqCst);
                     let seq = client.next_seq();
                     let sent = Instant::now();
-                    let deadline = Instant::now() + Duration::from_secs(60);
-                    while client.push_with_seq("t", seq, &[k], &[1.0]).is_err() {
-                        assert!(
-                            Instant::now() < deadline,
-                            "push of key {k} never acknowledged"
-                        );
+                    let deadline = Instant::now() + Duration::from_secs(180);
+                    while let Err(e) = client.push_with_seq("t", seq, &[k], &[1.0]) {
+                        *last_error.lock().unwrap() = format!("key {k}: {e}");
+                        if Instant::now() >= deadline {
+                            return; // the main thread reports a shard that stopped serving
+                        }
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     acked.lock().unwrap().insert(k, (sent, Instant::now()));
@@ -98,14 +100,29 @@ fn run(policy: &str, cuts: usize) -> Outcome {
     let mut rng = StdRng::seed_from_u64(7);
     let mut cut_times = Vec::new();
     let mut bytes_cut = 0;
-    for _ in 0..cuts {
-        std::thread::sleep(Duration::from_millis(rng.random_range(50..150)));
+    // Each cut falls while the shard serves: after a few pushes were acknowledged since the
+    // restart (however long recovery took on a loaded machine), then at a random moment.
+    let serving = |restarts: usize| {
+        let before = acked.lock().unwrap().len();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while acked.lock().unwrap().len() < before + 5 {
+            assert!(
+                Instant::now() < deadline,
+                "{policy}: no push acknowledged for 120 s after {restarts} restarts; the last client error: {}",
+                last_error.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    for i in 0..cuts {
+        serving(i);
+        std::thread::sleep(Duration::from_millis(rng.random_range(20..120)));
         cluster.kill(0);
         cut_times.push(Instant::now());
         bytes_cut += cut_to_synced(&journal);
         cluster.restart(0);
     }
-    std::thread::sleep(Duration::from_millis(100));
+    serving(cuts);
     stop.store(true, Ordering::SeqCst);
     for c in clients {
         c.join().unwrap();

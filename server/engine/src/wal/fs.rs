@@ -242,8 +242,11 @@ impl SyncJournalFs {
     }
 
     fn note(&self, path: &Path, len: u64) -> io::Result<()> {
+        // One write per line: a process killed mid-note leaves no half line to merge with
+        // the next.
+        let line = format!("{len} {}\n", path.display());
         let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-        writeln!(j, "{len} {}", path.display())
+        j.write_all(line.as_bytes())
     }
 }
 
