@@ -43,6 +43,7 @@ bench: deps pydeps
 	$(CARGO) bench --workspace --bench bounded_memory   # needs about 6 GB of free disk
 	$(CARGO) bench --workspace --bench soak              # 10 minutes
 	tests/benches/backup.sh                              # about 5 minutes; about 45 GB of free disk
+	BENCH_DIR=/var/tmp/paramdb-lifecycle-long tests/benches/lifecycle_long.sh   # about 20 minutes; needs ../shared/data
 	PARAMDB_KILLS=1000 $(CARGO) test --release --workspace --test it kill_loop -- --nocapture
 
 lint: deps
