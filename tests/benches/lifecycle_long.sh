@@ -50,7 +50,7 @@ for cfg in "$@"; do
     wait "$pid"
     wall=$(echo "$(date +%s.%N) - $start" | bc)
     read -r rin rout < <(rows "$d")
-    an=$("$BIN" eval analogy --data-dir "$d" --model m --questions "$DATA/questions-words.txt" 2>&1 | grep -oE '[0-9.]+%' | head -1)
+    an=$("$BIN" eval analogy --data-dir "$d" --model m --questions "$DATA/questions-words.txt" 2>&1 | grep '^analogy accuracy' | grep -oE '[0-9.]+%' | head -1)
     sl=$("$BIN" eval similarity --data-dir "$d" --model m --pairs "$DATA/simlex999.txt" 2>&1 | grep -oiE 'spearman[^0-9-]*-?[0-9.]+' | grep -oE -- '-?[0-9.]+$' | head -1)
     printf '| end (%.0f s) | peak sampled %s | %s | %s |\n' "$wall" "$peak" "$rin" "$rout"
     echo

@@ -108,7 +108,7 @@ fn run(policy: &str, cuts: usize) -> Outcome {
         while acked.lock().unwrap().len() < before + 5 {
             assert!(
                 Instant::now() < deadline,
-                "{policy}: no push acknowledged for 120 s after {restarts} restarts; the last client error: {}",
+                "{policy}: fewer than 5 pushes acknowledged in 120 s after {restarts} restarts; the last client error: {}",
                 last_error.lock().unwrap()
             );
             std::thread::sleep(Duration::from_millis(2));
