@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use paramdb_client::{BlockingClient, BlockingImporter, Initializer, TableSpec, UpdateRule};
-use paramdb_trainer::{keys::word_key, vocab};
+use paramdb_trainer::{keys::word_key, vocab, word2vec};
 
 use crate::export::Format;
 use crate::target::Target;
@@ -37,9 +37,11 @@ pub struct ImportArgs {
     /// the model the table's name names, if any).
     #[arg(long)]
     pub vocab: Option<String>,
-    /// Initializer of a table this creates (e.g. `zeros`, `uniform(-0.1,0.1)`).
-    #[arg(long, default_value = "zeros")]
-    pub init: Initializer,
+    /// Initializer of a table this creates (e.g. `zeros`, `uniform(-0.1,0.1)`; default: a
+    /// model's input table gets word2vec's, uniform in ±0.5/dim with the trainer's default
+    /// seed, so words the file lacks start as a fresh run's; any other table zeros).
+    #[arg(long)]
+    pub init: Option<Initializer>,
     /// Update rule of a table this creates (e.g. `add`, `sgd(0.1)`, `adagrad(0.1,1e-8,0.1)`).
     #[arg(long, default_value = "add")]
     pub rule: UpdateRule,
@@ -67,9 +69,10 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         args.format,
         &args.input,
         model.as_deref(),
-        TableSpec::new(&args.table, 0)
-            .with_init(args.init)
-            .with_rule(args.rule),
+        Creation {
+            init: args.init,
+            rule: args.rule,
+        },
     )?;
     println!(
         "imported {} rows of dim {} into {} from {} ({} RocksDB table files, {} bytes{})",
@@ -96,15 +99,37 @@ pub fn model_of(table: &str, vocab: Option<&str>) -> Option<String> {
     })
 }
 
-/// Imports `input` into `table`, creating it from `spec` (its dim taken from the file) if it
-/// does not exist.
+/// How an import creates its table when it does not exist.
+#[derive(Debug, Clone, Default)]
+pub struct Creation {
+    /// `None`: word2vec's initializer for a model's input table, zeros for any other.
+    pub init: Option<Initializer>,
+    pub rule: UpdateRule,
+}
+
+impl Creation {
+    fn spec(self, table: &str, dim: u32) -> TableSpec {
+        let trainer_input = table
+            .strip_suffix(".in")
+            .map(|m| word2vec::input_spec(m, dim, word2vec::Config::default().seed));
+        let spec = match (self.init, trainer_input) {
+            (Some(init), _) => TableSpec::new(table, dim).with_init(init),
+            (None, Some(spec)) => spec,
+            (None, None) => TableSpec::new(table, dim).with_init(Initializer::Zeros),
+        };
+        spec.with_rule(self.rule)
+    }
+}
+
+/// Imports `input` into `table`, creating it as `create` says (its dim taken from the file) if
+/// it does not exist.
 pub fn import(
     client: &BlockingClient,
     table: &str,
     format: Format,
     input: &Path,
     model: Option<&str>,
-    spec: TableSpec,
+    create: Creation,
 ) -> anyhow::Result<Imported> {
     let mut reader = Reader::open(format, input)?;
     let dim = reader.dim();
@@ -117,10 +142,7 @@ pub fn import(
         ),
         Ok(_) => {}
         Err(_) => client
-            .create_table(TableSpec {
-                dim: dim as u32,
-                ..spec
-            })
+            .create_table(create.spec(table, dim as u32))
             .with_context(|| format!("creating table {}", paramdb_types::quote(table)))?,
     }
     let mut rows = client.import(table)?;

@@ -220,6 +220,31 @@ impl Meta {
     }
 }
 
+/// The table of a model's input vectors as a fresh run creates it: word2vec's initializer,
+/// uniform in ±0.5/dim (the output vectors start at zero).
+pub fn input_spec(model: &str, dim: u32, seed: u64) -> TableSpec {
+    let half = 0.5 / dim as f32;
+    TableSpec::new(in_table(model), dim)
+        .with_init(Initializer::Uniform {
+            low: -half,
+            high: half,
+        })
+        .with_seed(seed)
+}
+
+/// The spec of `table` if it exists and holds a stored row.
+fn stored_vectors(client: &BlockingClient, table: &str) -> Result<Option<TableSpec>> {
+    let Ok(spec) = client.describe_table(table) else {
+        return Ok(None);
+    };
+    for block in client.pull_range(table, paramdb_client::KeyRange::new(0, u64::MAX)) {
+        if !block?.keys.is_empty() {
+            return Ok(Some(spec));
+        }
+    }
+    Ok(None)
+}
+
 /// Trains (or resumes training) `cfg.model` on `corpus`. `on_progress` is called about four
 /// times a second from the calling thread.
 pub fn train(
@@ -317,16 +342,39 @@ pub fn train(
             (summary, meta, positions, true)
         }
         None => {
-            // Tables left by a run that died before recording its configuration.
-            for t in [
-                in_table(&cfg.model),
-                out_table(&cfg.model),
-                vocab::table(&cfg.model),
-                state_t.clone(),
-            ] {
+            // No configuration is recorded: the tables are what a run that died before
+            // recording it left (created, never pushed), or vectors imported into the model
+            // (`paramdb import MODEL.in`). Vectors with stored rows are kept, and the run
+            // starts warm from them; the vocabulary and positions are counted again.
+            let mut warm = Vec::new();
+            for t in [in_table(&cfg.model), out_table(&cfg.model)] {
+                if let Some(spec) = stored_vectors(client, &t)? {
+                    if spec.dim != cfg.dim {
+                        return Err(TrainError::Mismatch {
+                            model: cfg.model.clone(),
+                            reason: format!(
+                                "its table {t} holds vectors of dim {}, and this run has --dim {}",
+                                spec.dim, cfg.dim
+                            ),
+                        });
+                    }
+                    if let Some(want) = cfg.lifecycle {
+                        if spec.lifecycle != want {
+                            client.set_lifecycle(&t, want)?;
+                        }
+                    }
+                    warm.push(t);
+                } else if client.describe_table(&t).is_ok() {
+                    client.drop_table(&t)?;
+                }
+            }
+            for t in [vocab::table(&cfg.model), state_t.clone()] {
                 if client.describe_table(&t).is_ok() {
                     client.drop_table(&t)?;
                 }
+            }
+            if !warm.is_empty() {
+                tracing::info!(model = %cfg.model, tables = ?warm, "starting from the stored vectors");
             }
             let counted = match &cfg.read_vocab {
                 Some(file) => {
@@ -349,20 +397,17 @@ pub fn train(
                     cfg.min_count
                 )));
             }
-            let half = 0.5 / cfg.dim as f32;
             let lifecycle = cfg.lifecycle.unwrap_or_default();
-            client.create_table(
-                TableSpec::new(in_table(&cfg.model), cfg.dim)
-                    .with_init(Initializer::Uniform {
-                        low: -half,
-                        high: half,
-                    })
-                    .with_seed(cfg.seed)
-                    .with_lifecycle(lifecycle),
-            )?;
-            client.create_table(
-                TableSpec::new(out_table(&cfg.model), cfg.dim).with_lifecycle(lifecycle),
-            )?;
+            if !warm.contains(&in_table(&cfg.model)) {
+                client.create_table(
+                    input_spec(&cfg.model, cfg.dim, cfg.seed).with_lifecycle(lifecycle),
+                )?;
+            }
+            if !warm.contains(&out_table(&cfg.model)) {
+                client.create_table(
+                    TableSpec::new(out_table(&cfg.model), cfg.dim).with_lifecycle(lifecycle),
+                )?;
+            }
             client.create_table(TableSpec::new(&state_t, STATE_DIM as u32))?;
             let meta = Meta {
                 threads: cfg.threads as u64,

@@ -321,3 +321,130 @@ fn imports_replace_stored_and_cached_rows_and_survive_crashes() {
     }
     cluster.stop();
 }
+
+/// `word → vector` of a word2vec text file.
+fn read_vectors(path: &Path) -> Vec<(String, Vec<f32>)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let mut it = l.split(' ');
+            let w = it.next().unwrap().to_string();
+            (w, it.map(|x| x.parse().unwrap()).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn imported_vectors_warm_start_a_training_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    synth::topic_corpus(&corpus, 30, 5_000, 10, 11).unwrap();
+    let trained = tmp.path().join("trained");
+    ok(
+        crate::word2vec::train_cmd(&corpus, &trained)
+            .output()
+            .unwrap(),
+        "train",
+    );
+    let all = tmp.path().join("all.txt");
+    ok(
+        paramdb(
+            &[
+                "export",
+                "w2v.in",
+                "--format",
+                "word2vec-text",
+                "--out",
+                all.to_str().unwrap(),
+            ],
+            &trained,
+        ),
+        "export",
+    );
+    // The first half of the words go in; the rest start from the trainer's initializer.
+    let vectors = read_vectors(&all);
+    let (given, missing) = vectors.split_at(vectors.len() / 2);
+    let mut text = format!("{} 32\n", given.len());
+    for (w, v) in given {
+        let v: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+        text += &format!("{w} {}\n", v.join(" "));
+    }
+    let half = tmp.path().join("half.txt");
+    std::fs::write(&half, text).unwrap();
+    let data = tmp.path().join("data");
+    ok(
+        paramdb(
+            &[
+                "import",
+                "m.in",
+                "--format",
+                "word2vec-text",
+                "--in",
+                half.to_str().unwrap(),
+            ],
+            &data,
+        ),
+        "import",
+    );
+    let train = |dim: &str| {
+        Command::new(paramdb_bin())
+            .args(["train", "word2vec", "--model", "m", "--corpus"])
+            .arg(&corpus)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--dim", dim, "--epochs", "1", "--batch-words", "5000"])
+            .args(["--alpha", "0.000001", "--min-alpha", "0.0000001", "--quiet"])
+            .output()
+            .unwrap()
+    };
+    let o = train("16");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a run of another dim was accepted");
+    assert!(err.contains("dim 32") && err.contains("--dim 16"), "{err}");
+    let said = ok(train("32"), "train from the imported vectors");
+    assert!(!said.contains("resumed"), "{said}");
+    let after = tmp.path().join("after.txt");
+    ok(
+        paramdb(
+            &[
+                "export",
+                "m.in",
+                "--format",
+                "word2vec-text",
+                "--out",
+                after.to_str().unwrap(),
+            ],
+            &data,
+        ),
+        "export after training",
+    );
+    let after: std::collections::HashMap<String, Vec<f32>> =
+        read_vectors(&after).into_iter().collect();
+    assert_eq!(after.len(), vectors.len(), "the corpus's vocabulary");
+    // A learning rate of 1e-6 moves a vector by far less than 1e-3: an imported word keeps
+    // its vector, which a trained model holds far from the initializer's ±1/64.
+    let mut far = 0;
+    for (w, v) in given {
+        let a = &after[w];
+        let moved = v
+            .iter()
+            .zip(a)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(moved < 1e-3, "{w} moved by {moved}");
+        far += usize::from(v.iter().any(|x| x.abs() > 0.05));
+    }
+    assert!(
+        far * 2 > given.len(),
+        "the trained vectors are near the initializer"
+    );
+    for (w, _) in missing {
+        let big = after[w].iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        assert!(
+            big > 1e-3 && big < 0.5 / 32.0 + 1e-3,
+            "{w}, missing from the file, is not word2vec's initial vector: max |x| {big}"
+        );
+    }
+}
