@@ -77,7 +77,7 @@ fn settle(results: Vec<Result<(), ClientError>>, done: Code) -> Result<(), Clien
 /// retried whole. One rule, the same in every client: duplicate keys are refused (sum them
 /// first), and so are NaN and infinities.
 fn check_push(table: &str, keys: &[u64], values: &[f32], dim: usize) -> Result<(), ClientError> {
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+    if let Some(i) = paramdb_types::first_non_finite(values) {
         return Err(ClientError::Invalid(format!(
             "value {} of key {} in a push to table {} is {} (NaN and infinities are refused)",
             i % dim,

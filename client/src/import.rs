@@ -66,7 +66,7 @@ impl Importer {
                 self.dim
             )));
         }
-        if let Some(i) = weights.iter().position(|v| !v.is_finite()) {
+        if let Some(i) = paramdb_types::first_non_finite(weights) {
             return Err(ClientError::Invalid(format!(
                 "value {i} of row {key} imported into table {} is {} (NaN and infinities are refused)",
                 paramdb_types::quote(&self.table),
@@ -85,10 +85,15 @@ impl Importer {
     }
 
     pub(crate) async fn flush(&mut self, s: usize) -> Result<(), ClientError> {
-        let (keys, values) = std::mem::take(&mut self.bufs[s]);
-        if keys.is_empty() {
+        if self.bufs[s].0.is_empty() {
             return Ok(());
         }
+        // The next block's buffers at their full size, so filling them does not reallocate.
+        let next = (
+            Vec::with_capacity(self.block_rows),
+            Vec::with_capacity(self.block_rows * self.dim),
+        );
+        let (keys, values) = std::mem::replace(&mut self.bufs[s], next);
         if self.parts[s].is_none() {
             let shard = self.client.shard(s)?;
             self.parts[s] = Some(shard.begin_import(&self.table).await?);

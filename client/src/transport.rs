@@ -19,9 +19,10 @@ use crate::error::ClientError;
 pub use embedded::{EmbeddedImport, EmbeddedShard};
 pub use grpc::{GrpcImport, GrpcShard, Security};
 
-/// Bytes of rows an embedded shard stages per table file while importing.
+/// Bytes of rows an embedded shard stages per table file while importing (it holds up to
+/// three such runs).
 #[cfg(feature = "embedded")]
-const IMPORT_STAGING_BYTES: usize = 64 << 20;
+const IMPORT_STAGING_BYTES: usize = 32 << 20;
 
 /// What a bulk import did (summed over shards by the client).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

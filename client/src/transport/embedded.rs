@@ -354,9 +354,7 @@ impl EmbeddedImport {
                     keys.len()
                 )));
             }
-            for (k, v) in keys.iter().zip(values.chunks(dim)) {
-                imp.add(*k, v).map_err(|e| error(index, e))?;
-            }
+            imp.add_rows(&keys, &values).map_err(|e| error(index, e))?;
             Ok(imp)
         })
         .await

@@ -16,6 +16,7 @@ mod lifecycle;
 mod report;
 mod spec;
 mod text;
+mod values;
 
 pub use backup::{ClientWindow, FenceReport, ShardBackup};
 pub use code::Code;
@@ -27,3 +28,4 @@ pub use report::{
 };
 pub use spec::{Initializer, SpecError, TableSpec, UpdateRule, MAX_DIM, MAX_NAME_LEN};
 pub use text::quote;
+pub use values::first_non_finite;

@@ -4,7 +4,8 @@
 //! 1. **Stage** (`Import::add`, no store lock): rows are checked (dim, finite values) and
 //!    buffered; a full buffer (`budget` bytes) is sorted by key (a key twice in it is refused)
 //!    and written to a table file in a staging directory inside the data directory, on a
-//!    background thread while the next buffer fills. An imported
+//!    background thread while the next buffer fills (two runs at once, so one's sync overlaps
+//!    the next one's encoding; buffers are reused from run to run). An imported
 //!    row is the table's initial row for its key (optimizer state included) with the given
 //!    weights.
 //! 2. **Ingest** (`Import::finish`): a checkpoint first writes the table's changes back to
@@ -40,16 +41,25 @@ pub struct Import {
     core: Arc<Core>,
     table: Arc<Table>,
     staging: tempfile::TempDir,
-    budget: usize,
+    /// Rows per run (a run is `budget` bytes of keys and weights).
+    run_rows: usize,
     keys: Vec<Key>,
     values: Vec<f32>,
     files: Vec<PathBuf>,
-    /// The run being written on a background thread while the next one fills, so reading
-    /// the input and writing table files overlap. At most one: memory stays within two
-    /// buffers.
-    writing: Option<std::thread::JoinHandle<Result<PathBuf, ImportError>>>,
+    /// Runs being written on background threads while the next one fills, oldest first, so
+    /// reading the input, encoding table files and syncing them to disk overlap. At most
+    /// `IN_FLIGHT`: memory stays within `IN_FLIGHT + 1` runs.
+    writing: std::collections::VecDeque<std::thread::JoinHandle<Result<Written, ImportError>>>,
+    /// A written run's buffers, kept for the next run (no new pages to fault in).
+    spare: Option<(Vec<Key>, Vec<f32>)>,
     rows: u64,
 }
+
+/// Runs written at once: one can wait on its file's sync while the next one is encoded.
+const IN_FLIGHT: usize = 2;
+
+/// A run written as a table file, and its buffers for reuse.
+type Written = (PathBuf, Vec<Key>, Vec<f32>);
 
 /// What an import did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -87,15 +97,17 @@ impl Core {
             .prefix(STAGING_PREFIX)
             .tempdir_in(&self.dir)
             .map_err(|e| StorageError::io("creating an import's staging directory", e))?;
+        let run_rows = (budget.max(1 << 20) / (t.dim() * 4 + 8)).max(1);
         Ok(Import {
             core: self.clone(),
             table: t,
             staging,
-            budget: budget.max(1 << 20),
+            run_rows,
             keys: Vec::new(),
             values: Vec::new(),
             files: Vec::new(),
-            writing: None,
+            writing: Default::default(),
+            spare: None,
             rows: 0,
         })
     }
@@ -108,38 +120,59 @@ impl Import {
 
     /// Stages row `key` with `weights` (the table's dim). Bad input leaves the import usable.
     pub fn add(&mut self, key: Key, weights: &[f32]) -> Result<(), ImportError> {
+        self.add_rows(&[key], weights)
+    }
+
+    /// Stages rows `keys` with `weights` (`keys.len()` × the table's dim, row after row). Bad
+    /// input stages none of them and leaves the import usable.
+    pub fn add_rows(&mut self, keys: &[Key], weights: &[f32]) -> Result<(), ImportError> {
         let t = &self.table;
-        if weights.len() != t.dim() {
+        let dim = t.dim();
+        if weights.len() != keys.len() * dim {
             return Err(InputError::DimensionMismatch {
                 table: t.spec.name.clone(),
                 dim: t.spec.dim,
-                keys: 1,
+                keys: keys.len(),
                 values: weights.len(),
             }
             .into());
         }
-        if let Some(i) = weights.iter().position(|v| !v.is_finite()) {
+        if let Some(i) = paramdb_types::first_non_finite(weights) {
             return Err(InputError::NonFinite {
                 table: t.spec.name.clone(),
-                key,
-                index: i,
+                key: keys[i / dim.max(1)],
+                index: i % dim.max(1),
                 value: weights[i],
             }
             .into());
         }
-        self.keys.push(key);
-        self.values.extend_from_slice(weights);
-        self.rows += 1;
-        if self.values.len() * 4 + self.keys.len() * 8 >= self.budget {
-            self.write_run()?;
+        let mut at = 0;
+        while at < keys.len() {
+            if self.keys.capacity() == 0 {
+                let (mut k, mut v) = self.spare.take().unwrap_or_default();
+                k.reserve_exact(self.run_rows);
+                v.reserve_exact(self.run_rows * dim);
+                (self.keys, self.values) = (k, v);
+            }
+            let n = (self.run_rows - self.keys.len()).min(keys.len() - at);
+            self.keys.extend_from_slice(&keys[at..at + n]);
+            self.values
+                .extend_from_slice(&weights[at * dim..(at + n) * dim]);
+            at += n;
+            if self.keys.len() >= self.run_rows {
+                self.write_run()?;
+            }
         }
+        self.rows += keys.len() as u64;
         Ok(())
     }
 
     /// Hands the buffered rows to a background thread, which sorts them by key and writes them
-    /// as one table file, after the previous run's file is done.
+    /// as one table file, once fewer than `IN_FLIGHT` runs are being written.
     fn write_run(&mut self) -> Result<(), ImportError> {
-        self.wait_for_run()?;
+        while self.writing.len() >= IN_FLIGHT {
+            self.wait_for_run()?;
+        }
         if self.keys.is_empty() {
             return Ok(());
         }
@@ -149,22 +182,30 @@ impl Import {
         let path = self
             .staging
             .path()
-            .join(format!("{:06}.sst", self.files.len()));
+            .join(format!("{:06}.sst", self.files.len() + self.writing.len()));
         let handle = std::thread::Builder::new()
             .name("paramdb-import".into())
-            .spawn(move || write_table_file(&core, &table, &path, &keys, &values).map(|()| path))
+            .spawn(move || {
+                write_table_file(&core, &table, &path, &keys, &values)
+                    .map(|()| (path, keys, values))
+            })
             .map_err(|e| StorageError::io("starting an import thread", e))?;
-        self.writing = Some(handle);
+        self.writing.push_back(handle);
         Ok(())
     }
 
-    /// Waits for the run being written, if any, and records its file.
+    /// Waits for the oldest run being written, if any, records its file and keeps its
+    /// buffers.
     fn wait_for_run(&mut self) -> Result<(), ImportError> {
-        if let Some(h) = self.writing.take() {
-            let path = h.join().map_err(|_| StorageError::CorruptMeta {
-                reason: "an import thread panicked".into(),
-            })??;
+        if let Some(h) = self.writing.pop_front() {
+            let (path, mut keys, mut values) =
+                h.join().map_err(|_| StorageError::CorruptMeta {
+                    reason: "an import thread panicked".into(),
+                })??;
             self.files.push(path);
+            keys.clear();
+            values.clear();
+            self.spare = Some((keys, values));
         }
         Ok(())
     }
@@ -172,7 +213,9 @@ impl Import {
     /// Writes what is left and ingests every staged file at once. Returns what was imported.
     pub fn finish(mut self) -> Result<ImportInfo, ImportError> {
         self.write_run()?;
-        self.wait_for_run()?;
+        while !self.writing.is_empty() {
+            self.wait_for_run()?;
+        }
         let bytes = self
             .files
             .iter()

@@ -381,7 +381,7 @@ fn validate(
             values: values.len(),
         });
     }
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+    if let Some(i) = paramdb_types::first_non_finite(values) {
         let row = i / t.dim();
         let key = match keys {
             PushKeys::List(k) => k[row],

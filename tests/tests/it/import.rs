@@ -186,6 +186,18 @@ fn bad_imports_get_one_line_errors_and_change_nothing() {
     let before = ok(paramdb(&["get", "t", "5", "9"], &data), "get");
     let mut bin = b"2 4\n5 ".to_vec();
     bin.extend(1.0f32.to_le_bytes());
+    // An npy header promising 2 rows of 4, and one row and a half of data.
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 4), }".to_string();
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    npy.extend((header.len() as u16).to_le_bytes());
+    npy.extend(header.as_bytes());
+    for v in [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0] {
+        npy.extend(v.to_le_bytes());
+    }
     let cases: Vec<(String, &str, &str)> = vec![
         (
             write("dim3.txt", b"1 3\n5 1 2 3\n"),
@@ -198,6 +210,11 @@ fn bad_imports_get_one_line_errors_and_change_nothing() {
             "truncated",
         ),
         (write("cut.bin", &bin), "word2vec-bin", "truncated"),
+        (
+            write("cut.npy", &npy),
+            "npy",
+            "is truncated: it ends inside row 2 of the 2",
+        ),
         (
             write("nan.txt", b"2 4\n5 1 2 3 4\n9 5 NaN 7 8\n"),
             "word2vec-text",

@@ -34,17 +34,73 @@ enum Kind {
         /// The first row, when the file has no header (GloVe).
         first: Option<String>,
     },
-    Bin(BufReader<File>),
-    /// Raw little-endian f32 rows, with keys from a side file or tensor (or the row index).
+    Bin(Span),
+    /// Raw little-endian f32 rows, with keys from a side file or tensor (or the row index),
+    /// read from memory maps: no copy through a read buffer, and an aligned row is used in
+    /// place.
     Dense {
-        data: BufReader<File>,
-        keys: Option<BufReader<File>>,
+        data: Span,
+        keys: Option<Span>,
     },
     Tsv {
         lines: std::io::Lines<BufReader<File>>,
         labels: Option<std::io::Lines<BufReader<File>>>,
         first: Option<String>,
     },
+}
+
+/// The bytes of a file from `at` on, mapped.
+struct Span {
+    map: memmap2::Mmap,
+    at: usize,
+    /// Pages before this were read and given back, so the map's resident size stays within
+    /// `RESIDENT` whatever the file's size.
+    released: usize,
+}
+
+/// Bytes of a map read past before they are given back.
+const RESIDENT: usize = 64 << 20;
+
+impl Span {
+    #[allow(unsafe_code)]
+    fn map(path: &Path, at: u64) -> anyhow::Result<Span> {
+        let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: the map is read only; a file truncated while it is imported can fault the
+        // process, as with any reader of a memory map (the cache and the log's readers too).
+        let map = unsafe { memmap2::Mmap::map(&f) }
+            .with_context(|| format!("mapping {}", path.display()))?;
+        #[cfg(unix)]
+        let _ = map.advise(memmap2::Advice::Sequential);
+        let at = (at as usize).min(map.len());
+        Ok(Span {
+            map,
+            at,
+            released: at,
+        })
+    }
+
+    /// The next `n` bytes, or `None` where the file ends first. The bytes before them are
+    /// not read again.
+    #[allow(unsafe_code)]
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.at - self.released >= RESIDENT {
+            let upto = self.at & !4095;
+            // SAFETY: a read-only shared map of a file; pages dropped are read from the file
+            // again if touched, and nothing refers to them (rows before `at` were handed out
+            // and are no longer borrowed).
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    self.released,
+                    upto - self.released,
+                )
+            };
+            self.released = upto;
+        }
+        let b = self.map.get(self.at..self.at + n)?;
+        self.at += n;
+        Some(b)
+    }
 }
 
 fn open(path: &Path) -> anyhow::Result<BufReader<File>> {
@@ -75,9 +131,9 @@ impl Reader {
                 }
             }
             Format::Word2vecBin => {
-                let mut r = open(path)?;
                 let mut line = String::new();
-                r.read_line(&mut line)
+                open(path)?
+                    .read_line(&mut line)
                     .with_context(|| format!("reading {}", path.display()))?;
                 let (rows, dim) = w2v_header(&line).with_context(|| {
                     format!(
@@ -85,11 +141,14 @@ impl Reader {
                         path.display()
                     )
                 })?;
-                (dim, Some(rows), Kind::Bin(r))
+                (
+                    dim,
+                    Some(rows),
+                    Kind::Bin(Span::map(path, line.len() as u64)?),
+                )
             }
             Format::Npy => {
-                let mut data = open(path)?;
-                let (descr, shape) = npy_header(&mut data, path)?;
+                let (descr, shape, at) = npy_header(&mut open(path)?, path)?;
                 let [rows, dim] = shape[..] else {
                     bail!("{}: shape {shape:?} is not (rows, dim)", path.display());
                 };
@@ -101,18 +160,18 @@ impl Reader {
                 }
                 let keys_path = sibling(path, ".keys.npy");
                 let keys = if keys_path.exists() {
-                    let mut k = open(&keys_path)?;
-                    let (kd, ks) = npy_header(&mut k, &keys_path)?;
+                    let (kd, ks, kat) = npy_header(&mut open(&keys_path)?, &keys_path)?;
                     if kd != "<u8" || ks != [rows] {
                         bail!(
                             "{}: keys must be uint64 (<u8) of shape ({rows},), not {kd:?} {ks:?}",
                             keys_path.display()
                         );
                     }
-                    Some(k)
+                    Some(Span::map(&keys_path, kat)?)
                 } else {
                     None
                 };
+                let data = Span::map(path, at)?;
                 (dim as usize, Some(rows), Kind::Dense { data, keys })
             }
             Format::Safetensors => safetensors(path)?,
@@ -182,43 +241,58 @@ impl Reader {
                 Label::Word(word)
             }
             Kind::Bin(r) => {
-                let mut word = Vec::new();
-                loop {
-                    let mut b = [0u8];
-                    if r.read(&mut b)
-                        .with_context(|| format!("reading {}", path.display()))?
-                        == 0
-                    {
-                        bail!(
-                            "{} is truncated: its header promises {} rows, it ends in row {row}",
-                            path.display(),
-                            self.rows.unwrap_or(0)
-                        );
-                    }
-                    match b[0] {
-                        b' ' => break,
-                        b'\n' if word.is_empty() => {}
-                        c => word.push(c),
-                    }
+                let cut = || {
+                    anyhow::anyhow!(
+                        "{} is truncated: its header promises {} rows, it ends in row {row}",
+                        path.display(),
+                        self.rows.unwrap_or(0)
+                    )
+                };
+                // A row is `word ` and dim floats; word2vec.c ends each with a newline, which
+                // the next word's start skips.
+                let rest = r.map.get(r.at..).unwrap_or_default();
+                let start = rest.iter().take_while(|&&b| b == b'\n').count();
+                let len = rest[start..]
+                    .iter()
+                    .position(|&b| b == b' ')
+                    .ok_or_else(cut)?;
+                let word = r.take(start + len + 1).ok_or_else(cut)?[start..start + len].to_vec();
+                let bytes = r.take(dim * 4).ok_or_else(cut)?;
+                bytemuck::cast_slice_mut::<f32, u8>(&mut self.values).copy_from_slice(bytes);
+                if let Some(i) = paramdb_types::first_non_finite(&self.values) {
+                    check_finite(self.values[i], path, row, i)?;
                 }
-                read_f32s(r, &mut self.values, path, row, self.rows)?;
                 let word = String::from_utf8(word).map_err(|_| {
                     anyhow::anyhow!("{}: row {row}: the word is not UTF-8", path.display())
                 })?;
                 Label::Word(word)
             }
             Kind::Dense { data, keys } => {
-                read_f32s(data, &mut self.values, path, row, self.rows)?;
-                match keys {
+                let label = match keys {
                     Some(k) => {
-                        let mut b = [0u8; 8];
-                        k.read_exact(&mut b).with_context(|| {
+                        let b = k.take(8).with_context(|| {
                             format!("the keys beside {} end in row {row}", path.display())
                         })?;
-                        Label::Key(u64::from_le_bytes(b))
+                        Label::Key(u64::from_le_bytes(b.try_into().expect("8 bytes")))
                     }
                     None => Label::Key(row - 1),
+                };
+                let bytes = data
+                    .take(dim * 4)
+                    .ok_or_else(|| truncated(path, row, self.rows))?;
+                let values = match bytemuck::try_cast_slice::<u8, f32>(bytes) {
+                    Ok(v) => v,
+                    Err(_) => {
+                        bytemuck::cast_slice_mut::<f32, u8>(&mut self.values)
+                            .copy_from_slice(bytes);
+                        &self.values
+                    }
+                };
+                if let Some(i) = paramdb_types::first_non_finite(values) {
+                    check_finite(values[i], path, row, i)?;
                 }
+                self.row = row;
+                return Ok(Some((label, values)));
             }
             Kind::Tsv {
                 lines,
@@ -336,44 +410,32 @@ fn check_finite(v: f32, path: &Path, row: u64, i: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_f32s(
-    r: &mut impl Read,
-    out: &mut [f32],
-    path: &Path,
-    row: u64,
-    rows: Option<u64>,
-) -> anyhow::Result<()> {
-    let bytes: &mut [u8] = bytemuck::cast_slice_mut(out);
-    r.read_exact(bytes).map_err(|_| {
-        anyhow::anyhow!(
-            "{} is truncated: it ends inside row {row}{}",
-            path.display(),
-            rows.map(|r| format!(" of the {r} its header promises"))
-                .unwrap_or_default()
-        )
-    })?;
-    for (i, v) in out.iter().enumerate() {
-        check_finite(*v, path, row, i)?;
-    }
-    Ok(())
+fn truncated(path: &Path, row: u64, rows: Option<u64>) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} is truncated: it ends inside row {row}{}",
+        path.display(),
+        rows.map(|r| format!(" of the {r} its header promises"))
+            .unwrap_or_default()
+    )
 }
 
-/// The dtype and shape of a version 1–3 `.npy` header; `r` is left at the data.
-fn npy_header(r: &mut impl Read, path: &Path) -> anyhow::Result<(String, Vec<u64>)> {
+/// The dtype and shape of a version 1–3 `.npy` header, and the offset of its data (where `r`
+/// is left).
+fn npy_header(r: &mut impl Read, path: &Path) -> anyhow::Result<(String, Vec<u64>, u64)> {
     let bad = || anyhow::anyhow!("{} is not a .npy file", path.display());
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic).map_err(|_| bad())?;
     if &magic[..6] != b"\x93NUMPY" {
         return Err(bad());
     }
-    let len = if magic[6] == 1 {
+    let (len, at) = if magic[6] == 1 {
         let mut b = [0u8; 2];
         r.read_exact(&mut b).map_err(|_| bad())?;
-        u16::from_le_bytes(b) as usize
+        (u16::from_le_bytes(b) as usize, 10)
     } else {
         let mut b = [0u8; 4];
         r.read_exact(&mut b).map_err(|_| bad())?;
-        u32::from_le_bytes(b) as usize
+        (u32::from_le_bytes(b) as usize, 12)
     };
     let mut h = vec![0u8; len];
     r.read_exact(&mut h).map_err(|_| bad())?;
@@ -401,7 +463,7 @@ fn npy_header(r: &mut impl Read, path: &Path) -> anyhow::Result<(String, Vec<u64
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<u64>().map_err(|_| bad()))
         .collect::<anyhow::Result<Vec<u64>>>()?;
-    Ok((descr, shape))
+    Ok((descr, shape, at + len as u64))
 }
 
 /// A safetensors file with `vectors` (F32, rows × dim) and optionally `keys` (U64, rows).
@@ -444,16 +506,13 @@ fn safetensors(path: &Path) -> anyhow::Result<(usize, Option<u64>, Kind)> {
         return Err(bad("`vectors` must be F32 with rows × dim × 4 bytes"));
     }
     let base = 8 + len;
-    let mut data = open(path)?;
-    std::io::copy(&mut (&mut data).take(base + start), &mut std::io::sink())?;
+    let data = Span::map(path, base + start)?;
     let keys = match tensor("keys") {
         Some((kd, ks, ks0, ks1)) => {
             if kd != "U64" || ks != [rows] || ks1 - ks0 != rows * 8 {
                 return Err(bad("`keys` must be U64 with one key per row"));
             }
-            let mut k = open(path)?;
-            std::io::copy(&mut (&mut k).take(base + ks0), &mut std::io::sink())?;
-            Some(k)
+            Some(Span::map(path, base + ks0)?)
         }
         None => None,
     };

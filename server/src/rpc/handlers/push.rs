@@ -154,8 +154,8 @@ fn parts(p: u32) -> Result<u16, Status> {
     })
 }
 
-/// Staging memory per import: each full buffer becomes one table file.
-const IMPORT_BUDGET: usize = 64 << 20;
+/// Rows per staged table file of an import (an import holds up to three such runs).
+const IMPORT_BUDGET: usize = 32 << 20;
 
 pub(crate) async fn import(
     s: &ShardService,
@@ -187,9 +187,7 @@ pub(crate) async fn import(
         import = Some(
             blocking(move || {
                 let mut imp = imp;
-                for (k, v) in block.keys.iter().zip(vals.chunks(dim.max(1))) {
-                    imp.add(*k, v)?;
-                }
+                imp.add_rows(&block.keys, &vals)?;
                 Ok::<_, paramdb_engine::ImportError>(imp)
             })
             .await?,
