@@ -26,9 +26,13 @@ pub struct NgramLmArgs {
     /// interpolation weight; 0 trains on every line.
     #[arg(long, default_value_t = 100)]
     pub dev_every: u64,
-    /// Distinct highest-order n-grams held in memory while counting.
-    #[arg(long, default_value_t = 1 << 22)]
-    pub spill_grams: usize,
+    /// Memory counting holds, like lmplz's -S (e.g. 512M, 4G; at least 64K); beyond it,
+    /// sorted runs go to --temp-dir.
+    #[arg(long, short = 'S', default_value = "1G", value_parser = crate::export::parse_bytes)]
+    pub memory: u64,
+    /// Directory for counting's sorted runs (default: the system's temporary directory).
+    #[arg(long, short = 'T')]
+    pub temp_dir: Option<PathBuf>,
     /// Count and smooth only: no neural model.
     #[arg(long)]
     pub kn_only: bool,
@@ -121,7 +125,8 @@ pub fn train(args: NgramLmArgs) -> anyhow::Result<()> {
             let cfg = CountConfig {
                 order: args.order,
                 dev_every: args.dev_every,
-                spill_grams: args.spill_grams,
+                memory: usize::try_from(args.memory).unwrap_or(usize::MAX),
+                temp_dir: args.temp_dir.clone(),
             };
             let show = |pos: u64, len: u64| {
                 if let Some(b) = &b {
@@ -135,11 +140,11 @@ pub fn train(args: NgramLmArgs) -> anyhow::Result<()> {
             }
             let m = r.meta.expect("count sets meta");
             println!(
-                "counted {:?}: {} lines, {} tokens, {} spills in {:.1} s ({:.0} tokens/s)",
+                "counted {:?}: {} lines, {} tokens, {} sorted runs in {:.1} s ({:.0} tokens/s)",
                 args.model,
                 m.lines,
                 m.tokens,
-                r.spills,
+                r.runs,
                 r.seconds,
                 m.tokens as f64 / r.seconds.max(1e-9)
             );

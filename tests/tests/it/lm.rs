@@ -1,5 +1,5 @@
-//! The n-gram language model: counts kept as increments in the servers equal a direct count,
-//! however many spills; every Kneser-Ney context and every neural softmax sums to 1; and a
+//! The n-gram language model: counts streamed through sorted runs equal a direct count, however
+//! small the memory; every Kneser-Ney context and every neural softmax sums to 1; and a
 //! trainer SIGKILLed while counting or while training the network resumes.
 
 use std::collections::{HashMap, HashSet};
@@ -121,15 +121,22 @@ fn kneser_ney_counts_match_a_direct_count_and_each_context_sums_to_one() {
     let n = 4;
     let want = direct_counts(&sentences, n);
     let stats = context_stats(&want);
-    // One spill, and a spill every 7 distinct 4-grams (hundreds of spills).
-    for (model, spill) in [("one", 1 << 20), ("many", 7)] {
+    // Everything in memory, and the smallest budget: several sorted runs, merged in several
+    // passes, and the records of each order sorted on disk too.
+    for (model, memory) in [("one", 64 << 20), ("many", ngram::MIN_COUNT_MEMORY)] {
         let cfg = CountConfig {
             order: n,
             dev_every: 0,
-            spill_grams: spill,
+            memory,
+            temp_dir: Some(tmp.path().to_path_buf()),
         };
         let r = ngram::count(&client, model, &corpus, &cfg, &|_, _| {}).unwrap();
-        assert!(spill > 1000 || r.spills > 100, "{} spills", r.spills);
+        if model == "one" {
+            assert_eq!(r.runs, 1);
+        } else {
+            // More runs than one merge pass takes at this budget (3).
+            assert!(r.runs > 3, "{} runs", r.runs);
+        }
         for k in 1..=n {
             let grams: Vec<&Vec<u64>> = want[k].keys().collect();
             let keys: Vec<u64> = grams.iter().map(|g| ngram::ngram_key(g)).collect();
@@ -209,7 +216,8 @@ fn neural_softmax_sums_to_one_and_the_interpolation_beats_both_models() {
     let cfg = CountConfig {
         order: 3,
         dev_every: 0,
-        spill_grams: 1 << 20,
+        memory: 64 << 20,
+        temp_dir: None,
     };
     ngram::count(&client, "m", &corpus, &cfg, &|_, _| {}).unwrap();
     let kn = Kn::load(&client, "m").unwrap();
@@ -302,7 +310,7 @@ fn train_epochs(corpus: &Path, data: &Path, epochs: u32) -> Command {
         .arg(corpus)
         .arg("--data-dir")
         .arg(data)
-        .args(["--order", "3", "--dev-every", "20", "--spill-grams", "5000"])
+        .args(["--order", "3", "--dev-every", "20", "--memory", "64K"])
         .args(["--emb-dim", "16", "--hidden", "64", "--out-dim", "16"])
         .args(["--samples", "128", "--batch", "256", "--epochs"])
         .arg(epochs.to_string())

@@ -12,19 +12,20 @@
 //! extensions' counts and how many extensions have count 1, 2 and 3 or more. `<m>.kn0` holds
 //! the empty context's (the unigrams'). Rows are `add` rows of exact integers (`Counter`).
 //!
-//! **Counting** streams over the corpus holding at most `spill_grams` distinct n-grams, then
-//! adds them to the server as increments, highest order first. Each level reads the rows it
-//! touches first: an n-gram seen for the first time adds 1 to its suffix's adjusted count, and
-//! a count moving between 1, 2 and 3+ moves its context's statistics. So adjusted counts,
-//! context statistics and each order's count-of-counts (for the discounts) stay exact under
-//! increments, however many spills the corpus takes. One process counts; if it dies, the next
-//! run counts again (the model is only marked complete at the end).
+//! **Counting** (`count`) streams in bounded memory: counts in a fixed-size table, spilled as
+//! sorted runs, merged in suffix order to find adjusted counts and context statistics in one
+//! pass, and loaded into the shards in bulk (RocksDB table files ingested, not pushes through
+//! the log). Counts are exact whatever the budget. One process counts; if it dies, the next
+//! run counts again (the model is only marked complete at the end, and a bulk import that did
+//! not finish leaves nothing).
 //!
 //! **Probabilities** (`Kn`): for an n-gram `c w` of order `k`, with `a` its count,
 //! `p(w|c) = max(a − D_k(a), 0)/S(c) + γ(c)·p(w|c′)`, `γ(c) = (D1·N1(c) + D2·N2(c) +
 //! D3·N3+(c))/S(c)`, `c′` the context without its first word, and a context never seen backs off
 //! with weight 1. Unigrams interpolate with the uniform distribution over the vocabulary
 //! (`<unk>` included, `<s>` not), so `<unk>` gets exactly that share.
+
+mod count;
 
 use std::path::Path;
 
@@ -146,25 +147,6 @@ fn dim_of(order: usize, max: usize) -> usize {
     }
 }
 
-/// A context's statistics changing: one extension's count went from `old` to `new`.
-#[derive(Clone, Copy, Debug, Default)]
-struct CtxDelta {
-    sum: i64,
-    n: [i64; 3],
-}
-
-impl CtxDelta {
-    fn add(&mut self, old: u64, new: u64) {
-        self.sum += new as i64 - old as i64;
-        if old > 0 {
-            self.n[old.min(3) as usize - 1] -= 1;
-        }
-        if new > 0 {
-            self.n[new.min(3) as usize - 1] += 1;
-        }
-    }
-}
-
 /// How many n-grams of one order have count 1, 2, 3 and 4, and how many have any.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CountOfCounts {
@@ -202,34 +184,6 @@ impl CountOfCounts {
         } else {
             [0.5, 1.0, 1.5]
         }
-    }
-}
-
-/// One order's n-grams of a spill: keys, their words and increments.
-#[derive(Default)]
-struct Level {
-    index: FxHashMap<u64, u32>,
-    keys: Vec<u64>,
-    words: Vec<u64>,
-    inc: Vec<u64>,
-}
-
-impl Level {
-    fn add(&mut self, words: &[u64], inc: u64) {
-        let key = ngram_key(words);
-        match self.index.get(&key) {
-            Some(&i) => self.inc[i as usize] += inc,
-            None => {
-                self.index.insert(key, self.keys.len() as u32);
-                self.keys.push(key);
-                self.words.extend_from_slice(words);
-                self.inc.push(inc);
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.keys.len()
     }
 }
 
@@ -303,7 +257,8 @@ pub fn sentence(line: &str, out: &mut Vec<u64>) {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CountReport {
     pub meta: Option<Meta>,
-    pub spills: u64,
+    /// Sorted runs written to disk while counting (1 when everything fit in memory).
+    pub runs: u64,
     pub coc: Vec<CountOfCounts>,
     pub seconds: f64,
 }
@@ -313,9 +268,14 @@ pub struct CountReport {
 pub struct CountConfig {
     pub order: usize,
     pub dev_every: u64,
-    /// Distinct highest-order n-grams held in memory before they are added to the server.
-    pub spill_grams: usize,
+    /// Bytes counting holds in memory (at least `MIN_COUNT_MEMORY`); beyond them it writes
+    /// sorted runs to `temp_dir`.
+    pub memory: usize,
+    /// Where the sorted runs go (default: the system's temporary directory).
+    pub temp_dir: Option<std::path::PathBuf>,
 }
+
+pub use count::MIN_MEMORY as MIN_COUNT_MEMORY;
 
 /// Counts `corpus` into `model`'s tables (created here; any left by an unfinished count are
 /// dropped first) and marks the model complete.
@@ -330,6 +290,13 @@ pub fn count(
     if !(1..=MAX_ORDER).contains(&n) {
         return Err(TrainError::Invalid(format!(
             "--order {n}: expected 1 to {MAX_ORDER}"
+        )));
+    }
+    if cfg.memory < count::MIN_MEMORY {
+        return Err(TrainError::Invalid(format!(
+            "a counting memory of {} bytes is below the minimum of {} KiB",
+            cfg.memory,
+            count::MIN_MEMORY >> 10
         )));
     }
     let started = std::time::Instant::now();
@@ -347,40 +314,12 @@ pub fn count(
     let len = std::fs::metadata(corpus)
         .map_err(|e| TrainError::io(format!("reading {}", corpus.display()), e))?
         .len();
-    let mut reader = PartReader::open(corpus, 0, len, None)?;
-    let mut levels: Vec<Level> = (0..=n).map(|_| Level::default()).collect();
-    let mut coc = vec![CountOfCounts::default(); n + 1];
-    let mut report = CountReport::default();
-    let (mut lines, mut tokens) = (0u64, 0u64);
-    let mut s = Vec::new();
-    loop {
-        let at = reader.position();
-        let Some(line) = reader.next_line()? else {
-            break;
-        };
-        if is_dev(cfg.dev_every, at) {
-            continue;
-        }
-        sentence(line, &mut s);
-        lines += 1;
-        tokens += s.len() as u64 - 1;
-        // The highest order's windows, and the shorter n-grams that begin with <s>.
-        // (A unigram model counts words and </s>, not <s>.)
-        for w in s[usize::from(n == 1)..].windows(n) {
-            levels[n].add(w, 1);
-        }
-        for k in 2..n.min(s.len() + 1) {
-            levels[k].add(&s[..k], 1);
-        }
-        if levels[n].len() >= cfg.spill_grams.max(1) {
-            spill(client, model, n, &mut levels, &mut coc)?;
-            report.spills += 1;
-            on_progress(reader.position(), len);
-        }
-    }
-    spill(client, model, n, &mut levels, &mut coc)?;
-    report.spills += 1;
-    on_progress(len, len);
+    let counted = count::count(client, model, corpus, cfg, on_progress)?;
+    let (lines, tokens, coc) = (counted.lines, counted.tokens, counted.coc);
+    let mut report = CountReport {
+        runs: counted.runs,
+        ..CountReport::default()
+    };
 
     let meta = Meta {
         order: n as u64,
@@ -414,118 +353,6 @@ fn drop_if_present(client: &BlockingClient, table: &str) -> Result<()> {
 
 fn undecodable(table: &str, key: u64) -> TrainError {
     TrainError::Invalid(format!("count row {key} of {table} does not decode"))
-}
-
-/// Adds one spill's increments to the server, highest order first, and empties `levels`.
-fn spill(
-    client: &BlockingClient,
-    model: &str,
-    n: usize,
-    levels: &mut [Level],
-    coc: &mut [CountOfCounts],
-) -> Result<()> {
-    // Statistics changes of order-k contexts, found while applying order k + 1.
-    let mut ctx: Vec<FxHashMap<u64, CtxDelta>> = (0..=n).map(|_| FxHashMap::default()).collect();
-    for k in (1..=n).rev() {
-        let (lower, rest) = levels.split_at_mut(k);
-        let level = &mut rest[0];
-        let table = count_table(model, k);
-        let dim = dim_of(k, n);
-        let mut keys = level.keys.clone();
-        keys.extend(
-            ctx[k]
-                .keys()
-                .filter(|key| !level.index.contains_key(key))
-                .copied(),
-        );
-        // Pull the next chunk and push the last one while this one is worked out: a chunk's
-        // keys are distinct from every other chunk's of the same order.
-        let chunks: Vec<&[u64]> = keys.chunks(CHUNK).collect();
-        let (table, chunks) = (&table, &chunks);
-        std::thread::scope(|s| -> Result<()> {
-            let (pulled_tx, pulled) = std::sync::mpsc::sync_channel::<Result<Vec<f32>>>(1);
-            let (to_push, push_rx) = std::sync::mpsc::sync_channel::<(usize, Vec<f32>)>(1);
-            s.spawn(move || {
-                for c in chunks {
-                    let r = client.pull(table, c).map_err(TrainError::from);
-                    let failed = r.is_err();
-                    if pulled_tx.send(r).is_err() || failed {
-                        break;
-                    }
-                }
-            });
-            let pusher = s.spawn(move || -> Result<()> {
-                for (i, delta) in push_rx {
-                    client.push(table, chunks[i], &delta)?;
-                }
-                Ok(())
-            });
-            for (i, chunk) in chunks.iter().enumerate() {
-                let old = pulled
-                    .recv()
-                    .map_err(|_| TrainError::Invalid("the count reader stopped".into()))??;
-                let mut delta = Vec::with_capacity(old.len());
-                for (&key, old) in chunk.iter().zip(old.chunks(dim)) {
-                    let before = Row::decode(old).ok_or_else(|| undecodable(table, key))?;
-                    let mut after = before;
-                    if let Some(&i) = level.index.get(&key) {
-                        let i = i as usize;
-                        after.count += level.inc[i];
-                        coc[k].add(before.count, after.count);
-                        let words = &level.words[i * k..(i + 1) * k];
-                        let c = if k == 1 {
-                            EMPTY
-                        } else {
-                            ngram_key(&words[..k - 1])
-                        };
-                        ctx[k - 1]
-                            .entry(c)
-                            .or_default()
-                            .add(before.count, after.count);
-                        if before.count == 0 && k > 1 {
-                            lower[k - 1].add(&words[1..], 1);
-                        }
-                    }
-                    if let Some(d) = ctx[k].get(&key) {
-                        apply(&mut after, d).ok_or_else(|| undecodable(table, key))?;
-                    }
-                    let new = after.encode(dim);
-                    delta.extend(new.iter().zip(old).map(|(n, o)| n - o));
-                }
-                if to_push.send((i, delta)).is_err() {
-                    break; // the pusher failed: its error is returned below
-                }
-            }
-            drop(to_push);
-            pusher
-                .join()
-                .unwrap_or_else(|_| Err(TrainError::Invalid("the count writer panicked".into())))
-        })?;
-        *level = Level::default();
-    }
-    // The empty context.
-    let table = count_table(model, 0);
-    if let Some(d) = ctx[0].get(&EMPTY) {
-        let old = client.pull(&table, &[EMPTY])?;
-        let mut after = Row::decode(&old).ok_or_else(|| undecodable(&table, EMPTY))?;
-        apply(&mut after, d).ok_or_else(|| undecodable(&table, EMPTY))?;
-        let delta: Vec<f32> = after
-            .encode(2 * FIELDS)
-            .iter()
-            .zip(&old)
-            .map(|(n, o)| n - o)
-            .collect();
-        client.push(&table, &[EMPTY], &delta)?;
-    }
-    Ok(())
-}
-
-fn apply(row: &mut Row, d: &CtxDelta) -> Option<()> {
-    row.sum = row.sum.checked_add_signed(d.sum)?;
-    for (n, &dn) in row.n.iter_mut().zip(&d.n) {
-        *n = n.checked_add_signed(dn)?;
-    }
-    Some(())
 }
 
 /// The stored rows of order-`order` n-grams of `model` by key (the empty context is order 0,
