@@ -527,6 +527,12 @@ fn ngram_lm_bad_input_gets_one_line_errors() {
         ),
         (
             vec![
+                "train", "ngram-lm", "--train", c, "--model", "m2", "--memory", "1K",
+            ],
+            "below the minimum of 64 KiB",
+        ),
+        (
+            vec![
                 "train",
                 "ngram-lm",
                 "--train",

@@ -19,6 +19,7 @@ mod lm;
 mod log_recovery;
 mod model;
 mod multihost;
+mod ngram_memory;
 mod ops;
 mod poison;
 mod power_loss;
