@@ -2,5 +2,6 @@
 //! deterministic push workloads whose results an oracle can compute exactly.
 
 pub mod bench;
+pub mod corpus;
 pub mod servers;
 pub mod workload;

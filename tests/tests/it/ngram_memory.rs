@@ -1,120 +1,18 @@
 //! Counting n-grams in bounded memory: over 5M tokens of Zipfian text with planted n-grams,
 //! counted by a trainer process against a server, with a memory flag small enough for several
-//! sorted runs. The trainer's peak RSS (from `wait4`) stays within the flag + 10%, and the
+//! sorted runs. The trainer's peak RSS (its `VmHWM`) stays within the flag + 10%, and the
 //! planted n-grams' counts, adjusted counts and context statistics are exact.
 
-use std::io::Write;
-use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use paramdb_client::{BlockingClient, ClientOptions, ClusterMap};
+use paramdb_tests::bench::run_measured;
+use paramdb_tests::corpus::{zipf_corpus, Plant};
 use paramdb_tests::servers;
 use paramdb_trainer::keys::word_key;
 use paramdb_trainer::ngram::{self, Row};
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 
 use crate::cluster::paramdb_bin;
-
-/// A planted 5-gram: its words are in no other line, it occurs `count` times, each time after
-/// one of `left` marker words (also in no other line), in turn.
-struct Plant {
-    words: Vec<String>,
-    count: usize,
-    left: usize,
-}
-
-/// Writes about `tokens` tokens of Zipf(1.0) text over `vocab` words, with `plants` put in
-/// random lines after their marker words. Returns the tokens written.
-fn zipf_corpus(path: &Path, tokens: usize, vocab: usize, plants: &[Plant], seed: u64) -> usize {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let cum: Vec<f64> = (1..=vocab)
-        .scan(0.0, |s, r| {
-            *s += 1.0 / r as f64;
-            Some(*s)
-        })
-        .collect();
-    let total = *cum.last().unwrap();
-    let lines = tokens / 20;
-    // Which lines get a plant occurrence: (line, plant, occurrence).
-    let mut at: Vec<(usize, usize, usize)> = Vec::new();
-    for (p, plant) in plants.iter().enumerate() {
-        for i in 0..plant.count {
-            at.push((rng.random_range(0..lines), p, i));
-        }
-    }
-    at.sort_unstable();
-    let mut w = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut written = 0;
-    let mut next = 0;
-    for line in 0..lines {
-        let len = rng.random_range(10..31);
-        let mut words: Vec<String> = (0..len)
-            .map(|_| {
-                let x = rng.random::<f64>() * total;
-                format!("z{}", cum.partition_point(|&c| c < x))
-            })
-            .collect();
-        while next < at.len() && at[next].0 == line {
-            let (_, p, i) = at[next];
-            let plant = &plants[p];
-            let pos = rng.random_range(1..words.len());
-            let mut ins = vec![format!("left{p}x{}", i % plant.left)];
-            ins.extend(plant.words.iter().cloned());
-            words.splice(pos..pos, ins);
-            next += 1;
-        }
-        written += words.len();
-        writeln!(w, "{}", words.join(" ")).unwrap();
-    }
-    w.flush().unwrap();
-    written
-}
-
-/// Runs `cmd` to its end; its exit status and peak resident set size in bytes (`wait4`).
-// The child is reaped by `wait4`, which std's `wait` does not offer with its rusage.
-#[allow(clippy::zombie_processes)]
-fn run_measured(cmd: &mut Command) -> (std::process::ExitStatus, u64, String) {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as libc::pid_t;
-    let out = child.stdout.map(|mut s| {
-        std::thread::spawn(move || {
-            let mut b = String::new();
-            std::io::Read::read_to_string(&mut s, &mut b).unwrap();
-            b
-        })
-    });
-    let err = child.stderr.map(|mut s| {
-        std::thread::spawn(move || {
-            let mut b = String::new();
-            std::io::Read::read_to_string(&mut s, &mut b).unwrap();
-            b
-        })
-    });
-    let mut status = 0;
-    // SAFETY: plain wait4 on our own child, with valid pointers to locals.
-    #[allow(unsafe_code)]
-    let usage = unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        assert_eq!(libc::wait4(pid, &mut status, 0, &mut u), pid, "wait4");
-        u
-    };
-    let text = format!(
-        "{}{}",
-        out.map(|t| t.join().unwrap()).unwrap_or_default(),
-        err.map(|t| t.join().unwrap()).unwrap_or_default()
-    );
-    (
-        std::process::ExitStatus::from_raw(status),
-        usage.ru_maxrss as u64 * 1024,
-        text,
-    )
-}
 
 #[test]
 fn counting_stays_within_its_memory_flag_and_planted_counts_are_exact() {
