@@ -38,6 +38,7 @@ bench: deps pydeps
 	$(CARGO) bench --workspace --bench linreg
 	$(CARGO) bench --workspace --bench export
 	PARAMDB_PYTHON=$(PYTHON) $(CARGO) bench --workspace --bench word2vec
+	$(CARGO) bench --workspace --bench ngram_count       # about 25 minutes; needs ../shared/data for its IMDb part and about 60 GB of free disk
 	$(CARGO) bench --workspace --bench ngram_lm          # about 90 minutes; needs about 8 GB of free disk
 	$(CARGO) bench --workspace --bench vocab_scale -- --sizes 1000000,3000000,10000000   # about 8 GB of free disk
 	$(CARGO) bench --workspace --bench bounded_memory   # needs about 6 GB of free disk

@@ -300,11 +300,21 @@ fn write_run<R: Record>(scratch: &mut Scratch, records: &[R]) -> Result<PathBuf>
     Ok(path)
 }
 
-/// The records of sorted runs in key order, merged.
+/// The records of sorted runs in key order, merged. The runs' files are removed when it is
+/// dropped.
 struct Merge<R: Record> {
     readers: Vec<BufReader<File>>,
     heap: BinaryHeap<Reverse<(R::Key, usize)>>,
     heads: Vec<Option<R>>,
+    paths: Vec<PathBuf>,
+}
+
+impl<R: Record> Drop for Merge<R> {
+    fn drop(&mut self) {
+        for p in &self.paths {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 impl<R: Record> Merge<R> {
@@ -319,9 +329,6 @@ impl<R: Record> Merge<R> {
                     r.put(&mut w)?;
                 }
                 w.flush().map_err(write_err)?;
-                for p in group {
-                    let _ = std::fs::remove_file(p);
-                }
                 merged.push(path);
             }
             runs = merged;
@@ -334,6 +341,7 @@ impl<R: Record> Merge<R> {
             readers: Vec::with_capacity(runs.len()),
             heap: BinaryHeap::with_capacity(runs.len()),
             heads: Vec::with_capacity(runs.len()),
+            paths: runs.to_vec(),
         };
         for (i, p) in runs.iter().enumerate() {
             let mut r = scratch.open(p)?;
@@ -412,7 +420,8 @@ pub(super) fn count(
     let mut runs = Vec::new();
     let (mut lines, mut tokens) = (0u64, 0u64);
     {
-        let mut table = Table::new(working(memory));
+        let need = entries_bound(corpus, len, n)?.saturating_mul(ENTRY_BYTES) / 7 * 8;
+        let mut table = Table::new(working(memory).min(need.max(1 << 20)));
         let mut reader = PartReader::open(corpus, 0, len, None)?;
         let (mut keys, mut ids) = (Vec::new(), Vec::new());
         let mut spill = |table: &mut Table, runs: &mut Vec<PathBuf>| {
@@ -563,6 +572,29 @@ pub(super) fn count(
         runs: n_runs,
         coc,
     })
+}
+
+/// About how many entries counting `corpus` (`len` bytes) can make, at most: one per token
+/// plus `n − 2` `<s>` n-grams per line, from the first 8 MiB (exact for a smaller file), with
+/// a 10% margin. The count table is no larger than this needs, so a small corpus does not take
+/// the whole budget; an estimate that falls short costs a run, not a wrong count.
+fn entries_bound(corpus: &Path, len: u64, n: usize) -> Result<usize> {
+    const SAMPLE: u64 = 8 << 20;
+    let mut buf = Vec::new();
+    File::open(corpus)
+        .and_then(|f| f.take(SAMPLE).read_to_end(&mut buf))
+        .map_err(|e| TrainError::io(format!("reading {}", corpus.display()), e))?;
+    let tokens = buf
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|t| !t.is_empty())
+        .count() as u64;
+    let lines = buf.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+    let entries = tokens + lines * (n.saturating_sub(2) as u64 + 1);
+    if len <= SAMPLE {
+        return Ok(entries as usize);
+    }
+    let scaled = entries as f64 * len as f64 / buf.len().max(1) as f64 * 1.1;
+    Ok(scaled.min(usize::MAX as f64) as usize)
 }
 
 /// Counts the n-gram of ids `g` once more; whether the table is now full.
