@@ -27,13 +27,23 @@ impl Target {
     /// server or a trainer is using them. The directory may be one server's shard directory or
     /// an embedded data directory; its layout says which.
     pub fn connect_read_only(&self) -> anyhow::Result<BlockingClient> {
+        self.connect_read_only_cached(32 << 20)
+    }
+
+    /// `connect_read_only` with a RocksDB block cache of `block_cache_bytes` for embedded
+    /// shards: for commands that look many rows up at random (`eval perplexity`), where every
+    /// miss reads a block from the file system and checks its checksum again.
+    pub fn connect_read_only_cached(
+        &self,
+        block_cache_bytes: usize,
+    ) -> anyhow::Result<BlockingClient> {
         if let Some(file) = &self.cluster {
             let map = ClusterMap::load(file)?;
             return Ok(BlockingClient::connect(map, tool_client_options())?);
         }
         shard_dirs(&self.data_dir)?;
         let store = StoreOptions {
-            block_cache_bytes: 32 << 20,
+            block_cache_bytes,
             ..StoreOptions::default()
         };
         Ok(BlockingClient::open_embedded_read_only(
