@@ -237,7 +237,7 @@ fn stored_vectors(client: &BlockingClient, table: &str) -> Result<Option<TableSp
     let Ok(spec) = client.describe_table(table) else {
         return Ok(None);
     };
-    for block in client.pull_range(table, paramdb_client::KeyRange::new(0, u64::MAX)) {
+    for block in client.pull_range(table, paramdb_client::KeyRange::all()) {
         if !block?.keys.is_empty() {
             return Ok(Some(spec));
         }

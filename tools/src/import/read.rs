@@ -259,9 +259,7 @@ impl Reader {
                 let word = r.take(start + len + 1).ok_or_else(cut)?[start..start + len].to_vec();
                 let bytes = r.take(dim * 4).ok_or_else(cut)?;
                 bytemuck::cast_slice_mut::<f32, u8>(&mut self.values).copy_from_slice(bytes);
-                if let Some(i) = paramdb_types::first_non_finite(&self.values) {
-                    check_finite(self.values[i], path, row, i)?;
-                }
+                check_row(&self.values, path, row)?;
                 let word = String::from_utf8(word).map_err(|_| {
                     anyhow::anyhow!("{}: row {row}: the word is not UTF-8", path.display())
                 })?;
@@ -288,9 +286,7 @@ impl Reader {
                         &self.values
                     }
                 };
-                if let Some(i) = paramdb_types::first_non_finite(values) {
-                    check_finite(values[i], path, row, i)?;
-                }
+                check_row(values, path, row)?;
                 self.row = row;
                 return Ok(Some((label, values)));
             }
@@ -408,6 +404,14 @@ fn check_finite(v: f32, path: &Path, row: u64, i: usize) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `check_finite` on a whole row, scanned in vector-sized blocks first.
+fn check_row(values: &[f32], path: &Path, row: u64) -> anyhow::Result<()> {
+    match paramdb_types::first_non_finite(values) {
+        Some(i) => check_finite(values[i], path, row, i),
+        None => Ok(()),
+    }
 }
 
 fn truncated(path: &Path, row: u64, rows: Option<u64>) -> anyhow::Error {

@@ -400,20 +400,18 @@ pub(super) struct Counted {
     pub coc: Vec<CountOfCounts>,
 }
 
-/// Counts `corpus` (lines outside the dev split) into `model`'s count tables, which exist and
-/// are empty, holding about `memory` bytes.
+/// Counts `corpus` (`len` bytes; lines outside the dev split) into `model`'s count tables,
+/// which exist and are empty, holding about `cfg.memory` bytes.
 pub(super) fn count(
     client: &BlockingClient,
     model: &str,
     corpus: &Path,
+    len: u64,
     cfg: &CountConfig,
     on_progress: &dyn Fn(u64, u64),
 ) -> Result<Counted> {
     let (n, dev_every, memory) = (cfg.order, cfg.dev_every, cfg.memory);
     let mut scratch = Scratch::new(cfg.temp_dir.as_deref(), memory)?;
-    let len = std::fs::metadata(corpus)
-        .map_err(|e| TrainError::io(format!("reading {}", corpus.display()), e))?
-        .len();
 
     // 1. Count into the table, spilling sorted runs.
     let mut vocab = Vocab::default();

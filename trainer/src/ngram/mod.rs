@@ -314,7 +314,7 @@ pub fn count(
     let len = std::fs::metadata(corpus)
         .map_err(|e| TrainError::io(format!("reading {}", corpus.display()), e))?
         .len();
-    let counted = count::count(client, model, corpus, cfg, on_progress)?;
+    let counted = count::count(client, model, corpus, len, cfg, on_progress)?;
     let (lines, tokens, coc) = (counted.lines, counted.tokens, counted.coc);
     let mut report = CountReport {
         runs: counted.runs,
