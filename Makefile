@@ -63,6 +63,6 @@ deps:
 # match proto/.
 pydeps:
 	@[ -x $(PYTHON) ] || python3 -m venv $(VENV)
-	@$(PYTHON) -c "import grpc_tools, grpc_health, grpc_reflection, gensim, safetensors, kubernetes_validate, setuptools" 2>/dev/null || \
-		$(PYTHON) -m pip install -q grpcio grpcio-tools grpcio-health-checking grpcio-reflection gensim safetensors kubernetes-validate setuptools
+	@$(PYTHON) -c "import grpc_tools, grpc_health, grpc_reflection, gensim, safetensors, kubernetes_validate, setuptools, kenlm" 2>/dev/null || \
+		$(PYTHON) -m pip install -q grpcio grpcio-tools grpcio-health-checking grpcio-reflection gensim safetensors kubernetes-validate setuptools kenlm
 	@$(PYTHON) -m pip install -q --no-build-isolation ./client/python

@@ -168,7 +168,14 @@ pub struct Written {
     pub deleted: Option<(u64, PathBuf)>,
 }
 
+/// Block cache for the ARPA export's lookups (embedded shards): it scores every n-gram, and
+/// the rows of a block are looked up many times.
+const ARPA_BLOCK_CACHE: usize = 1 << 30;
+
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
+    if args.format == Format::Arpa {
+        return arpa(&args);
+    }
     let client = args.target.connect_read_only()?;
     let since = args
         .since
@@ -208,6 +215,62 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
             path.display()
         );
     }
+    Ok(())
+}
+
+/// `paramdb export MODEL --format arpa`: the Kneser-Ney model named by the table argument.
+fn arpa(args: &ExportArgs) -> anyhow::Result<()> {
+    if args.since.is_some() || args.vocab.is_some() || args.order.is_some() {
+        bail!("--since, --vocab and --order do not apply to an ARPA export");
+    }
+    if (args.start, args.end) != (0, u64::MAX) {
+        bail!("--start and --end do not apply to an ARPA export: it writes the whole model");
+    }
+    let client = args.target.connect_read_only_cached(ARPA_BLOCK_CACHE)?;
+    let model = &args.table;
+    let started = std::time::Instant::now();
+    let tmp = sibling(&args.out, ".arpa.tmp");
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let bar = crate::progress::progress_bar(args.quiet, 0);
+    let written = paramdb_trainer::ngram::arpa::write(&client, model, &mut out, &|done, total| {
+        if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    });
+    let written = match written {
+        Ok(w) => w,
+        Err(e) => {
+            drop(out);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+    };
+    let file = out
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.sync_all()
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.out)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), args.out.display()))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let counts: Vec<String> = written.grams[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, g)| format!("{g} {}-grams", i + 1))
+        .collect();
+    println!(
+        "exported {} as ARPA to {}: {} ({:.1} s)",
+        paramdb_types::quote(model),
+        args.out.display(),
+        counts.join(", "),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

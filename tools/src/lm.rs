@@ -36,6 +36,19 @@ pub struct NgramLmArgs {
     /// Count and smooth only: no neural model.
     #[arg(long)]
     pub kn_only: bool,
+    /// This process's number when several processes count the model at once against one
+    /// cluster (0-based; process 0 creates the tables and, unless --kn-only, then trains the
+    /// neural model alone).
+    #[arg(long, default_value_t = 0)]
+    pub process: usize,
+    /// Processes counting this model at once (each with --process 0..N-1, the same corpus
+    /// file and flags). Each counts the n-grams whose last word hashes to it and writes an
+    /// Nth of the rows.
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// How long a counting process waits for the others at each step (seconds).
+    #[arg(long, default_value_t = 1800.0)]
+    pub wait_secs: f64,
     /// Context word embedding size.
     #[arg(long, default_value_t = 128)]
     pub emb_dim: usize,
@@ -122,11 +135,17 @@ pub fn train(args: NgramLmArgs) -> anyhow::Result<()> {
         }
         None => {
             let b = progress_bar(args.quiet, 1000);
+            if !(args.wait_secs.is_finite() && args.wait_secs >= 0.0) {
+                bail!("--wait-secs {} is not a number of seconds", args.wait_secs);
+            }
             let cfg = CountConfig {
                 order: args.order,
                 dev_every: args.dev_every,
                 memory: usize::try_from(args.memory).unwrap_or(usize::MAX),
                 temp_dir: args.temp_dir.clone(),
+                process: args.process,
+                processes: args.processes,
+                wait: Duration::from_secs_f64(args.wait_secs),
             };
             let show = |pos: u64, len: u64| {
                 if let Some(b) = &b {
@@ -160,7 +179,7 @@ pub fn train(args: NgramLmArgs) -> anyhow::Result<()> {
     };
     let kn = Kn::load(&client, &args.model)?;
     println!("vocabulary {} (with </s> and <unk>)", kn.vocab_size);
-    if args.kn_only {
+    if args.kn_only || args.process > 0 {
         return Ok(());
     }
     let cfg = args.neural();

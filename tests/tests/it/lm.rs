@@ -20,7 +20,12 @@ use crate::cluster::paramdb_bin;
 
 /// Sentences from a small Markov chain, so that n-grams repeat (counts of 1, 2, 3 and more),
 /// with an empty line and one-word lines among them.
-fn markov_corpus(path: &Path, sentences: usize, vocab: usize, seed: u64) -> Vec<Vec<String>> {
+pub(crate) fn markov_corpus(
+    path: &Path,
+    sentences: usize,
+    vocab: usize,
+    seed: u64,
+) -> Vec<Vec<String>> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut out = vec![Vec::new()];
     for i in 0..sentences {
@@ -125,10 +130,9 @@ fn kneser_ney_counts_match_a_direct_count_and_each_context_sums_to_one() {
     // passes, and the records of each order sorted on disk too.
     for (model, memory) in [("one", 64 << 20), ("many", ngram::MIN_COUNT_MEMORY)] {
         let cfg = CountConfig {
-            order: n,
-            dev_every: 0,
             memory,
             temp_dir: Some(tmp.path().to_path_buf()),
+            ..CountConfig::new(n)
         };
         let r = ngram::count(&client, model, &corpus, &cfg, &|_, _| {}).unwrap();
         if model == "one" {
@@ -161,6 +165,29 @@ fn kneser_ney_counts_match_a_direct_count_and_each_context_sums_to_one() {
         }
         let empty = ngram::rows(&client, model, 0, &[0]).unwrap()[0];
         assert_eq!((empty.sum, empty.n), stats[0][&Vec::new()], "{model}");
+        // Each n-gram is spelled once, as its words.
+        let words = ngram::spell::load_words(&client, model).unwrap();
+        for (k, want) in want.iter().enumerate().skip(1) {
+            let mut spelled = Vec::new();
+            let mut grams = ngram::spell::Grams::open(&client, model, k, 0);
+            while let Some(g) = grams.next_gram().unwrap() {
+                spelled.push(
+                    g.iter()
+                        .map(|&i| word_key(&words[&ngram::spell::row_key(0, i as u64)]))
+                        .collect::<Vec<u64>>(),
+                );
+            }
+            // (`<s>` alone is a context, not an n-gram.)
+            let mut expect: Vec<Vec<u64>> = want
+                .iter()
+                .filter(|(_, &c)| c > 0)
+                .map(|(g, _)| g.clone())
+                .collect();
+            spelled.sort();
+            expect.sort();
+            assert_eq!(spelled, expect, "{model}: order {k}'s spellings");
+        }
+        assert!(words.values().any(|w| w == "w7"));
     }
 
     // Every context's distribution sums to 1 over the vocabulary (words, </s>, <unk>): the
@@ -205,6 +232,95 @@ fn kneser_ney_counts_match_a_direct_count_and_each_context_sums_to_one() {
     }
 }
 
+/// The ARPA export through an independent reader: the `kenlm` package from PyPI loads it and
+/// scores IMDb's `test.txt` to the perplexities `paramdb eval perplexity` prints, digit for
+/// digit, including OOVs and excluding them, with the same OOV count. The corpus is the first
+/// 3,000 reviews of `train.txt` and a line with a word longer than one spelling row and
+/// non-ASCII words, which the test text has too.
+#[test]
+fn arpa_export_read_by_kenlm_scores_as_eval_perplexity_does() {
+    let shared = crate::word2vec::shared_data();
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = format!("{} naïve café words </s> here\n", "ü".repeat(50));
+    let train = std::fs::read_to_string(shared.join("train.txt")).expect("train.txt");
+    let mut text: String = train.lines().take(3000).map(|l| format!("{l}\n")).collect();
+    text.push_str(&extra);
+    let corpus = tmp.path().join("corpus.txt");
+    std::fs::write(&corpus, text).unwrap();
+    let mut test = std::fs::read_to_string(shared.join("test.txt")).expect("test.txt");
+    test.push_str(&extra);
+    let test_path = tmp.path().join("test.txt");
+    std::fs::write(&test_path, test).unwrap();
+    let data = tmp.path().join("data");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(paramdb_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    for order in [2, 5] {
+        let model = format!("m{order}");
+        run(&[
+            &os("train"),
+            &os("ngram-lm"),
+            &os("--train"),
+            corpus.as_os_str(),
+            &os("--model"),
+            &os(&model),
+            &os("--order"),
+            &os(&order.to_string()),
+            &os("--kn-only"),
+            &os("--dev-every"),
+            &os("0"),
+        ]);
+        let arpa = tmp.path().join(format!("{model}.arpa"));
+        let out = run(&[
+            &os("export"),
+            &os(&model),
+            &os("--format"),
+            &os("arpa"),
+            &os("--out"),
+            arpa.as_os_str(),
+        ]);
+        assert!(out.contains(&format!("{order}-grams")), "{out}");
+        let ours = run(&[
+            &os("eval"),
+            &os("perplexity"),
+            &os("--test"),
+            test_path.as_os_str(),
+            &os("--model"),
+            &os(&model),
+        ]);
+        let ours = line_with(&ours, "Kneser-Ney");
+        let ours = &ours[ours.find("perplexity").unwrap()..];
+        let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/python/kenlm_perplexity.py");
+        let k = Command::new(crate::python::python())
+            .arg(script)
+            .arg(&arpa)
+            .arg(&test_path)
+            .output()
+            .unwrap();
+        let theirs = String::from_utf8_lossy(&k.stdout);
+        assert!(
+            k.status.success(),
+            "kenlm: {theirs}{}",
+            String::from_utf8_lossy(&k.stderr)
+        );
+        assert_eq!(theirs.trim(), ours.trim(), "order {order}");
+    }
+}
+
 #[test]
 fn neural_softmax_sums_to_one_and_the_interpolation_beats_both_models() {
     let tmp = tempfile::tempdir().unwrap();
@@ -214,10 +330,8 @@ fn neural_softmax_sums_to_one_and_the_interpolation_beats_both_models() {
     let held_out = markov_corpus(&test, 500, 300, 6);
     let client = client(&tmp.path().join("shards"));
     let cfg = CountConfig {
-        order: 3,
-        dev_every: 0,
         memory: 64 << 20,
-        temp_dir: None,
+        ..CountConfig::new(3)
     };
     ngram::count(&client, "m", &corpus, &cfg, &|_, _| {}).unwrap();
     let kn = Kn::load(&client, "m").unwrap();
@@ -553,6 +667,55 @@ fn ngram_lm_bad_input_gets_one_line_errors() {
             assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
         }
     }
+    // ARPA: a model that is not there, or whose counts are incomplete (a count that did not
+    // finish leaves no meta row: here it is deleted), is refused in one line, and no file is
+    // left behind.
+    let arpa = tmp.path().join("m.arpa");
+    let a = arpa.to_str().unwrap();
+    for (args, want) in [
+        (
+            vec!["export", "nope", "--format", "arpa", "--out", a],
+            "no complete n-gram counts",
+        ),
+        (vec!["delete", "lm.lm", "0"], ""),
+        (
+            vec!["export", "lm", "--format", "arpa", "--out", a],
+            "no complete n-gram counts",
+        ),
+        (
+            vec!["import", "t", "--in", a, "--format", "arpa"],
+            "cannot be imported",
+        ),
+        (
+            vec![
+                "train",
+                "ngram-lm",
+                "--train",
+                c,
+                "--kn-only",
+                "--dev-every",
+                "0",
+            ],
+            "",
+        ),
+        (
+            vec![
+                "export", "lm", "--format", "arpa", "--out", a, "--start", "5",
+            ],
+            "do not apply",
+        ),
+        (vec!["export", "lm", "--format", "arpa", "--out", a], ""),
+    ] {
+        let (ok, err) = paramdb(&args);
+        if want.is_empty() {
+            assert!(ok, "{args:?}: {err}");
+        } else {
+            assert!(!ok && err.contains(want), "{args:?}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+            assert!(!arpa.exists() || args[0] == "import", "{args:?} left {a}");
+        }
+    }
+    assert!(arpa.exists());
     // A model goes on only with the corpus and settings it was counted with.
     let other = tmp.path().join("other.txt");
     markov_corpus(&other, 100, 50, 4);
@@ -579,4 +742,62 @@ fn ngram_lm_bad_input_gets_one_line_errors() {
     // The counts are still there and still score.
     let (ok, err) = paramdb(&["eval", "perplexity", "--test", c]);
     assert!(ok, "{err}");
+}
+
+/// Counting processes that disagree: one started with another --order is refused in one line
+/// naming both settings, the one left waiting gives up in one line after --wait-secs, and a
+/// --process outside --processes is refused.
+#[test]
+fn counting_processes_that_disagree_get_one_line_errors() {
+    let cluster = crate::cluster::Cluster::start(1, &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    markov_corpus(&corpus, 2000, 50, 7);
+    let file = tmp.path().join("cluster.toml");
+    std::fs::write(&file, cluster.map.to_toml()).unwrap();
+    let run = |process: &str, processes: &str, order: &str| {
+        Command::new(paramdb_bin())
+            .args([
+                "train",
+                "ngram-lm",
+                "--kn-only",
+                "--dev-every",
+                "0",
+                "--quiet",
+            ])
+            .args([
+                "--process",
+                process,
+                "--processes",
+                processes,
+                "--order",
+                order,
+            ])
+            .args(["--wait-secs", "3", "--train"])
+            .arg(&corpus)
+            .arg("--cluster")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let err = |c: std::process::Child| {
+        let out = c.wait_with_output().unwrap();
+        let e = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{e}");
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+        e
+    };
+    let first = run("0", "2", "4");
+    std::thread::sleep(Duration::from_millis(500));
+    let e = err(run("1", "2", "3"));
+    assert!(
+        e.contains("process 0 counts with --order 4") && e.contains("process 1 has --order 3"),
+        "{e}"
+    );
+    let e = err(first);
+    assert!(e.contains("gave up after 3s waiting for"), "{e}");
+    let e = err(run("2", "2", "4"));
+    assert!(e.contains("--process 2 --processes 2"), "{e}");
 }

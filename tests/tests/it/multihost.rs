@@ -25,6 +25,8 @@ fn ip(args: &[&str]) {
 struct Hosts {
     names: Vec<String>,
     servers: Vec<Child>,
+    /// `ip_forward` as it was, while this host routes between the hosts.
+    forwarding: Option<String>,
 }
 
 impl Drop for Hosts {
@@ -33,6 +35,9 @@ impl Drop for Hosts {
             let _ = s.kill();
             let _ = s.wait();
         }
+        if let Some(was) = &self.forwarding {
+            let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", was.trim());
+        }
         for n in &self.names {
             // Deleting a namespace also deletes the veth pair that reaches into it.
             let _ = Command::new("ip").args(["netns", "del", n]).status();
@@ -40,8 +45,10 @@ impl Drop for Hosts {
     }
 }
 
-#[test]
-fn word2vec_trains_through_shards_on_separate_hosts() {
+/// `n` hosts, each a network namespace with a shard server, joined to this host, and the
+/// cluster map with the addresses the servers bound. `id` (0 or 1) keeps the names and
+/// subnets of two tests in one process apart.
+fn start_hosts(n: usize, dir: &std::path::Path, id: u32) -> (Hosts, ClusterMap) {
     let uid = Command::new("id").arg("-u").output().expect("id -u");
     assert_eq!(
         String::from_utf8_lossy(&uid.stdout).trim(),
@@ -49,14 +56,15 @@ fn word2vec_trains_through_shards_on_separate_hosts() {
         "this test creates network namespaces: run it as root (CI does)"
     );
     let pid = std::process::id();
-    let tag = pid % 100_000;
-    let net = 100 + pid % 100; // 10.<net>.<host>.0/30 per host
+    let tag = format!("{}{}", pid % 100_000, ["w", "n"][id as usize]);
+    let net = 100 + 2 * (pid % 70) + id; // 10.<net>.<host>.0/30 per host
     let mut hosts = Hosts {
         names: Vec::new(),
         servers: Vec::new(),
+        forwarding: None,
     };
     let host_ip = |i: usize| format!("10.{net}.{}.2", i + 1);
-    for i in 0..2 {
+    for i in 0..n {
         let ns = format!("pdb{tag}h{i}");
         let (outer, inner) = (format!("pdb{tag}v{i}"), format!("pdb{tag}p{i}"));
         ip(&["netns", "add", &ns]);
@@ -65,13 +73,8 @@ fn word2vec_trains_through_shards_on_separate_hosts() {
             "link", "add", &outer, "type", "veth", "peer", "name", &inner,
         ]);
         ip(&["link", "set", &inner, "netns", &ns]);
-        ip(&[
-            "addr",
-            "add",
-            &format!("10.{net}.{}.1/30", i + 1),
-            "dev",
-            &outer,
-        ]);
+        let gateway = format!("10.{net}.{}.1", i + 1);
+        ip(&["addr", "add", &format!("{gateway}/30"), "dev", &outer]);
         ip(&["link", "set", &outer, "up"]);
         let inside = |args: &[&str]| {
             let mut a = vec!["netns", "exec", &ns, "ip"];
@@ -81,11 +84,12 @@ fn word2vec_trains_through_shards_on_separate_hosts() {
         inside(&["addr", "add", &format!("{}/30", host_ip(i)), "dev", &inner]);
         inside(&["link", "set", &inner, "up"]);
         inside(&["link", "set", "lo", "up"]);
+        // Other hosts are reached through this one.
+        inside(&["route", "add", "default", "via", &gateway]);
     }
 
-    let dir = tempfile::tempdir().unwrap();
-    let server_file = dir.path().join("servers.toml");
-    let ports: Vec<String> = (0..2).map(|i| format!("{}:0", host_ip(i))).collect();
+    let server_file = dir.join("servers.toml");
+    let ports: Vec<String> = (0..n).map(|i| format!("{}:0", host_ip(i))).collect();
     std::fs::write(&server_file, ClusterMap::even(&ports).to_toml()).unwrap();
     let mut map = ClusterMap::even(&ports);
     for (i, listen) in ports.iter().enumerate() {
@@ -95,7 +99,7 @@ fn word2vec_trains_through_shards_on_separate_hosts() {
             .arg(paramdb_bin())
             .arg("serve")
             .arg("--data-dir")
-            .arg(dir.path().join(format!("shard-{i}")))
+            .arg(dir.join(format!("shard-{i}")))
             .args(["--listen", listen, "--shard", &i.to_string()])
             .arg("--cluster")
             .arg(&server_file)
@@ -120,6 +124,37 @@ fn word2vec_trains_through_shards_on_separate_hosts() {
             s.address
         );
     }
+    (hosts, map)
+}
+
+impl Hosts {
+    /// Lets this host forward between the hosts' links (restored on drop), so that a process
+    /// on one host reaches the server on another.
+    fn route_between(&mut self) {
+        let path = "/proc/sys/net/ipv4/ip_forward";
+        let was = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, "1").unwrap();
+        self.forwarding = Some(was);
+    }
+
+    /// SIGTERMs the servers: they must exit 0.
+    fn stop(&mut self) {
+        for s in &self.servers {
+            let _ = Command::new("kill")
+                .args(["-TERM", &s.id().to_string()])
+                .status();
+        }
+        for s in &mut self.servers {
+            assert!(s.wait().unwrap().success());
+        }
+        self.servers.clear();
+    }
+}
+
+#[test]
+fn word2vec_trains_through_shards_on_separate_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut hosts, map) = start_hosts(2, dir.path(), 0);
     let trainer_file = dir.path().join("cluster.toml");
     std::fs::write(&trainer_file, map.to_toml()).unwrap();
 
@@ -154,13 +189,135 @@ fn word2vec_trains_through_shards_on_separate_hosts() {
             .find(|l| l.contains("nearest neighbours"))
             .unwrap_or_default()
     );
-    for s in &hosts.servers {
-        let _ = Command::new("kill")
-            .args(["-TERM", &s.id().to_string()])
-            .status();
+    hosts.stop();
+}
+
+/// Two trainer processes, each on its own host beside a shard, count one n-gram model through
+/// the cluster: the rows (counts, context statistics, count-of-counts) are those one process
+/// writes, and the ARPA exports hold the same lines.
+#[test]
+fn ngram_counts_from_two_processes_on_separate_hosts_equal_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut hosts, map) = start_hosts(2, dir.path(), 1);
+    hosts.route_between();
+    let file = dir.path().join("cluster.toml");
+    std::fs::write(&file, map.to_toml()).unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    crate::lm::markov_corpus(&corpus, 20_000, 400, 31);
+    let order = 4;
+    let count = |model: &str, process: usize, processes: usize| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &hosts.names[process]])
+            .arg(paramdb_bin())
+            .args([
+                "train",
+                "ngram-lm",
+                "--kn-only",
+                "--dev-every",
+                "0",
+                "--quiet",
+            ])
+            .args([
+                "--order",
+                &order.to_string(),
+                "--model",
+                model,
+                "--memory",
+                "256K",
+            ])
+            .args(["--process", &process.to_string()])
+            .args(["--processes", &processes.to_string()])
+            .arg("--train")
+            .arg(&corpus)
+            .arg("--cluster")
+            .arg(&file)
+            .arg("--temp-dir")
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let finish = |c: Child| {
+        let out = c.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let one = finish(count("one", 0, 1));
+    // Process 1 starts first: it waits for process 0 to create the tables.
+    let p1 = count("two", 1, 2);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let p0 = count("two", 0, 2);
+    let (out0, out1) = (finish(p0), finish(p1));
+    let summary = |t: &str| {
+        t.lines()
+            .filter(|l| l.contains("n-grams"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(summary(&out0), summary(&one), "{out0}");
+    assert_eq!(summary(&out1), summary(&one), "{out1}");
+
+    let client = BlockingClient::connect(map.clone(), ClientOptions::default()).unwrap();
+    let all = |table: &str| -> Vec<(u64, Vec<f32>)> {
+        let mut rows = Vec::new();
+        for b in client.pull_range(table, paramdb_client::KeyRange::all()) {
+            let b = b.unwrap();
+            for (k, v) in b.keys.iter().zip(b.values.chunks(b.dim as usize)) {
+                rows.push((*k, v.to_vec()));
+            }
+        }
+        rows
+    };
+    for k in 0..=order {
+        let (a, b) = (all(&format!("one.kn{k}")), all(&format!("two.kn{k}")));
+        assert!(!a.is_empty(), "order {k}");
+        assert!(
+            a == b,
+            "order {k}: {} rows from one process, {} from two",
+            a.len(),
+            b.len()
+        );
     }
-    for s in &mut hosts.servers {
-        assert!(s.wait().unwrap().success());
-    }
-    hosts.servers.clear();
+    // Count-of-counts and totals; the processes' working rows are gone.
+    let keys: Vec<u64> = (0..=300).collect();
+    assert_eq!(
+        client.pull("one.lm", &keys).unwrap(),
+        client.pull("two.lm", &keys).unwrap()
+    );
+    let tables: Vec<String> = client
+        .list_tables()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert!(!tables.iter().any(|t| t.contains(".part")), "{tables:?}");
+
+    // The spellings: the same ARPA lines, in another order.
+    let arpa = |model: &str| {
+        let out = dir.path().join(format!("{model}.arpa"));
+        let r = Command::new(paramdb_bin())
+            .args(["export", model, "--format", "arpa", "--quiet", "--out"])
+            .arg(&out)
+            .arg("--cluster")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let mut lines: Vec<String> = std::fs::read_to_string(out)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        lines.sort();
+        lines
+    };
+    let (a, b) = (arpa("one"), arpa("two"));
+    assert!(a.len() > 1000);
+    assert!(a == b, "the ARPA files differ");
+    hosts.stop();
 }

@@ -190,7 +190,7 @@ fn word2vec_killed_trainer_resumes_from_its_checkpoint() {
 }
 
 /// `../shared/data` beside the repository (where CI has it), or `PARAMDB_DATA`.
-fn shared_data() -> PathBuf {
+pub(crate) fn shared_data() -> PathBuf {
     std::env::var("PARAMDB_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"))

@@ -23,6 +23,8 @@ pub enum Format {
     Npy,
     Safetensors,
     Tsv,
+    /// A Kneser-Ney model as an ARPA back-off file (`paramdb export MODEL --format arpa`).
+    Arpa,
 }
 
 /// The file beside `out` with `suffix` after its stem (`v.npy` → `v.keys.npy`).
@@ -83,6 +85,9 @@ pub struct Sink {
 
 impl Sink {
     pub fn create(format: Format, path: &Path, dim: usize) -> anyhow::Result<Sink> {
+        if format == Format::Arpa {
+            anyhow::bail!("ARPA is written from an n-gram model, not from a table");
+        }
         let mut out = BufWriter::with_capacity(
             1 << 20,
             File::create(path).with_context(|| format!("creating {}", path.display()))?,
@@ -108,7 +113,7 @@ impl Sink {
                 npy_header("<f4", 0, Some(dim))
             }
             Format::Safetensors => safetensors_header(0, dim),
-            Format::Tsv => Vec::new(),
+            Format::Tsv | Format::Arpa => Vec::new(),
         };
         out.write_all(&header)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -158,6 +163,7 @@ impl Sink {
                     None => Ok(()),
                 }
             }
+            Format::Arpa => unreachable!("Sink::create refuses ARPA"),
             Format::Tsv => {
                 self.text.clear();
                 for (i, x) in v.iter().enumerate() {
@@ -193,7 +199,7 @@ impl Sink {
             Format::Word2vecText | Format::Word2vecBin => Some(w2v_header(rows, dim)),
             Format::Npy => Some(npy_header("<f4", rows, Some(dim))),
             Format::Safetensors => Some(safetensors_header(rows, dim)),
-            Format::Tsv => None,
+            Format::Tsv | Format::Arpa => None,
         };
         if let Some(h) = header {
             f.seek(SeekFrom::Start(0)).map_err(io)?;

@@ -175,6 +175,10 @@ impl Reader {
                 (dim as usize, Some(rows), Kind::Dense { data, keys })
             }
             Format::Safetensors => safetensors(path)?,
+            Format::Arpa => anyhow::bail!(
+                "an ARPA file cannot be imported: it holds probabilities, not a model's counts \
+                 (count the corpus with `paramdb train ngram-lm`)"
+            ),
             Format::Tsv => {
                 let mut lines = open(path)?.lines();
                 let first = next_line(&mut lines, path)?

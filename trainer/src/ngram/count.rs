@@ -29,31 +29,32 @@ use std::path::{Path, PathBuf};
 
 use rustc_hash::FxHashMap;
 
-use paramdb_client::BlockingClient;
+use paramdb_client::{BlockingClient, KeyRange};
 
+use super::sync::Peers;
 use super::{
-    count_table, dim_of, is_dev, ngram_key, sentence, CountConfig, CountOfCounts, Row, EMPTY,
-    MAX_ORDER,
+    count_table, dim_of, is_dev, ngram_key, spell, CountConfig, CountOfCounts, Row, BOS, EMPTY,
+    EOS, MAX_ORDER,
 };
 use crate::corpus::PartReader;
 use crate::error::{Result, TrainError};
+use crate::keys::word_key;
 
 /// Smallest memory budget accepted.
 pub const MIN_MEMORY: usize = 64 << 10;
 /// What a counting process needs beside its working memory: its code, the client and its
-/// buffers, the vocabulary of a large corpus (measured: about 26 MiB against a server).
-const RESERVE: usize = 24 << 20;
+/// buffers, the reading thread's batches, the vocabulary and its spellings (measured: about
+/// 30 MiB against a server).
+const RESERVE: usize = 32 << 20;
 
 /// Bytes the count table, or the sort buffer, may take of a budget of `memory` bytes: 85% of
-/// what the reserve leaves (half of a budget too small to leave as much as the reserve). Only
-/// one of them exists at a time.
+/// what the reserve leaves, and at least a quarter of the budget. Only one of them exists at
+/// a time.
 fn working(memory: usize) -> usize {
-    if memory >= 2 * RESERVE {
-        (memory - RESERVE) / 20 * 17
-    } else {
-        memory / 2
-    }
+    (memory.saturating_sub(RESERVE) / 20 * 17).max(memory / 4)
 }
+/// Budgets from which the spellings are imported beside the rows, not after them.
+const CONCURRENT_SPELLINGS: usize = 256 << 20;
 /// No word: an empty slot, or the words past an n-gram's end.
 const NONE: u32 = u32::MAX;
 /// Marks a record that is a contribution to a context's statistics, not a count.
@@ -369,17 +370,22 @@ impl<R: Record> Merge<R> {
     }
 }
 
-/// Words to dense ids, and back to their keys.
+/// Words to dense ids, and back to their keys and spellings.
 #[derive(Default)]
 struct Vocab {
     ids: FxHashMap<u64, u32>,
     keys: Vec<u64>,
+    /// Spellings end to end; word `i` ends at `ends[i]`.
+    text: String,
+    ends: Vec<usize>,
 }
 
 impl Vocab {
-    fn id(&mut self, key: u64) -> Result<u32> {
+    /// The word's number and key.
+    fn id(&mut self, word: &str) -> Result<(u32, u64)> {
+        let key = word_key(word);
         if let Some(&i) = self.ids.get(&key) {
-            return Ok(i);
+            return Ok((i, key));
         }
         let i = u32::try_from(self.keys.len())
             .ok()
@@ -387,7 +393,36 @@ impl Vocab {
             .ok_or_else(|| TrainError::Invalid("more than 2^32 - 1 distinct words".into()))?;
         self.ids.insert(key, i);
         self.keys.push(key);
-        Ok(i)
+        self.text.push_str(word);
+        self.ends.push(self.text.len());
+        Ok((i, key))
+    }
+
+    fn word(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text[start..self.ends[i]]
+    }
+
+    /// The spelling tables' rows of every word (`spell`), keyed by `process` and number.
+    fn import(&self, client: &BlockingClient, model: &str, process: u64) -> Result<()> {
+        let mut more = Vec::new();
+        let mut import = client.import(&spell::words_table(model))?;
+        for i in 0..self.keys.len() {
+            let key = spell::row_key(process, i as u64);
+            let (first, rest) = spell::encode_word(key, self.word(i));
+            import.add(key, &first)?;
+            more.extend(rest);
+        }
+        import.finish()?;
+        if !more.is_empty() {
+            more.sort_unstable_by_key(|(k, _)| *k);
+            let mut import = client.import(&spell::more_table(model))?;
+            for (k, r) in &more {
+                import.add(*k, r)?;
+            }
+            import.finish()?;
+        }
+        Ok(())
     }
 }
 
@@ -398,6 +433,8 @@ pub(super) struct Counted {
     /// Sorted runs of the first phase written to disk.
     pub runs: u64,
     pub coc: Vec<CountOfCounts>,
+    /// N-grams of each order spelled in `<m>.ng<k>`.
+    pub grams: Vec<u64>,
 }
 
 /// Counts `corpus` (`len` bytes; lines outside the dev split) into `model`'s count tables,
@@ -408,61 +445,62 @@ pub(super) fn count(
     corpus: &Path,
     len: u64,
     cfg: &CountConfig,
+    peers: &Peers<'_>,
     on_progress: &dyn Fn(u64, u64),
 ) -> Result<Counted> {
     let (n, dev_every, memory) = (cfg.order, cfg.dev_every, cfg.memory);
+    let process = cfg.process as u64;
     let mut scratch = Scratch::new(cfg.temp_dir.as_deref(), memory)?;
 
-    // 1. Count into the table, spilling sorted runs.
+    // 1. Count into the table, spilling sorted runs. One thread reads the corpus and numbers
+    // its words, the other counts their n-grams.
     let mut vocab = Vocab::default();
     let mut runs = Vec::new();
-    let (mut lines, mut tokens) = (0u64, 0u64);
-    {
+    let (lines, tokens) = {
         let need = entries_bound(corpus, len, n)?.saturating_mul(ENTRY_BYTES) / 7 * 8;
         let mut table = Table::new(working(memory).min(need.max(1 << 20)));
-        let mut reader = PartReader::open(corpus, 0, len, None)?;
-        let (mut keys, mut ids) = (Vec::new(), Vec::new());
         let mut spill = |table: &mut Table, runs: &mut Vec<PathBuf>| {
             table.drain_sorted(|live| {
                 runs.push(write_run(&mut scratch, live)?);
                 Ok(())
             })
         };
-        loop {
-            let at = reader.position();
-            let Some(line) = reader.next_line()? else {
-                break;
-            };
-            if is_dev(dev_every, at) {
-                continue;
-            }
-            sentence(line, &mut keys);
-            lines += 1;
-            tokens += keys.len() as u64 - 1;
-            ids.clear();
-            for &k in &keys {
-                ids.push(vocab.id(k)?);
-            }
-            // The highest order's windows, and the shorter n-grams that begin with <s>. (A
-            // unigram model counts words and </s>, not <s>.)
-            for g in ids[usize::from(n == 1)..].windows(n) {
-                if add_gram(&mut table, g) {
-                    spill(&mut table, &mut runs)?;
+        let vocab = &mut vocab;
+        std::thread::scope(|s| -> Result<(u64, u64)> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Sentences>(2);
+            let part = (process, cfg.processes as u64);
+            let reader =
+                s.spawn(move || read_sentences(corpus, len, dev_every, part, memory, vocab, tx));
+            for batch in rx {
+                let mut start = 0;
+                let split = !batch.mine.is_empty();
+                for &end in &batch.ends {
+                    let ids = &batch.ids[start..end];
+                    let mine = |last: usize| !split || batch.mine[start + last];
+                    // The highest order's windows, and the shorter n-grams that begin with
+                    // <s>. (A unigram model counts words and </s>, not <s>.)
+                    let from = usize::from(n == 1);
+                    for (i, g) in ids[from..].windows(n).enumerate() {
+                        if mine(from + i + n - 1) && add_gram(&mut table, g) {
+                            spill(&mut table, &mut runs)?;
+                        }
+                    }
+                    for k in 2..n.min(ids.len() + 1) {
+                        if mine(k - 1) && add_gram(&mut table, &ids[..k]) {
+                            spill(&mut table, &mut runs)?;
+                        }
+                    }
+                    start = end;
                 }
+                on_progress(batch.position, len);
             }
-            for k in 2..n.min(ids.len() + 1) {
-                if add_gram(&mut table, &ids[..k]) {
-                    spill(&mut table, &mut runs)?;
-                }
+            let counted = reader.join().expect("the corpus reader does not panic")?;
+            if table.len > 0 {
+                spill(&mut table, &mut runs)?;
             }
-            if lines.is_multiple_of(65_536) {
-                on_progress(reader.position(), len);
-            }
-        }
-        if table.len > 0 {
-            spill(&mut table, &mut runs)?;
-        }
-    }
+            Ok(counted)
+        })?
+    };
     let n_runs = runs.len() as u64;
     on_progress(len, len);
     tracing::info!(
@@ -474,12 +512,18 @@ pub(super) fn count(
     // 2. Merge in suffix order; adjusted counts; records by row key.
     let mut items: Vec<(PathBuf, BufWriter<File>)> =
         (0..=n).map(|_| scratch.file()).collect::<Result<_>>()?;
+    let mut spells: Vec<(PathBuf, BufWriter<File>)> =
+        (0..=n).map(|_| scratch.file()).collect::<Result<_>>()?;
+    let mut grams = vec![0u64; n + 1];
     let mut empty = Row::default();
     {
         let mut merge = Merge::<Entry>::open(&mut scratch, runs)?;
         let mut emit = Emitter {
             vocab: &vocab,
             items: &mut items,
+            spells: &mut spells,
+            grams: &mut grams,
+            suffix: [0; MAX_ORDER + 1],
             empty: &mut empty,
         };
         let mut prev: Option<Entry> = None;
@@ -493,7 +537,9 @@ pub(super) fn count(
                 next = merge.next()?;
             }
             let len = e.len();
-            emit.gram(&e.words[..len], e.count)?;
+            // Spellings name each n-gram's suffix by its place in the order below, so an
+            // n-gram is emitted before its suffix and after every shorter n-gram that sorts
+            // before that suffix: completed suffixes first, longest first, then the n-gram.
             let common = match &prev {
                 Some(p) => {
                     let plen = p.len();
@@ -506,7 +552,7 @@ pub(super) fn count(
                         .min(plen - 1)
                         .min(len - 1);
                     // Suffixes of the previous n-gram longer than `l` are complete.
-                    for (k, &a) in adjusted.iter().enumerate().take(plen).skip(l + 1) {
+                    for (k, &a) in adjusted.iter().enumerate().take(plen).skip(l + 1).rev() {
                         emit.gram(&p.words[..k], a)?;
                     }
                     if l >= 1 {
@@ -516,6 +562,7 @@ pub(super) fn count(
                 }
                 None => 0,
             };
+            emit.gram(&e.words[..len], e.count)?;
             for a in adjusted.iter_mut().take(len).skip(common + 1) {
                 *a = 1;
             }
@@ -523,53 +570,140 @@ pub(super) fn count(
             cur = next;
         }
         if let Some(p) = prev {
-            for (k, &a) in adjusted.iter().enumerate().take(p.len()).skip(1) {
+            for (k, &a) in adjusted.iter().enumerate().take(p.len()).skip(1).rev() {
                 emit.gram(&p.words[..k], a)?;
             }
         }
     }
+    vocab.import(client, model, process)?;
     drop(vocab);
 
-    // 3. Each order's records sorted by key, grouped into rows, imported.
-    let mut coc = vec![CountOfCounts::default(); n + 1];
-    for (k, (path, mut w)) in items.into_iter().enumerate() {
+    let mut spelled = Vec::new();
+    for (path, mut w) in spells.into_iter().skip(1) {
         w.flush().map_err(write_err)?;
         drop(w);
-        if k == 0 {
-            continue;
-        }
-        let dim = dim_of(k, n);
-        let mut import = client.import(&count_table(model, k))?;
-        let mut put = |key: u64, row: Row| -> Result<()> {
-            coc[k].add(0, row.count);
-            import.add(key, &row.encode(dim))?;
-            Ok(())
-        };
-        sorted_items(&mut scratch, &path, memory, &mut |group| {
-            let mut row = Row::default();
-            for it in group {
-                if it.value & CONTRIB != 0 {
-                    let c = it.value & !CONTRIB;
-                    row.sum += c;
-                    row.n[c.min(3) as usize - 1] += 1;
-                } else {
-                    // Two n-grams whose keys collide share a row, as pushes to it would.
-                    row.count += it.value;
-                }
-            }
-            put(group[0].key, row)
-        })?;
-        import.finish()?;
+        spelled.push(path);
     }
-    let mut import = client.import(&count_table(model, 0))?;
-    import.add(EMPTY, &empty.encode(dim_of(0, n)))?;
-    import.finish()?;
+
+    // 3. Each order's records sorted by key, grouped into rows, imported; meanwhile, on a
+    // second thread, the spellings (they take no sorting, and the sort leaves a core idle).
+    // A second import in flight holds its own buffers, so a small budget imports them after.
+    let buf = scratch.buf;
+    let at_once = memory >= CONCURRENT_SPELLINGS;
+    let spellings = || -> Result<()> {
+        for (i, path) in spelled.iter().enumerate() {
+            import_spellings(client, model, i + 1, buf, path, process)?;
+        }
+        Ok(())
+    };
+    let coc = std::thread::scope(|s| {
+        let spelling = at_once.then(|| s.spawn(spellings));
+        let into = |k: usize| match cfg.processes {
+            1 => count_table(model, k),
+            _ => staging_table(model, k, cfg.process),
+        };
+        let coc = import_rows(client, &into, n, &mut scratch, items, memory, &empty);
+        let spelled = match spelling {
+            Some(t) => t.join().expect("the spelling import does not panic"),
+            None => coc.as_ref().map_or(Ok(()), |_| spellings()),
+        };
+        spelled.and(coc)
+    })?;
+    // 4. With several processes, the rows above are this process's share of every row;
+    // each process now sums all shares of the rows in its key range.
+    let coc = if cfg.processes == 1 {
+        coc
+    } else {
+        peers.barrier(super::sync::STAGED)?;
+        let range = key_range(cfg.process, cfg.processes);
+        (0..=n)
+            .map(|k| {
+                let from: Vec<String> = (0..cfg.processes)
+                    .map(|p| staging_table(model, k, p))
+                    .collect();
+                sum_shares(client, &from, range, &count_table(model, k), dim_of(k, n))
+            })
+            .collect::<Result<_>>()?
+    };
     Ok(Counted {
         lines,
         tokens,
         runs: n_runs,
         coc,
+        grams,
     })
+}
+
+/// Sentences as word numbers (`<s> … </s>`), a batch at a time from the reading thread.
+struct Sentences {
+    ids: Vec<u32>,
+    /// With several processes: whether each word is this process's (n-grams belong to the
+    /// process of their last word).
+    mine: Vec<bool>,
+    /// Where each sentence ends in `ids`.
+    ends: Vec<usize>,
+    /// The reader's byte position after the batch.
+    position: u64,
+}
+
+/// Reads `corpus` (`len` bytes; lines outside the dev split) into batches of sentences, words
+/// numbered by `vocab`, sent to `tx`; the lines and predicted tokens read. Stops early, with
+/// no error, if the receiver is gone.
+fn read_sentences(
+    corpus: &Path,
+    len: u64,
+    dev_every: u64,
+    (process, processes): (u64, u64),
+    memory: usize,
+    vocab: &mut Vocab,
+    tx: std::sync::mpsc::SyncSender<Sentences>,
+) -> Result<(u64, u64)> {
+    let batch_ids = (memory / 256).clamp(4096, 1 << 18);
+    let mut reader = PartReader::open(corpus, 0, len, None)?;
+    let (bos, eos) = (vocab.id(BOS)?, vocab.id(EOS)?);
+    let split = processes > 1;
+    let (mut lines, mut tokens) = (0u64, 0u64);
+    let fresh = || Sentences {
+        ids: Vec::with_capacity(batch_ids + 4096),
+        mine: Vec::new(),
+        ends: Vec::new(),
+        position: 0,
+    };
+    let mut batch = fresh();
+    loop {
+        let at = reader.position();
+        let Some(line) = reader.next_line()? else {
+            break;
+        };
+        if is_dev(dev_every, at) {
+            continue;
+        }
+        // As `sentence` reads a line.
+        let start = batch.ids.len();
+        let mut push = |(id, key): (u32, u64)| {
+            batch.ids.push(id);
+            if split {
+                batch.mine.push(key % processes == process);
+            }
+        };
+        push(bos);
+        for w in line.split_whitespace().filter(|w| *w != BOS && *w != EOS) {
+            push(vocab.id(w)?);
+        }
+        push(eos);
+        batch.ends.push(batch.ids.len());
+        lines += 1;
+        tokens += (batch.ids.len() - start) as u64 - 1;
+        if batch.ids.len() >= batch_ids {
+            batch.position = reader.position();
+            if tx.send(std::mem::replace(&mut batch, fresh())).is_err() {
+                return Ok((lines, tokens));
+            }
+        }
+    }
+    batch.position = reader.position();
+    let _ = tx.send(batch);
+    Ok((lines, tokens))
 }
 
 /// About how many entries counting `corpus` (`len` bytes) can make, at most: one per token
@@ -604,10 +738,192 @@ fn add_gram(table: &mut Table, g: &[u32]) -> bool {
     table.add(&w)
 }
 
+/// Sorts each order's records (`items`, a file per order) by key, groups them into rows and
+/// imports them, with the empty context's row; the count-of-counts of each order.
+fn import_rows(
+    client: &BlockingClient,
+    into: &dyn Fn(usize) -> String,
+    n: usize,
+    scratch: &mut Scratch,
+    items: Vec<(PathBuf, BufWriter<File>)>,
+    memory: usize,
+    empty: &Row,
+) -> Result<Vec<CountOfCounts>> {
+    let mut coc = vec![CountOfCounts::default(); n + 1];
+    for (k, (path, mut w)) in items.into_iter().enumerate() {
+        w.flush().map_err(write_err)?;
+        drop(w);
+        if k == 0 {
+            continue;
+        }
+        let dim = dim_of(k, n);
+        let mut import = client.import(&into(k))?;
+        let mut put = |key: u64, row: Row| -> Result<()> {
+            coc[k].add(0, row.count);
+            import.add(key, &row.encode(dim))?;
+            Ok(())
+        };
+        sorted_items(scratch, &path, memory, &mut |group| {
+            let mut row = Row::default();
+            for it in group {
+                if it.value & CONTRIB != 0 {
+                    let c = it.value & !CONTRIB;
+                    row.sum += c;
+                    row.n[c.min(3) as usize - 1] += 1;
+                } else {
+                    // Two n-grams whose keys collide share a row, as pushes to it would.
+                    row.count += it.value;
+                }
+            }
+            put(group[0].key, row)
+        })?;
+        import.finish()?;
+    }
+    let mut import = client.import(&into(0))?;
+    import.add(EMPTY, &empty.encode(dim_of(0, n)))?;
+    import.finish()?;
+    Ok(coc)
+}
+
+/// Where process `p` stages its share of order `k`'s rows for the others.
+pub(super) fn staging_table(model: &str, k: usize, p: usize) -> String {
+    format!("{model}.kn{k}.part{p}")
+}
+
+/// The keys whose rows process `p` of `n` writes: an `n`th of the key space (keys are hashes).
+fn key_range(p: usize, n: usize) -> KeyRange {
+    let at = |i: usize| ((i as u128) << 64) / n as u128;
+    let end = if p + 1 == n {
+        u64::MAX
+    } else {
+        at(p + 1) as u64
+    };
+    KeyRange::new(at(p) as u64, end)
+}
+
+/// Sums the shares of the rows of `range` staged in `from` (each in key order) into `into`;
+/// the count-of-counts of the rows written.
+fn sum_shares(
+    client: &BlockingClient,
+    from: &[String],
+    range: KeyRange,
+    into: &str,
+    dim: usize,
+) -> Result<CountOfCounts> {
+    /// One staged table's rows, a block at a time.
+    struct Share {
+        rows: paramdb_client::BlockingRows,
+        table: String,
+        block: paramdb_client::RowBlock,
+        at: usize,
+    }
+    impl Share {
+        fn head(&mut self) -> Result<Option<u64>> {
+            while self.at == self.block.keys.len() {
+                match self.rows.next() {
+                    None => return Ok(None),
+                    Some(b) => (self.block, self.at) = (b?, 0),
+                }
+            }
+            Ok(Some(self.block.keys[self.at]))
+        }
+        fn take(&mut self) -> Result<Row> {
+            let d = self.block.dim as usize;
+            let r = &self.block.values[self.at * d..(self.at + 1) * d];
+            let key = self.block.keys[self.at];
+            self.at += 1;
+            Row::decode(r).ok_or_else(|| super::undecodable(&self.table, key))
+        }
+    }
+    let mut shares: Vec<Share> = from
+        .iter()
+        .map(|t| Share {
+            rows: client.pull_range(t, range),
+            table: t.clone(),
+            block: paramdb_client::RowBlock {
+                dim: dim as u32,
+                keys: Vec::new(),
+                values: Vec::new(),
+            },
+            at: 0,
+        })
+        .collect();
+    let mut coc = CountOfCounts::default();
+    let mut import = client.import(into)?;
+    loop {
+        let mut next: Option<u64> = None;
+        for s in &mut shares {
+            if let Some(k) = s.head()? {
+                next = Some(next.map_or(k, |n| n.min(k)));
+            }
+        }
+        let Some(key) = next else { break };
+        let mut row = Row::default();
+        for s in &mut shares {
+            if s.head()? == Some(key) {
+                let r = s.take()?;
+                row.count += r.count;
+                row.sum += r.sum;
+                for i in 0..3 {
+                    row.n[i] += r.n[i];
+                }
+            }
+        }
+        coc.add(0, row.count);
+        import.add(key, &row.encode(dim))?;
+    }
+    import.finish()?;
+    Ok(coc)
+}
+
+/// Imports order `k`'s spellings (`spell`: a word number and, above order 1, a suffix step
+/// per n-gram, in `path`) into `<m>.ng<k>`, `GRAM_BLOCK` n-grams a row.
+fn import_spellings(
+    client: &BlockingClient,
+    model: &str,
+    k: usize,
+    buf: usize,
+    path: &Path,
+    process: u64,
+) -> Result<()> {
+    let f =
+        File::open(path).map_err(|e| TrainError::io(format!("reading {}", path.display()), e))?;
+    let mut r = BufReader::with_capacity(buf, f);
+    let mut import = client.import(&spell::grams_table(model, k))?;
+    let per = spell::gram_floats(k);
+    let mut b = vec![0u8; 2 * per];
+    let mut row = vec![spell::PAD; spell::grams_dim(k)];
+    let (mut at, mut seq) = (0, 0);
+    while read_full(&mut r, &mut b)? {
+        for (i, w) in b.chunks(4).enumerate() {
+            let x = u32::from_le_bytes(w.try_into().expect("4 bytes"));
+            spell::put_id(x, &mut row[at + spell::ID_FLOATS * i..]);
+        }
+        at += per;
+        if at == row.len() {
+            import.add(spell::row_key(process, seq), &row)?;
+            (at, seq) = (0, seq + 1);
+        }
+    }
+    if at > 0 {
+        row[at..].fill(spell::PAD);
+        import.add(spell::row_key(process, seq), &row)?;
+    }
+    import.finish()?;
+    drop(r);
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}
+
 /// Writes the records of the n-grams the merge finds.
 struct Emitter<'a> {
     vocab: &'a Vocab,
     items: &'a mut [(PathBuf, BufWriter<File>)],
+    /// Per order, the n-grams' word numbers.
+    spells: &'a mut [(PathBuf, BufWriter<File>)],
+    grams: &'a mut [u64],
+    /// Per order, the index of the last n-gram's suffix in the order below.
+    suffix: [u64; MAX_ORDER + 1],
     empty: &'a mut Row,
 }
 
@@ -622,6 +938,25 @@ impl Emitter<'_> {
         }
         let key = ngram_key(&keys[..k]);
         Item { key, value: count }.put(&mut self.items[k].1)?;
+        // Its first word, and how far its suffix is past the last one's (`spell`).
+        let mut rec = [0u8; 8];
+        rec[..4].copy_from_slice(&rev[k - 1].to_le_bytes());
+        let bytes = if k == 1 {
+            4
+        } else {
+            let at = self.grams[k - 1];
+            let delta = u32::try_from(at - self.suffix[k]).map_err(|_| {
+                TrainError::Invalid("more than 2^32 n-grams between two suffixes".into())
+            })?;
+            self.suffix[k] = at;
+            rec[4..].copy_from_slice(&delta.to_le_bytes());
+            8
+        };
+        self.spells[k]
+            .1
+            .write_all(&rec[..bytes])
+            .map_err(write_err)?;
+        self.grams[k] += 1;
         if k == 1 {
             self.empty.sum += count;
             self.empty.n[count.min(3) as usize - 1] += 1;

@@ -25,7 +25,12 @@
 //! with weight 1. Unigrams interpolate with the uniform distribution over the vocabulary
 //! (`<unk>` included, `<s>` not), so `<unk>` gets exactly that share.
 
+pub mod arpa;
 mod count;
+pub mod spell;
+mod sync;
+
+use sync::Peers;
 
 use std::path::Path;
 
@@ -73,6 +78,8 @@ pub fn state_table(model: &str) -> String {
 pub(crate) const META_KEY: u64 = 0;
 /// Row `COC_KEY + k`: order `k`'s count-of-counts.
 const COC_KEY: u64 = 100;
+/// Row `GRAMS_KEY + k`: how many n-grams of order `k` are spelled in `<m>.ng<k>`.
+const GRAMS_KEY: u64 = COC_KEY + 100;
 
 /// Fields of a count row: the n-gram's count, then its statistics as a context.
 const A: usize = 0;
@@ -273,7 +280,31 @@ pub struct CountConfig {
     pub memory: usize,
     /// Where the sorted runs go (default: the system's temporary directory).
     pub temp_dir: Option<std::path::PathBuf>,
+    /// This process's number, of `processes` counting the model at once against one cluster
+    /// (see `count`).
+    pub process: usize,
+    pub processes: usize,
+    /// How long a process waits for the others at each step before it gives up.
+    pub wait: std::time::Duration,
 }
+
+impl CountConfig {
+    /// Order `order`, no dev split, 1 GiB, one process.
+    pub fn new(order: usize) -> CountConfig {
+        CountConfig {
+            order,
+            dev_every: 0,
+            memory: 1 << 30,
+            temp_dir: None,
+            process: 0,
+            processes: 1,
+            wait: std::time::Duration::from_secs(1800),
+        }
+    }
+}
+
+/// Most counting processes of one model.
+pub const MAX_PROCESSES: usize = 256;
 
 pub use count::MIN_MEMORY as MIN_COUNT_MEMORY;
 
@@ -299,28 +330,47 @@ pub fn count(
             count::MIN_MEMORY >> 10
         )));
     }
-    let started = std::time::Instant::now();
-    for k in 0..=MAX_ORDER {
-        drop_if_present(client, &count_table(model, k))?;
+    let (me, procs) = (cfg.process, cfg.processes);
+    if procs == 0 || procs > MAX_PROCESSES || me >= procs {
+        return Err(TrainError::Invalid(format!(
+            "--process {me} --processes {procs}: expected 1 to {MAX_PROCESSES} processes, \
+             numbered from 0"
+        )));
     }
-    drop_if_present(client, &state_table(model))?;
-    for k in 0..=n {
-        client.create_table(
-            TableSpec::new(count_table(model, k), dim_of(k, n) as u32).with_rule(UpdateRule::Add),
-        )?;
-    }
-    client.create_table(TableSpec::new(state_table(model), STATE_DIM as u32))?;
-
     let len = std::fs::metadata(corpus)
         .map_err(|e| TrainError::io(format!("reading {}", corpus.display()), e))?
         .len();
-    let counted = count::count(client, model, corpus, len, cfg, on_progress)?;
-    let (lines, tokens, coc) = (counted.lines, counted.tokens, counted.coc);
+    let started = std::time::Instant::now();
+    let st = state_table(model);
+    let peers = Peers {
+        client,
+        table: st.clone(),
+        process: me,
+        processes: procs,
+        wait: cfg.wait,
+    };
+    if me == 0 {
+        create_tables(client, model, n)?;
+        // What the others check their flags against (one process: nobody).
+        if procs > 1 {
+            client.push(&st, &[sync::CREATED], &sync::config_row(cfg, len))?;
+        }
+    } else {
+        peers.joined(cfg, len)?;
+    }
+    if procs > 1 {
+        for k in 0..=n {
+            let t = count::staging_table(model, k, me);
+            drop_if_present(client, &t)?;
+            client.create_table(TableSpec::new(t, dim_of(k, n) as u32))?;
+        }
+    }
+    let counted = count::count(client, model, corpus, len, cfg, &peers, on_progress)?;
+    let (lines, tokens) = (counted.lines, counted.tokens);
     let mut report = CountReport {
         runs: counted.runs,
         ..CountReport::default()
     };
-
     let meta = Meta {
         order: n as u64,
         corpus_len: len,
@@ -328,20 +378,114 @@ pub fn count(
         lines,
         tokens,
     };
-    let st = state_table(model);
-    let keys: Vec<u64> = (1..=n as u64).map(|k| COC_KEY + k).collect();
-    let rows: Vec<f32> = coc[1..]
-        .iter()
-        .flat_map(|c| state_row(&[c.t[0], c.t[1], c.t[2], c.t[3], c.distinct]))
-        .collect();
-    client.push(&st, &keys, &rows)?;
-    // The meta row last: it marks the counts complete.
-    client.push(&st, &[META_KEY], &meta.encode())?;
-    client.checkpoint()?;
+    // Count-of-counts and spelled n-grams: this process's share, summed by process 0.
+    let (mut coc, mut grams) = (counted.coc, counted.grams);
+    if procs > 1 {
+        let (keys, rows) = totals_rows(&coc, &grams, sync::PARTS + (me * 256) as u64, n);
+        client.push(&st, &keys, &rows)?;
+        peers.barrier(sync::ROWS_DONE)?;
+        if me == 0 {
+            for p in 1..procs {
+                let (c, g) = read_totals(client, model, sync::PARTS + (p * 256) as u64, n)?;
+                for k in 1..=n {
+                    for i in 0..4 {
+                        coc[k].t[i] += c[k].t[i];
+                    }
+                    coc[k].distinct += c[k].distinct;
+                    grams[k] += g[k];
+                }
+            }
+            for p in 0..procs {
+                for k in 0..=n {
+                    drop_if_present(client, &count::staging_table(model, k, p))?;
+                }
+            }
+        }
+    }
+    if me == 0 {
+        let (keys, rows) = totals_rows(&coc, &grams, COC_KEY, n);
+        client.push(&st, &keys, &rows)?;
+        // The meta row last: it marks the counts complete.
+        client.push(&st, &[META_KEY], &meta.encode())?;
+        client.checkpoint()?;
+    } else {
+        peers.wait_for("process 0 to mark the counts complete", || {
+            Ok(self::meta(client, model).is_some())
+        })?;
+        (coc, _) = read_totals(client, model, COC_KEY, n)?;
+    }
     report.meta = Some(meta);
     report.coc = coc;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Drops whatever an earlier count of `model` left and creates its tables for order `n`.
+fn create_tables(client: &BlockingClient, model: &str, n: usize) -> Result<()> {
+    for k in 0..=MAX_ORDER {
+        drop_if_present(client, &count_table(model, k))?;
+        drop_if_present(client, &spell::grams_table(model, k))?;
+    }
+    drop_if_present(client, &state_table(model))?;
+    drop_if_present(client, &spell::words_table(model))?;
+    drop_if_present(client, &spell::more_table(model))?;
+    for k in 0..=n {
+        client.create_table(
+            TableSpec::new(count_table(model, k), dim_of(k, n) as u32).with_rule(UpdateRule::Add),
+        )?;
+    }
+    for k in 1..=n {
+        client.create_table(TableSpec::new(
+            spell::grams_table(model, k),
+            spell::grams_dim(k) as u32,
+        ))?;
+    }
+    for t in [spell::words_table(model), spell::more_table(model)] {
+        client.create_table(TableSpec::new(t, spell::WORD_DIM as u32))?;
+    }
+    client.create_table(TableSpec::new(state_table(model), STATE_DIM as u32))?;
+    Ok(())
+}
+
+/// State rows from `base`: order k's count-of-counts at `base + k`, its spelled n-grams at
+/// `base + 100 + k` (`COC_KEY` and `GRAMS_KEY` for the model's).
+fn totals_rows(coc: &[CountOfCounts], grams: &[u64], base: u64, n: usize) -> (Vec<u64>, Vec<f32>) {
+    let (mut keys, mut rows) = (Vec::new(), Vec::new());
+    for k in 1..=n {
+        let c = &coc[k];
+        keys.push(base + k as u64);
+        rows.extend(state_row(&[c.t[0], c.t[1], c.t[2], c.t[3], c.distinct]));
+        keys.push(base + 100 + k as u64);
+        rows.extend(state_row(&[grams[k]]));
+    }
+    (keys, rows)
+}
+
+type Totals = (Vec<CountOfCounts>, Vec<u64>);
+
+fn read_totals(client: &BlockingClient, model: &str, base: u64, n: usize) -> Result<Totals> {
+    let keys: Vec<u64> = (1..=n as u64)
+        .flat_map(|k| [base + k, base + 100 + k])
+        .collect();
+    let rows = client.pull(&state_table(model), &keys)?;
+    let bad = || {
+        TrainError::Invalid(format!(
+            "count totals of {} do not decode",
+            crate::quote(model)
+        ))
+    };
+    let mut coc = vec![CountOfCounts::default()];
+    let mut grams = vec![0];
+    for pair in rows.chunks(2 * STATE_DIM) {
+        let [t1, t2, t3, t4, distinct] = state_fields(&pair[..STATE_DIM]).ok_or_else(bad)?;
+        let [g] = state_fields(&pair[STATE_DIM..]).ok_or_else(bad)?;
+        coc.push(CountOfCounts {
+            t: [t1, t2, t3, t4],
+            distinct,
+        });
+        grams.push(g);
+    }
+    Ok((coc, grams))
 }
 
 fn drop_if_present(client: &BlockingClient, table: &str) -> Result<()> {
@@ -392,8 +536,10 @@ impl Kn {
     pub fn load(client: &BlockingClient, model: &str) -> Result<Kn> {
         let meta = meta(client, model).ok_or_else(|| {
             TrainError::Invalid(format!(
-                "no complete n-gram counts for model {model:?} (train it with `paramdb train \
-                 ngram-lm --model {model}`)"
+                "no complete n-gram counts for model {} (train it with `paramdb train \
+                 ngram-lm --model {}`)",
+                crate::quote(model),
+                crate::quote(model)
             ))
         })?;
         let n = meta.order as usize;
