@@ -5,9 +5,14 @@
 //! computes (so a reader that backs off, `p(w|c) = b(c)·p(w|c′)` for an n-gram it does not
 //! have, gets what `eval perplexity` gets), and, below the highest order and when it is a
 //! context, its back-off weight `log10 γ(c w)`. `<s>` is a context only (`-99`, as KenLM
-//! writes it); `<unk>` gets the uniform share of the empty context's mass. The n-grams come
-//! from the spelling tables (`spell`), streamed a block at a time; only the vocabulary is held
-//! in memory.
+//! writes it); `<unk>` gets the uniform share of the empty context's mass.
+//!
+//! The n-grams come from the spelling tables (`spell`), streamed a block at a time, one order
+//! after another. `p(w|c) = max(a − D(a), 0)/S(c) + γ(c)·p(w|c′)` needs the n-gram's row, its
+//! context's, and the probability of its suffix `c′w` in the order below: each order's
+//! probabilities go to a temporary file in stream order, and the next order reads them
+//! forward as its suffixes advance (their places only grow). Only the vocabulary is held in
+//! memory.
 
 use std::io::Write;
 
@@ -15,7 +20,7 @@ use rustc_hash::FxHashMap;
 
 use paramdb_client::BlockingClient;
 
-use super::{ngram_key, rows, spell, state_table, Kn, BOS, GRAMS_KEY, UNK};
+use super::{ngram_key, rows, spell, state_table, Kn, Row, BOS, GRAMS_KEY, UNK};
 use crate::error::{Result, TrainError};
 use crate::keys::{state_fields, word_key, STATE_DIM};
 
@@ -82,6 +87,10 @@ pub fn write(
     }
     let mut done = 0;
     let mut line = String::new();
+    let scratch = tempfile::Builder::new()
+        .prefix("paramdb-arpa-")
+        .tempdir()
+        .map_err(|e| TrainError::io("creating the export's temporary directory", e))?;
     for k in 1..=n {
         write!(out, "\n\\{k}-grams:\n").map_err(io)?;
         if k == 1 {
@@ -97,63 +106,60 @@ pub fn write(
             out.write_all(line.as_bytes()).map_err(io)?;
         }
         let table = spell::grams_table(model, k);
-        // The batch's n-grams: word keys, and the words.
-        let mut keys: Vec<u64> = Vec::with_capacity(BATCH * k);
-        let mut spelled: Vec<&str> = Vec::with_capacity(BATCH * k);
-        let mut flush = |keys: &mut Vec<u64>, spelled: &mut Vec<&str>, out: &mut dyn Write| {
-            if keys.is_empty() {
-                return Ok::<(), TrainError>(());
-            }
-            let q: Vec<(&[u64], u64)> = keys.chunks(k).map(|g| (&g[..k - 1], g[k - 1])).collect();
-            let lps = kn.log_probs(client, &q)?;
-            let bos = if k < n {
-                let grams: Vec<u64> = keys.chunks(k).map(ngram_key).collect();
-                backoffs(client, &kn, k, &grams)?
-            } else {
-                vec![None; q.len()]
-            };
-            line.clear();
-            let mut text = String::new();
-            for ((g, lp), b) in spelled.chunks(k).zip(lps).zip(bos) {
-                text.clear();
-                for (i, w) in g.iter().enumerate() {
-                    if i > 0 {
-                        text.push(' ');
-                    }
-                    text.push_str(w);
-                }
-                push_line(&mut line, lp / std::f64::consts::LN_10, &text, b, k == n);
-            }
-            out.write_all(line.as_bytes()).map_err(io)?;
-            done += q.len() as u64;
-            on_progress(done, total);
-            keys.clear();
-            spelled.clear();
-            Ok(())
-        };
         for &process in &processes {
+            // This order's probabilities, in stream order, for the order above; the order
+            // below's, read as the suffixes advance.
+            let mut below = match k {
+                1 => None,
+                _ => Some(Probs::open(&probs_path(&scratch, k - 1, process))?),
+            };
+            let mut mine = if k < n {
+                let path = probs_path(&scratch, k, process);
+                let f = std::fs::File::create(&path)
+                    .map_err(|e| TrainError::io(format!("creating {}", path.display()), e))?;
+                Some(std::io::BufWriter::with_capacity(1 << 20, f))
+            } else {
+                None
+            };
+            let mut batch = Batch::default();
             let mut grams = spell::Grams::open(client, model, k, process);
-            while let Some(ids) = grams.next_gram()? {
+            loop {
+                let next = grams.next_gram()?;
+                let Some(ids) = next else { break };
                 for &id in ids {
                     let (w, key) =
                         words
                             .get(&spell::row_key(process, id as u64))
                             .ok_or_else(|| {
                                 TrainError::Invalid(format!(
-                            "{table} names word {id} of counting process {process}, which {} \
-                             does not spell",
-                            spell::words_table(model)
-                        ))
+                                    "{table} names word {id} of counting process {process}, which \
+                                 {} does not spell",
+                                    spell::words_table(model)
+                                ))
                             })?;
-                    keys.push(*key);
-                    spelled.push(w);
+                    batch.keys.push(*key);
+                    batch.spelled.push(w);
                 }
-                if keys.len() >= BATCH * k {
-                    flush(&mut keys, &mut spelled, out)?;
+                let lower = match (&mut below, grams.suffix()) {
+                    (Some(b), Some(i)) => b.at(i)?,
+                    _ => 1.0 / kn.vocab_size as f64,
+                };
+                batch.lower.push(lower);
+                if batch.lower.len() == BATCH {
+                    done += batch.write(client, &kn, k, &mut line, out, mine.as_mut())?;
+                    on_progress(done, total);
                 }
             }
+            done += batch.write(client, &kn, k, &mut line, out, mine.as_mut())?;
+            on_progress(done, total);
+            if let Some(mut w) = mine {
+                w.flush()
+                    .map_err(|e| TrainError::io("writing the export's probabilities", e))?;
+            }
+            if k > 1 {
+                let _ = std::fs::remove_file(probs_path(&scratch, k - 1, process));
+            }
         }
-        flush(&mut keys, &mut spelled, out)?;
         tracing::info!(
             order = k,
             grams = grams[k],
@@ -170,17 +176,142 @@ fn backoffs(client: &BlockingClient, kn: &Kn, k: usize, keys: &[u64]) -> Result<
     if k >= kn.order() {
         return Ok(vec![None; keys.len()]);
     }
-    let d = kn.discounts[k + 1];
     Ok(rows(client, &kn.model, k, keys)?
-        .into_iter()
-        .map(|r| {
-            (r.sum > 0).then(|| {
-                let g = (d[0] * r.n[0] as f64 + d[1] * r.n[1] as f64 + d[2] * r.n[2] as f64)
-                    / r.sum as f64;
-                g.log10()
-            })
-        })
+        .iter()
+        .map(|r| backoff(kn, k, r))
         .collect())
+}
+
+fn backoff(kn: &Kn, k: usize, r: &Row) -> Option<f64> {
+    let d = kn.discounts[k + 1];
+    (r.sum > 0).then(|| {
+        let g = (d[0] * r.n[0] as f64 + d[1] * r.n[1] as f64 + d[2] * r.n[2] as f64) / r.sum as f64;
+        g.log10()
+    })
+}
+
+/// Where the probabilities of order `k`'s n-grams of `process` wait for the order above.
+fn probs_path(dir: &tempfile::TempDir, k: usize, process: u64) -> std::path::PathBuf {
+    dir.path().join(format!("p{k}.{process}"))
+}
+
+/// An order's probabilities in stream order, read forward.
+struct Probs {
+    r: std::io::BufReader<std::fs::File>,
+    /// How many have been read, and the last.
+    read: u64,
+    last: f64,
+}
+
+impl Probs {
+    fn open(path: &std::path::Path) -> Result<Probs> {
+        let f = std::fs::File::open(path)
+            .map_err(|e| TrainError::io(format!("reading {}", path.display()), e))?;
+        Ok(Probs {
+            r: std::io::BufReader::with_capacity(1 << 20, f),
+            read: 0,
+            last: 0.0,
+        })
+    }
+
+    /// The probability of n-gram `i` (at or after the last one asked for).
+    fn at(&mut self, i: u64) -> Result<f64> {
+        use std::io::Read;
+        while self.read <= i {
+            let mut b = [0u8; 8];
+            self.r
+                .read_exact(&mut b)
+                .map_err(|e| TrainError::io("reading the export's probabilities", e))?;
+            self.last = f64::from_le_bytes(b);
+            self.read += 1;
+        }
+        Ok(self.last)
+    }
+}
+
+/// N-grams of one order waiting to be scored: their words' keys and spellings, and each
+/// one's suffix's probability in the order below (the uniform share for unigrams).
+#[derive(Default)]
+struct Batch<'a> {
+    keys: Vec<u64>,
+    spelled: Vec<&'a str>,
+    lower: Vec<f64>,
+}
+
+impl Batch<'_> {
+    /// Scores the batch as `Kn` does, one order at a time: `p(w|c) = max(a − D(a), 0)/S(c) +
+    /// γ(c)·p(w|c′)`, from the n-gram's row, its context's and its suffix's probability. Writes
+    /// the lines to `out` and the probabilities to `probs`; empties the batch, returns its size.
+    fn write(
+        &mut self,
+        client: &BlockingClient,
+        kn: &Kn,
+        k: usize,
+        line: &mut String,
+        out: &mut dyn Write,
+        mut probs: Option<&mut std::io::BufWriter<std::fs::File>>,
+    ) -> Result<u64> {
+        let n = self.lower.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        let gkeys: Vec<u64> = self.keys.chunks(k).map(ngram_key).collect();
+        let grows = rows(client, &kn.model, k, &gkeys)?;
+        let crows = if k == 1 {
+            vec![kn.empty; n]
+        } else {
+            let ckeys: Vec<u64> = self
+                .keys
+                .chunks(k)
+                .map(|g| ngram_key(&g[..k - 1]))
+                .collect();
+            rows(client, &kn.model, k - 1, &ckeys)?
+        };
+        let d = &kn.discounts[k];
+        line.clear();
+        let mut text = String::new();
+        for i in 0..n {
+            let (g, c) = (&grows[i], &crows[i]);
+            let s = c.sum as f64;
+            let disc = |a: u64| {
+                if a == 0 {
+                    0.0
+                } else {
+                    d[a.min(3) as usize - 1]
+                }
+            };
+            let gamma = (d[0] * c.n[0] as f64 + d[1] * c.n[1] as f64 + d[2] * c.n[2] as f64) / s;
+            let p = (g.count as f64 - disc(g.count)).max(0.0) / s + gamma * self.lower[i];
+            if let Some(w) = probs.as_mut() {
+                w.write_all(&p.to_le_bytes())
+                    .map_err(|e| TrainError::io("writing the export's probabilities", e))?;
+            }
+            text.clear();
+            for (j, w) in self.spelled[i * k..(i + 1) * k].iter().enumerate() {
+                if j > 0 {
+                    text.push(' ');
+                }
+                text.push_str(w);
+            }
+            let b = if k < kn.order() {
+                backoff(kn, k, g)
+            } else {
+                None
+            };
+            push_line(
+                line,
+                p.ln() / std::f64::consts::LN_10,
+                &text,
+                b,
+                k == kn.order(),
+            );
+        }
+        out.write_all(line.as_bytes()).map_err(io)?;
+        self.keys.clear();
+        self.spelled.clear();
+        self.lower.clear();
+        Ok(n as u64)
+    }
 }
 
 /// One ARPA line: `log10 p`, the words, and below the highest order (`top` false) the

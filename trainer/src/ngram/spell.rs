@@ -268,6 +268,12 @@ impl Grams {
         Grams { levels }
     }
 
+    /// The place of the last n-gram's suffix in the order below (none for unigrams).
+    pub fn suffix(&self) -> Option<u64> {
+        let k = self.levels.len();
+        (k > 1).then(|| self.levels[k - 2].index)
+    }
+
     /// The next n-gram's word numbers, first word first.
     pub fn next_gram(&mut self) -> Result<Option<&[u32]>> {
         let k = self.levels.len();
