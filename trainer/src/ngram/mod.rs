@@ -162,6 +162,14 @@ pub struct CountOfCounts {
 }
 
 impl CountOfCounts {
+    /// Adds another part's counts (of disjoint n-grams) to these.
+    fn merge(&mut self, other: &CountOfCounts) {
+        for (t, o) in self.t.iter_mut().zip(other.t) {
+            *t += o;
+        }
+        self.distinct += other.distinct;
+    }
+
     fn add(&mut self, old: u64, new: u64) {
         if (1..=4).contains(&old) {
             self.t[old as usize - 1] -= 1;
@@ -381,17 +389,14 @@ pub fn count(
     // Count-of-counts and spelled n-grams: this process's share, summed by process 0.
     let (mut coc, mut grams) = (counted.coc, counted.grams);
     if procs > 1 {
-        let (keys, rows) = totals_rows(&coc, &grams, sync::PARTS + (me * 256) as u64, n);
+        let (keys, rows) = totals_rows(&coc, &grams, sync::parts_key(me), n);
         client.push(&st, &keys, &rows)?;
         peers.barrier(sync::ROWS_DONE)?;
         if me == 0 {
             for p in 1..procs {
-                let (c, g) = read_totals(client, model, sync::PARTS + (p * 256) as u64, n)?;
+                let (c, g) = read_totals(client, model, sync::parts_key(p), n)?;
                 for k in 1..=n {
-                    for i in 0..4 {
-                        coc[k].t[i] += c[k].t[i];
-                    }
-                    coc[k].distinct += c[k].distinct;
+                    coc[k].merge(&c[k]);
                     grams[k] += g[k];
                 }
             }

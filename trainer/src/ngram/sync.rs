@@ -21,8 +21,10 @@ pub(super) const CREATED: u64 = 1000;
 const JOINED: u64 = 1100;
 /// `BARRIER + step·MAX_PROCESSES + p`: process p has finished `step`.
 const BARRIER: u64 = 2000;
-/// `PARTS + p·256`: process p's count totals (`totals_rows`).
-pub(super) const PARTS: u64 = 100_000;
+/// Where process `p`'s count totals start (`totals_rows`).
+pub(super) fn parts_key(p: usize) -> u64 {
+    100_000 + 256 * p as u64
+}
 /// Steps: every process has staged its rows; every process has imported its key range.
 pub(super) const STAGED: u64 = 1;
 pub(super) const ROWS_DONE: u64 = 2;
