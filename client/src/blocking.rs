@@ -7,7 +7,7 @@ use futures::StreamExt;
 #[cfg(feature = "embedded")]
 use paramdb_engine::{Store, StoreOptions};
 use paramdb_proto::cluster::ClusterMap;
-use paramdb_types::{KeyRange, ShardReport, TableSpec, VerifyReport};
+use paramdb_types::{Gone, KeyRange, ShardReport, TableSpec, VerifyReport};
 
 use crate::client::{Client, ClientOptions, PushResult, RowStream};
 use crate::error::ClientError;
@@ -204,6 +204,17 @@ impl BlockingClient {
             rt: self.rt.clone(),
             stream: self.client.pull_range_since(table, range, since)?,
         })
+    }
+
+    /// `Client::gone_since`.
+    pub fn gone_since(
+        &self,
+        table: &str,
+        range: KeyRange,
+        since: &[u64],
+    ) -> Result<Gone, ClientError> {
+        self.rt
+            .block_on(self.client.gone_since(table, range, since))
     }
 
     pub fn checkpoint(&self) -> Result<Vec<u64>, ClientError> {

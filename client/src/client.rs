@@ -15,7 +15,7 @@ use futures::stream::{self, Stream, StreamExt};
 #[cfg(feature = "embedded")]
 use paramdb_engine::{Store, StoreOptions};
 use paramdb_proto::cluster::ClusterMap;
-use paramdb_types::{quote, Code, KeyRange, ShardReport, TableSpec, VerifyReport};
+use paramdb_types::{quote, Code, Gone, KeyRange, ShardReport, TableSpec, VerifyReport};
 use rand::Rng;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
@@ -689,6 +689,47 @@ impl Client {
             )));
         }
         Ok(self.ranges(table, range, Some(since.to_vec())))
+    }
+
+    /// The keys of `range` that each shard `i` deleted, expired or evicted after its LSN
+    /// `since[i]`, none of them live now, and the ranges deleted since: what a delta export
+    /// lists beside `pull_range_since`'s rows. Apply them before the rows; a deleted range
+    /// may hold rows pushed again, which `pull_range` of it gives. A key may be listed that
+    /// was already gone at `since`. Refused for LSNs older than a shard's retention of gone
+    /// keys (`StoreOptions::gone_retention_secs`).
+    pub async fn gone_since(
+        &self,
+        table: &str,
+        range: KeyRange,
+        since: &[u64],
+    ) -> Result<Gone, ClientError> {
+        if since.len() != self.inner.shards.len() {
+            return Err(ClientError::Invalid(format!(
+                "{} LSNs for {} shards",
+                since.len(),
+                self.inner.shards.len()
+            )));
+        }
+        let mut gone = Gone::default();
+        for (shard, part) in routing::split_range(&self.inner.map, range) {
+            let lsn = since[shard];
+            let table = table.to_string();
+            let g = self
+                .retry(shard, move |s| {
+                    let t = table.clone();
+                    async move { s.gone_since(&t, part, lsn).await }
+                })
+                .await?;
+            gone.keys.extend(g.keys);
+            for r in g.ranges {
+                // A range deleted across shards comes back in parts that touch.
+                match gone.ranges.last_mut() {
+                    Some(last) if last.end == r.start => last.end = r.end,
+                    _ => gone.ranges.push(r),
+                }
+            }
+        }
+        Ok(gone)
     }
 
     fn ranges(&self, table: &str, range: KeyRange, since: Option<Vec<u64>>) -> RowStream {

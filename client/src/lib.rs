@@ -33,9 +33,9 @@ pub use paramdb_engine::{Store, StoreOptions, SyncPolicy};
 pub use paramdb_proto::cluster::ClusterMap;
 pub use paramdb_types::parse_duration_secs;
 pub use paramdb_types::{
-    CacheStats, ClientWindow, Code, FenceReport, Initializer, KeyRange, Lifecycle, LifecycleCounts,
-    LogRecord, Problem, ProblemArea, ShardBackup, ShardReport, StoreStats, TableReport, TableSpec,
-    UpdateRule, VerifyReport,
+    CacheStats, ClientWindow, Code, FenceReport, Gone, Initializer, KeyRange, Lifecycle,
+    LifecycleCounts, LogRecord, Problem, ProblemArea, ShardBackup, ShardReport, StoreStats,
+    TableReport, TableSpec, UpdateRule, VerifyReport,
 };
 pub use staleness::Clock;
 pub use transport::{BackupRequest, ImportResult, LogDump, RowBlock, ShardStats};

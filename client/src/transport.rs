@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use futures::stream::BoxStream;
 use paramdb_types::{
-    FenceReport, KeyRange, LogRecord, ShardBackup, ShardReport, StoreStats, TableSpec, VerifyReport,
+    FenceReport, Gone, KeyRange, LogRecord, ShardBackup, ShardReport, StoreStats, TableSpec,
+    VerifyReport,
 };
 
 use crate::error::ClientError;
@@ -216,6 +217,16 @@ impl Shard {
         since: Option<u64>,
     ) -> Result<BoxStream<'static, Result<RowBlock, ClientError>>, ClientError> {
         each!(self, s => s.pull_range(table, range, since).await)
+    }
+
+    /// The keys of `range` (inside this shard's range) gone after the shard's LSN `since`.
+    pub async fn gone_since(
+        &self,
+        table: &str,
+        range: KeyRange,
+        since: u64,
+    ) -> Result<Gone, ClientError> {
+        each!(self, s => s.gone_since(table, range, since).await)
     }
 
     pub async fn checkpoint(&self) -> Result<u64, ClientError> {

@@ -54,6 +54,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         data_dir: dir.join("shards"),
         shards: 2,
         cluster: args.cluster.clone(),
+        gone_retention_secs: paramdb_engine::DEFAULT_GONE_RETENTION_SECS,
     };
     let against = match &args.cluster {
         Some(f) => format!("the cluster in {}", f.display()),

@@ -11,7 +11,7 @@ mod sort;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use paramdb_client::{BlockingClient, BlockingRows, KeyRange};
+use paramdb_client::{BlockingClient, BlockingRows, ClientError, KeyRange, RowBlock};
 use paramdb_trainer::vocab;
 
 use sink::Sink;
@@ -56,8 +56,9 @@ pub struct ExportArgs {
     #[arg(long, default_value = "256M", value_parser = parse_bytes)]
     pub sort_memory: u64,
     /// A delta: only the rows changed since a backup (a set, or a target directory's newest
-    /// set), plus the keys deleted or expired since then, listed in `<out stem>.deleted.txt`.
-    /// Or since LSNs, one per shard (`12,40,7`): the changed rows only.
+    /// set), plus the keys deleted, expired or evicted since then, listed in `<out
+    /// stem>.deleted.txt`. Or since LSNs, one per shard (`12,40,7`), as recent as the shards'
+    /// retention of gone keys (`serve --gone-retention`, one day unless told).
     #[arg(long)]
     pub since: Option<String>,
     /// No progress bar.
@@ -164,7 +165,7 @@ pub struct Written {
     pub order: Order,
     /// Sorted runs spilled to disk (0 when the rows fit `sort_memory`).
     pub runs: usize,
-    /// A delta against a backup: the keys deleted or expired since, and the file listing them.
+    /// A delta: the keys (and deleted ranges) gone since, and the file listing them.
     pub deleted: Option<(u64, PathBuf)>,
 }
 
@@ -211,7 +212,11 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     );
     if let Some((n, path)) = &w.deleted {
         println!(
-            "{n} keys deleted or expired since the backup, listed in {}",
+            "{n} keys deleted or expired since the {}, listed in {}",
+            match req.since.as_ref().and_then(|s| s.backup.as_ref()) {
+                Some(_) => "backup",
+                None => "LSNs",
+            },
             path.display()
         );
     }
@@ -301,12 +306,37 @@ pub fn export(client: &BlockingClient, req: &Request<'_>) -> anyhow::Result<Writ
         block: Vec::new(),
         pos: 0,
     };
+    // Since LSNs, the keys gone since are asked for first: a key gone and then pushed again
+    // is a changed row, and a deleted range's rows pushed since are all re-sent.
+    let gone = match &req.since {
+        Some(s) if s.backup.is_none() => Some(
+            client
+                .gone_since(req.table, req.range, &s.lsns)
+                .with_context(|| format!("the keys of {:?} gone since", req.table))?,
+        ),
+        _ => None,
+    };
     let bar = progress(client, req)?;
-    let rows = || -> anyhow::Result<BlockingRows> {
-        Ok(match &req.since {
-            Some(s) => client.pull_range_since(req.table, req.range, &s.lsns)?,
-            None => client.pull_range(req.table, req.range),
-        })
+    let rows = || -> anyhow::Result<Box<dyn Iterator<Item = Result<RowBlock, ClientError>>>> {
+        let Some(s) = &req.since else {
+            return Ok(Box::new(client.pull_range(req.table, req.range)));
+        };
+        let deleted = gone.as_ref().map_or(&[][..], |g| &g.ranges[..]);
+        let mut parts: Vec<BlockingRows> = Vec::new();
+        let mut at = req.range.start;
+        for r in deleted {
+            if at < r.start {
+                let part = KeyRange::new(at, r.start);
+                parts.push(client.pull_range_since(req.table, part, &s.lsns)?);
+            }
+            parts.push(client.pull_range(req.table, *r));
+            at = r.end;
+        }
+        if at < req.range.end {
+            let part = KeyRange::new(at, req.range.end);
+            parts.push(client.pull_range_since(req.table, part, &s.lsns)?);
+        }
+        Ok(Box::new(parts.into_iter().flatten()))
     };
     let mut sink = Sink::create(req.format, req.out, dim)?;
     let mut runs = 0;
@@ -358,9 +388,10 @@ pub fn export(client: &BlockingClient, req: &Request<'_>) -> anyhow::Result<Writ
     }
     bar.finish_and_clear();
     let rows = sink.finish()?;
-    let deleted = match req.since.as_ref().and_then(|s| s.backup.as_ref()) {
-        Some(set) => Some(write_deleted(client, set, req)?),
-        None => None,
+    let deleted = match (req.since.as_ref().and_then(|s| s.backup.as_ref()), gone) {
+        (Some(set), _) => Some(write_deleted(client, set, req)?),
+        (None, Some(g)) => Some(write_gone(&g, req)?),
+        (None, None) => None,
     };
     Ok(Written {
         rows,
@@ -420,6 +451,25 @@ fn write_deleted(
     out.flush()
         .with_context(|| format!("writing {}", path.display()))?;
     Ok((n, path))
+}
+
+/// The keys and ranges gone since LSNs, in `<out stem>.deleted.txt`: the ranges first, a line
+/// `START..END` each (every key from START up to END, END excluded), then a key a line.
+fn write_gone(g: &paramdb_client::Gone, req: &Request<'_>) -> anyhow::Result<(u64, PathBuf)> {
+    use std::io::Write;
+    let path = sibling(req.out, ".deleted.txt");
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    for r in &g.ranges {
+        writeln!(out, "{}..{}", r.start, r.end)?;
+    }
+    for k in &g.keys {
+        writeln!(out, "{k}")?;
+    }
+    out.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok((g.keys.len() as u64, path))
 }
 
 /// A backup set's shards, opened read-only in this process with the set's key ranges.

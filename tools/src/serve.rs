@@ -64,6 +64,11 @@ pub struct ServeArgs {
     /// Checkpoint when the last one is this many seconds old and rows changed (0: never).
     #[arg(long, env = "PARAMDB_CHECKPOINT_INTERVAL_SECS")]
     checkpoint_interval_secs: Option<f64>,
+    /// How long a row stays on disk after it expired or was evicted, and a deleted key is
+    /// remembered, so that `export --since LSN,…` can list the keys gone since (reads treat
+    /// such rows as absent at once). Default one day; 0 drops them at once.
+    #[arg(long, env = "PARAMDB_GONE_RETENTION_SECS")]
+    gone_retention_secs: Option<u32>,
     /// On SIGTERM, how long in-flight calls may run before the range streams still open are
     /// cancelled and the shard checkpoints and exits.
     #[arg(long, env = "PARAMDB_SHUTDOWN_GRACE_SECS")]
@@ -104,6 +109,7 @@ pub struct ServerConfig {
     pub checkpoint_dirty_bytes: Option<u64>,
     pub checkpoint_log_bytes: Option<u64>,
     pub checkpoint_interval_secs: Option<f64>,
+    pub gone_retention_secs: Option<u32>,
     pub shutdown_grace_secs: Option<f64>,
     pub metrics_listen: Option<String>,
     /// `text` or `json`.
@@ -277,6 +283,11 @@ pub fn resolve(args: ServeArgs, log_format: Option<LogFormat>) -> anyhow::Result
                 .or(file.checkpoint_interval_secs)
                 .unwrap_or_else(|| d.checkpoint_interval.map_or(0.0, |i| i.as_secs_f64())),
         ),
+        gone_retention_secs: Some(
+            args.gone_retention_secs
+                .or(file.gone_retention_secs)
+                .unwrap_or(d.gone_retention_secs),
+        ),
         shutdown_grace_secs: Some(
             args.shutdown_grace_secs
                 .or(file.shutdown_grace_secs)
@@ -374,6 +385,7 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
             checkpoint_dirty_bytes: c.checkpoint_dirty_bytes.unwrap_or(d.checkpoint_dirty_bytes),
             checkpoint_log_bytes: c.checkpoint_log_bytes.unwrap_or(d.checkpoint_log_bytes),
             checkpoint_interval: (interval > 0.0).then(|| Duration::from_secs_f64(interval)),
+            gone_retention_secs: c.gone_retention_secs.unwrap_or(d.gone_retention_secs),
             ..d
         },
         limits,

@@ -19,6 +19,10 @@ pub struct Target {
     /// A running cluster's file (shards, key ranges, addresses) instead of embedded shards.
     #[arg(long)]
     pub cluster: Option<PathBuf>,
+    /// Embedded shards: how long expired and evicted rows stay on disk and deleted keys are
+    /// remembered, for `export --since LSN` (default one day; 0 drops them at once).
+    #[arg(long, default_value_t = paramdb_engine::DEFAULT_GONE_RETENTION_SECS)]
+    pub gone_retention_secs: u32,
 }
 
 impl Target {
@@ -44,6 +48,7 @@ impl Target {
         shard_dirs(&self.data_dir)?;
         let store = StoreOptions {
             block_cache_bytes,
+            gone_retention_secs: self.gone_retention_secs,
             ..StoreOptions::default()
         };
         Ok(BlockingClient::open_embedded_read_only(
@@ -65,8 +70,12 @@ impl Target {
         let dirs = shard_dirs(dir)?;
         if dirs[0] == *dir {
             // One server's shard directory.
-            let store = paramdb_engine::Store::open(dir, StoreOptions::default())
-                .map_err(|e| in_use(dir, e.into()))?;
+            let opts = StoreOptions {
+                gone_retention_secs: self.gone_retention_secs,
+                ..StoreOptions::default()
+            };
+            let store =
+                paramdb_engine::Store::open(dir, opts).map_err(|e| in_use(dir, e.into()))?;
             let map = ClusterMap::even(&["local".to_string()]);
             return Ok(BlockingClient::embedded(
                 map,
@@ -109,6 +118,7 @@ impl Target {
             // Training resumes from its recorded position, so a power cut may cost the last
             // 50 ms of pushes; a killed process loses nothing.
             sync: SyncPolicy::Interval(Duration::from_millis(50)),
+            gone_retention_secs: self.gone_retention_secs,
             ..StoreOptions::default()
         };
         BlockingClient::open_embedded(&self.data_dir, self.shards, store, ClientOptions::default())

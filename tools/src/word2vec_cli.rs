@@ -166,6 +166,7 @@ impl Flags {
                 data_dir: PathBuf::from("paramdb-data"),
                 shards: 1,
                 cluster: None,
+                gone_retention_secs: paramdb_engine::DEFAULT_GONE_RETENTION_SECS,
             },
             model: "w2v".into(),
         }

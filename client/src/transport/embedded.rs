@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::stream::{BoxStream, StreamExt};
 use paramdb_engine::{chain, Classify, Store};
-use paramdb_types::{ClientId, Code, KeyRange, ShardReport, TableSpec, VerifyReport};
+use paramdb_types::{ClientId, Code, Gone, KeyRange, ShardReport, TableSpec, VerifyReport};
 
 use super::{BackupRequest, LogDump, RowBlock, ShardAck, ShardStats, WriteId};
 use crate::error::ClientError;
@@ -259,6 +259,16 @@ impl EmbeddedShard {
 
     pub(super) async fn checkpoint(&self) -> Result<u64, ClientError> {
         self.run(|s| s.checkpoint().map(|c| c.lsn)).await
+    }
+
+    pub(super) async fn gone_since(
+        &self,
+        table: &str,
+        range: KeyRange,
+        since: u64,
+    ) -> Result<Gone, ClientError> {
+        let table = table.to_string();
+        self.run(move |s| s.gone_since(&table, range, since)).await
     }
 
     pub(super) async fn inspect(&self, exact_rows: bool) -> Result<ShardReport, ClientError> {

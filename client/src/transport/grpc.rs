@@ -9,7 +9,7 @@ use paramdb_proto::convert;
 use paramdb_proto::http2::{CONNECTION_WINDOW, STREAM_WINDOW};
 use paramdb_proto::packed;
 use paramdb_proto::v1::{self, paramdb_client::ParamdbClient};
-use paramdb_types::{Code, KeyRange, ShardReport, TableSpec, VerifyReport};
+use paramdb_types::{Code, Gone, KeyRange, ShardReport, TableSpec, VerifyReport};
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
@@ -289,6 +289,54 @@ impl GrpcShard {
             table: Some(table.to_string()),
             tx: Some(tx),
             call: Some(call),
+        })
+    }
+
+    pub(super) async fn gone_since(
+        &self,
+        table: &str,
+        range: KeyRange,
+        since: u64,
+    ) -> Result<Gone, ClientError> {
+        let index = self.index;
+        let req = v1::GoneSinceRequest {
+            table: table.into(),
+            start: range.start,
+            end: range.end,
+            since_lsn: since,
+        };
+        let mut stream = self
+            .client
+            .clone()
+            .gone_since(req)
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner();
+        let mut gone = Gone::default();
+        while let Some(b) = stream.next().await {
+            let b = b.map_err(|s| status(index, s))?;
+            if b.range_starts.len() != b.range_ends.len() {
+                return Err(ClientError::Status {
+                    shard: index,
+                    code: Code::Internal,
+                    message: "gone block with unpaired range bounds".into(),
+                });
+            }
+            gone.keys.extend(b.keys);
+            gone.ranges.extend(
+                b.range_starts
+                    .into_iter()
+                    .zip(b.range_ends)
+                    .map(|(s, e)| KeyRange::new(s, e)),
+            );
+            if b.last {
+                return Ok(gone);
+            }
+        }
+        Err(ClientError::Status {
+            shard: index,
+            code: Code::Unavailable,
+            message: "the gone-key stream ended before its last block".into(),
         })
     }
 

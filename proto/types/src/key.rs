@@ -32,6 +32,17 @@ impl KeyRange {
     }
 }
 
+/// The keys of a table deleted, expired or evicted since an LSN, as a delta export lists
+/// them: none of them is live now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Gone {
+    /// In key order.
+    pub keys: Vec<Key>,
+    /// Deleted ranges, in key order, merged where they overlap or touch. The keys a range
+    /// delete removed are not known one by one; a key inside one may be live again.
+    pub ranges: Vec<KeyRange>,
+}
+
 impl std::fmt::Display for KeyRange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "[{}, {})", self.start, self.end)

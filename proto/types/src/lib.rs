@@ -20,7 +20,7 @@ mod values;
 
 pub use backup::{ClientWindow, FenceReport, ShardBackup};
 pub use code::Code;
-pub use key::{ClientId, Key, KeyRange, PushAck};
+pub use key::{ClientId, Gone, Key, KeyRange, PushAck};
 pub use lifecycle::{parse_duration_secs, Lifecycle, MAX_ADMIT_AFTER, MAX_TTL_SECS};
 pub use report::{
     CacheStats, LifecycleCounts, LogRecord, Problem, ProblemArea, ShardReport, StoreStats,

@@ -40,15 +40,6 @@ struct Frozen {
     clock: u32,
 }
 
-impl Frozen {
-    /// What of table `tid` is expired or evicted for every later record.
-    fn cutoff(&self, tid: u32) -> crate::lifecycle::Cutoff {
-        self.lives
-            .get(&tid)
-            .map_or(Default::default(), |l| l.cutoff(self.clock))
-    }
-}
-
 /// What a checkpoint did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CheckpointInfo {
@@ -74,14 +65,20 @@ impl Core {
             });
         };
         let lsn = frozen.lsn;
-        let (rows, expired) = match self.write_checkpoint(&frozen) {
+        let history = self.history().advanced(
+            lsn,
+            frozen.clock,
+            &frozen.lives,
+            self.opts.gone_retention_secs,
+        );
+        let (rows, expired) = match self.write_checkpoint(&frozen, &history) {
             Ok(r) => r,
             Err(e) => {
                 self.poison(format!("checkpoint failed: {}", crate::error::chain(&e)));
                 return Err(e.into());
             }
         };
-        self.after_write(&frozen, &expired);
+        self.after_write(history, &expired);
         self.publish(&frozen);
         let removed = {
             let mut log = self.log.sequencer();
@@ -152,10 +149,15 @@ impl Core {
         }))
     }
 
-    /// Step 2: one batch, flushed atomically. Rows expired or evicted by the freeze's time are
-    /// deleted instead of written. Returns the rows written and the expired rows dropped, by
-    /// table.
-    fn write_checkpoint(&self, f: &Frozen) -> Result<(usize, Vec<(u32, u64)>), StorageError> {
+    /// Step 2: one batch, flushed atomically. Rows the history's anchor does not keep (gone
+    /// for `gone_retention_secs`) are deleted instead of written; deletes are journaled, and
+    /// the history saved (see `gone`). Returns the rows written and the expired rows dropped,
+    /// by table.
+    fn write_checkpoint(
+        &self,
+        f: &Frozen,
+        history: &crate::gone::History,
+    ) -> Result<(usize, Vec<(u32, u64)>), StorageError> {
         let (frozen, lsn, dedup) = (&*f.rows, f.lsn, &f.dedup);
         let mut expired = Vec::new();
         // Reserved up front: growing a batch of hundreds of MB by doubling copies it and
@@ -174,6 +176,7 @@ impl Core {
         let mut rows = 0;
         let mut buf = Vec::new();
         let cfs = self.table_cfs();
+        let meta = self.rocks.cf(crate::rocks::META_CF)?;
         for (tid, layer) in frozen.iter() {
             let Some(t) = self.catalog().by_id.get(tid).cloned() else {
                 continue; // dropped
@@ -187,7 +190,8 @@ impl Core {
             // searching from the top each time.
             let mut sorted: Vec<(&Key, &Slot)> = layer.rows.iter().collect();
             sorted.sort_unstable_by_key(|(k, _)| **k);
-            let cutoff = f.cutoff(*tid);
+            crate::gone::journal(&mut b, &meta, (*tid, lsn), layer);
+            let cutoff = history.drop_cutoff(*tid);
             let mut dropped = 0;
             for (&k, slot) in sorted {
                 match slot {
@@ -210,7 +214,9 @@ impl Core {
                 expired.push((*tid, dropped));
             }
         }
-        let meta = self.rocks.cf(crate::rocks::META_CF)?;
+        let live: Vec<u32> = self.catalog().by_id.keys().copied().collect();
+        crate::gone::prune(&mut b, &meta, history, live.into_iter());
+        b.put_cf(&meta, crate::gone::META_HISTORY, history.encode());
         b.put_cf(&meta, META_CHECKPOINT, lsn.to_le_bytes());
         b.put_cf(&meta, META_CLOCK, f.clock.to_le_bytes());
         for (tid, life) in &f.lives {
@@ -230,17 +236,19 @@ impl Core {
         Ok((rows, expired))
     }
 
-    /// After step 2: the checkpoint is durable, so the compaction filters may drop what is
-    /// absent for every record after it, and the expired rows it dropped are counted.
-    fn after_write(&self, f: &Frozen, expired: &[(u32, u64)]) {
+    /// After step 2: the checkpoint and its history are durable, so the compaction filters may
+    /// drop what the history's anchor does not keep, and the expired rows it dropped are
+    /// counted.
+    fn after_write(&self, history: crate::gone::History, expired: &[(u32, u64)]) {
         for t in self.catalog().by_id.values() {
-            let (Some(filter), Some(life)) = (self.rocks.filter(&t.cf), f.lives.get(&t.id)) else {
+            let Some(filter) = self.rocks.filter(&t.cf) else {
                 continue;
             };
-            let c = life.cutoff(f.clock);
+            let c = history.drop_cutoff(t.id);
             filter.cutoff.fetch_max(c.time, Ordering::Relaxed);
             filter.evict_lsn.fetch_max(c.lsn, Ordering::Relaxed);
         }
+        *self.history() = history;
         if !expired.is_empty() {
             let mut layers = self.state.write();
             for (tid, n) in expired {
@@ -259,7 +267,11 @@ impl Core {
             self.cache().generation += 1;
         }
         for (tid, layer) in frozen.iter() {
-            let cutoff = f.cutoff(*tid);
+            // Rows gone by now leave the cache, even those RocksDB keeps a while (`gone`).
+            let cutoff = f
+                .lives
+                .get(tid)
+                .map_or(Default::default(), |l| l.cutoff(f.clock));
             if !layer.deleted.is_empty() {
                 let mut cache = self.cache();
                 for r in &layer.deleted {

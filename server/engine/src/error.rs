@@ -99,6 +99,12 @@ pub enum InputError {
         quote(path)
     )]
     RestoreTargetNotEmpty { path: String },
+    #[error("the keys gone since LSN {lsn} are no longer known: this shard lists them for LSNs from {from} on (deleted and expired keys are kept {retention_secs} s, `gone_retention`); take the delta against a backup instead")]
+    GoneUntracked {
+        lsn: u64,
+        from: u64,
+        retention_secs: u32,
+    },
     #[error("backup fence {fence} is no longer up (lifted, replaced, or out of lease): the cut cannot be trusted; run the backup again")]
     FenceGone { fence: u64 },
 }
@@ -117,6 +123,7 @@ impl Classify for InputError {
             }
             InputError::BackupInProgress { .. } => Code::Unavailable,
             InputError::FenceGone { .. } => Code::Aborted,
+            InputError::GoneUntracked { .. } => Code::FailedPrecondition,
             _ => Code::InvalidArgument,
         }
     }

@@ -13,7 +13,8 @@
 //! - `push` (the life of a push), `delete` (of a delete), `import` (bulk loads), `open`,
 //!   `tables`, `scan`, `inspect`, `verify`;
 //! - `lifecycle` (expiry, admission and size caps: their semantics and state) and `policies`
-//!   (changing them, the eviction pass);
+//!   (changing them, the eviction pass); `gone` (the keys deleted, expired or evicted since
+//!   an LSN: the delete journal and how long gone rows stay);
 //! - `cache` (the memory-mapped hot-row cache), `rocks` (everything asked of RocksDB), `row`
 //!   (row format and update rules), `catalog`, `dedup`, `init`, `poison`, `process`.
 
@@ -28,6 +29,7 @@ mod delete;
 pub mod error;
 mod fault;
 mod fence;
+mod gone;
 mod group_commit;
 mod import;
 mod init;
@@ -61,9 +63,9 @@ pub use error::{
 pub use fault::RocksFaults;
 pub use import::{Import, ImportInfo};
 pub use inspect::table_names;
-pub use options::{Clock, StoreOptions, SyncPolicy};
+pub use options::{Clock, StoreOptions, SyncPolicy, DEFAULT_GONE_RETENTION_SECS};
 pub use paramdb_types::{
-    CacheStats, ClientId, Initializer, Key, KeyRange, Lifecycle, LifecycleCounts, LogRecord,
+    CacheStats, ClientId, Gone, Initializer, Key, KeyRange, Lifecycle, LifecycleCounts, LogRecord,
     Problem, ProblemArea, PushAck, ShardReport, StoreStats, TableReport, TableSpec, UpdateRule,
     VerifyReport,
 };

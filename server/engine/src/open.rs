@@ -139,10 +139,12 @@ fn open(
         .min(8);
     let clock = load_clock(&rocks)?;
     let lives = load_lives(&rocks, &catalog, opts.admission_counters)?;
+    let history = load_history(&rocks, checkpoint_lsn)?;
     for t in catalog.by_id.values() {
-        // Safe from the start: every record after the checkpoint is at or past its clock.
-        if let (Some(f), Some(l)) = (rocks.filter(&t.cf), lives.get(&t.id)) {
-            let c = l.cutoff(clock);
+        // Safe from the start: every record after the checkpoint is at or past the
+        // history's anchor.
+        if let Some(f) = rocks.filter(&t.cf) {
+            let c = history.drop_cutoff(t.id);
             f.cutoff.store(c.time, std::sync::atomic::Ordering::Relaxed);
             f.evict_lsn
                 .store(c.lsn, std::sync::atomic::Ordering::Relaxed);
@@ -196,6 +198,7 @@ fn open(
         counters: Counters::default(),
         time: std::sync::atomic::AtomicU32::new(last_time),
         fence: Default::default(),
+        history: Mutex::new(history),
         opts,
     });
     if !report.lost.is_empty() && !read_only {
@@ -315,6 +318,17 @@ fn load_clock(rocks: &Rocks) -> Result<u32, StorageError> {
             },
         )?)),
         None => Ok(0),
+    }
+}
+
+/// The cut-off history the last checkpoint saved; a store from before it starts one at its
+/// checkpoint.
+fn load_history(rocks: &Rocks, checkpoint_lsn: u64) -> Result<crate::gone::History, StorageError> {
+    match rocks.meta_get(crate::gone::META_HISTORY)? {
+        Some(v) => crate::gone::History::decode(&v).map_err(|reason| StorageError::CorruptMeta {
+            reason: format!("cut-off history: {reason}"),
+        }),
+        None => Ok(crate::gone::History::starting(checkpoint_lsn)),
     }
 }
 

@@ -92,6 +92,9 @@ impl Clock {
     }
 }
 
+/// `StoreOptions::gone_retention_secs` unless told: one day.
+pub const DEFAULT_GONE_RETENTION_SECS: u32 = 24 * 3600;
+
 /// Everything `Store::open` can be told.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -123,6 +126,10 @@ pub struct StoreOptions {
     pub clock: Clock,
     /// Counters of each admission sketch (one byte each; see `lifecycle`).
     pub admission_counters: usize,
+    /// Seconds a row stays on disk after it expired or was evicted (reads treat it as absent
+    /// at once), and a delete's key is remembered: a delta export since an LSN can list the
+    /// keys gone since, for LSNs from about this long ago (see `gone`). 0 drops at once.
+    pub gone_retention_secs: u32,
 }
 
 impl Default for StoreOptions {
@@ -140,6 +147,7 @@ impl Default for StoreOptions {
             background: true,
             clock: Clock::System,
             admission_counters: 4 << 20,
+            gone_retention_secs: DEFAULT_GONE_RETENTION_SECS,
         }
     }
 }

@@ -407,6 +407,48 @@ impl Rocks {
         Ok(out)
     }
 
+    /// Every meta entry with a key in `[start, end)`.
+    pub(crate) fn meta_between(&self, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let cf = self.cf(META_CF)?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(end.to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(&cf, ro);
+        it.seek(start);
+        let mut out = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            out.push((k.to_vec(), v.to_vec()));
+            it.next();
+        }
+        it.status()
+            .map_err(|e| StorageError::rocks("scan meta", e))?;
+        Ok(out)
+    }
+
+    /// Calls `each` with every stored row of `cf` in `range`, in key order, without copying.
+    pub(crate) fn for_each_row(
+        &self,
+        cf: &str,
+        range: paramdb_types::KeyRange,
+        each: &mut dyn FnMut(u64, &[u8]),
+    ) -> Result<()> {
+        self.faults.check_read()?;
+        let cf = self.cf(cf)?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(key_bytes(range.end).to_vec());
+        // A one-off pass over the table: its blocks are not worth caching.
+        ro.fill_cache(false);
+        let mut it = self.db.raw_iterator_cf_opt(&cf, ro);
+        it.seek(key_bytes(range.start));
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let key = key_from(k).ok_or_else(|| StorageError::CorruptMeta {
+                reason: format!("row key of {} bytes in column family", k.len()),
+            })?;
+            each(key, v);
+            it.next();
+        }
+        it.status().map_err(|e| StorageError::rocks("scan rows", e))
+    }
+
     /// Stored values of `keys` in the column family `cf`, in the same order.
     pub(crate) fn get_rows(&self, cf: &str, keys: &[u64]) -> Result<Vec<Option<Vec<u8>>>> {
         if keys.is_empty() {

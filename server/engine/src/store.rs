@@ -85,6 +85,8 @@ pub(crate) struct Core {
     pub(crate) time: std::sync::atomic::AtomicU32,
     /// A cluster backup's write fence.
     pub(crate) fence: crate::fence::Fence,
+    /// The cut-off history as of the last checkpoint (see `gone`).
+    pub(crate) history: Mutex<crate::gone::History>,
 }
 
 /// A shard's durable store. Dropping it without `close` behaves like a crash of the store
@@ -412,6 +414,20 @@ impl Store {
         Ok(self.scan(table, range)?.since(since))
     }
 
+    /// The keys of `range` deleted, expired or evicted after LSN `since`, none of them live
+    /// now, and the ranges deleted since (a delta export lists them beside the rows
+    /// `scan_since` gives). A key may be listed that was already gone at `since`. Known for
+    /// LSNs from about `gone_retention_secs` ago on; older ones are refused
+    /// (`InputError::GoneUntracked`). Since LSN 0, nothing.
+    pub fn gone_since(
+        &self,
+        table: &str,
+        range: KeyRange,
+        since: u64,
+    ) -> Result<paramdb_types::Gone, PullError> {
+        self.core.gone_since(table, range, since)
+    }
+
     /// Persists every row changed since the last checkpoint to RocksDB and deletes the log
     /// segments it covers.
     pub fn checkpoint(&self) -> Result<CheckpointInfo, CheckpointError> {
@@ -607,6 +623,10 @@ impl Core {
             poisoned: self.poison.reason(),
             cache: self.cache().rows.stats(),
         }
+    }
+
+    pub(crate) fn history(&self) -> MutexGuard<'_, crate::gone::History> {
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn mark(&self) -> MutexGuard<'_, CheckpointMark> {

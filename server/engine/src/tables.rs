@@ -63,6 +63,7 @@ impl Core {
         let meta = self.rocks.cf(crate::rocks::META_CF)?;
         b.delete_cf(&meta, catalog::entry_key(name));
         b.delete_cf(&meta, catalog::life_key(t.id));
+        crate::gone::forget_table(&mut b, &meta, t.id);
         drop(meta);
         self.rocks.commit(b, &[])?;
         {

@@ -225,6 +225,14 @@ impl Paramdb for ShardService {
     }
 
     type PullRangeStream = handlers::range::RowBlocks;
+    type GoneSinceStream = tokio_stream::wrappers::ReceiverStream<Result<v1::GoneBlock, Status>>;
+
+    async fn gone_since(
+        &self,
+        req: Request<v1::GoneSinceRequest>,
+    ) -> Result<Response<Self::GoneSinceStream>, Status> {
+        handlers::range::gone_since(self, req).await
+    }
 
     async fn pull_range(
         &self,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use paramdb_client::{BlockingClient, ClientOptions, ClusterMap};
 use paramdb_engine::backup::{restore_shard, BackupOptions};
-use paramdb_engine::{ClientId, Initializer, Store, StoreOptions, TableSpec, UpdateRule};
+use paramdb_engine::{ClientId, Initializer, KeyRange, Store, StoreOptions, TableSpec, UpdateRule};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -528,6 +528,9 @@ fn a_delta_export_since_a_backup_holds_the_changed_rows_and_the_keys_deleted_sin
         // Deleted and pushed again: changed, not gone.
         c.delete("t", &[60]).unwrap();
         c.push("t", &[60], &[3.0; DIM]).unwrap();
+        // A range deleted, one of its keys pushed again.
+        c.delete_range("t", KeyRange::new(80, 90)).unwrap();
+        c.push("t", &[85], &[3.0; DIM]).unwrap();
     }
     let read = |path: &str| -> BTreeMap<u64, f32> {
         std::fs::read_to_string(dir.path().join(path))
@@ -541,9 +544,16 @@ fn a_delta_export_since_a_backup_holds_the_changed_rows_and_the_keys_deleted_sin
             })
             .collect()
     };
-    let want: BTreeMap<u64, f32> = [(5, 3.0), (50, 3.0), (60, 3.0), (200, 2.0), (high + 3, 3.0)]
-        .into_iter()
-        .collect();
+    let want: BTreeMap<u64, f32> = [
+        (5, 3.0),
+        (50, 3.0),
+        (60, 3.0),
+        (85, 3.0),
+        (200, 2.0),
+        (high + 3, 3.0),
+    ]
+    .into_iter()
+    .collect();
     let text = paramdb(&[
         "export",
         "t",
@@ -557,11 +567,17 @@ fn a_delta_export_since_a_backup_holds_the_changed_rows_and_the_keys_deleted_sin
         "data",
         "--quiet",
     ]);
-    assert!(text.contains("2 keys deleted"), "{text}");
+    assert!(text.contains("11 keys deleted"), "{text}");
     assert_eq!(read("delta.txt"), want);
     let deleted = std::fs::read_to_string(dir.path().join("delta.deleted.txt")).unwrap();
-    assert_eq!(deleted, format!("7\n{}\n", high + 9));
-    // Since LSNs (the backup's, from its manifest): the same rows.
+    let range: String = (80..90)
+        .filter(|&k| k != 85)
+        .map(|k| format!("{k}\n"))
+        .collect();
+    assert_eq!(deleted, format!("7\n{range}{}\n", high + 9));
+    // Since LSNs (the backup's, from its manifest): the same rows, and the keys and ranges
+    // gone since from the shards' own records (the range as a range: its rows pushed since
+    // are re-sent with the changed ones).
     let set = paramdb_engine::backup::find_set(&dir.path().join("b")).unwrap();
     let lsns: Vec<String> = set.shards.iter().map(|s| s.end_lsn.to_string()).collect();
     paramdb(&[
@@ -578,6 +594,8 @@ fn a_delta_export_since_a_backup_holds_the_changed_rows_and_the_keys_deleted_sin
         "--quiet",
     ]);
     assert_eq!(read("delta2.txt"), want);
+    let deleted = std::fs::read_to_string(dir.path().join("delta2.deleted.txt")).unwrap();
+    assert_eq!(deleted, format!("80..90\n7\n{}\n", high + 9));
     // A full export still has every row.
     paramdb(&[
         "export",
@@ -590,7 +608,7 @@ fn a_delta_export_since_a_backup_holds_the_changed_rows_and_the_keys_deleted_sin
         "data",
         "--quiet",
     ]);
-    assert_eq!(read("all.txt").len(), keys.len() + 1 - 2);
+    assert_eq!(read("all.txt").len(), keys.len() + 1 - 2 - 9);
 }
 
 #[test]

@@ -18,6 +18,7 @@ use crate::common::manual_opts;
 const DIM: usize = 4;
 const KEYS: u64 = 200;
 const START: u32 = 1_800_000_000;
+const RETENTION: u32 = 20;
 
 fn spec(lifecycle: Lifecycle) -> TableSpec {
     TableSpec::new("l", DIM as u32)
@@ -44,6 +45,9 @@ fn opts(clock: &Clock) -> StoreOptions {
         // that has expired.
         cache_bytes: 4 << 20,
         admission_counters: 1 << 20,
+        // Gone rows stay on disk this long (for delta exports): short enough that the
+        // checkpoints and compactions of a run drop many of them.
+        gone_retention_secs: RETENTION,
         ..manual_opts()
     }
 }
@@ -203,11 +207,19 @@ fn ttl_matches_a_model_through_checkpoints_crashes_compactions_and_policy_change
     );
     let c = store.lifecycle_counts("l").unwrap();
     assert!(c.expired > 0, "{c:?}");
-    // Let everything expire: after a checkpoint and a compaction RocksDB holds no row, and a
-    // reopen (a cold cache) reads none back.
+    // Let everything expire: once the retention passed, after a checkpoint and a compaction
+    // RocksDB holds no row, and a reopen (a cold cache) reads none back.
     clock.advance(31);
     store
         .push("l", ClientId(1), seq + 1, &[KEYS + 5], &[0.0; DIM])
+        .unwrap();
+    store.checkpoint().unwrap();
+    store.compact().unwrap();
+    let kept = store.inspect(false).unwrap().tables[0].rows;
+    assert!(kept > 1, "gone rows stay for the retention: {kept}");
+    clock.advance(RETENTION);
+    store
+        .push("l", ClientId(1), seq + 2, &[KEYS + 5], &[0.0; DIM])
         .unwrap();
     store.checkpoint().unwrap();
     store.compact().unwrap();
@@ -525,6 +537,17 @@ fn both_clients_set_policies_on_every_shard_and_report_counts() {
         for shard in &report {
             assert_eq!(shard.tables[0].lifecycle, "ttl=1h,admit_after=2");
         }
+        // The keys gone since each shard's LSN, from every shard (a range across two).
+        let lsns = c.checkpoint().unwrap();
+        c.delete("a", &keys[..3]).unwrap();
+        let range = KeyRange::new(keys[9], keys[11] + 1);
+        c.delete_range("a", range).unwrap();
+        let gone = c.gone_since("a", KeyRange::all(), &lsns).unwrap();
+        assert_eq!(
+            (&gone.keys[..], &gone.ranges[..]),
+            (&keys[..3], &[range][..])
+        );
+        assert!(c.gone_since("a", KeyRange::all(), &lsns[..1]).is_err());
         let e = c
             .set_lifecycle(
                 "a",
@@ -594,4 +617,122 @@ fn the_lifecycle_command_shows_changes_and_refuses_conflicts() {
         "t: max_rows=1000",
         "a refused change changes nothing"
     );
+}
+
+/// Every row of table "l" now, by key.
+fn table_now(store: &Store) -> BTreeMap<u64, Vec<f32>> {
+    store
+        .scan("l", KeyRange::all())
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+/// Delta exports since an LSN (`scan_since` plus `gone_since`) against a model: a copy of the
+/// table taken at a past LSN, brought up to date by the delta (gone keys and ranges removed,
+/// the changed rows and every row of a deleted range put), equals the table now. Through
+/// pushes, deletes of keys and ranges, expiry, eviction, checkpoints, crashes, reopens and
+/// compactions. A listed key is never live now. An LSN is refused only once it is older than
+/// the retention, and one within it is always answered.
+#[test]
+fn deltas_since_an_lsn_bring_a_copy_from_then_up_to_date() {
+    let mut rng = StdRng::seed_from_u64(23);
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(START);
+    let mut store = Store::open(tmp.path(), opts(&clock)).unwrap();
+    let policy = Lifecycle {
+        ttl_secs: Some(15),
+        max_rows: Some(40),
+        ..Default::default()
+    };
+    store.create_table(spec(policy)).unwrap();
+    // (LSN, clock, the table then).
+    let mut copies: Vec<(u64, u32, BTreeMap<u64, Vec<f32>>)> = Vec::new();
+    let (mut seq, mut answered, mut refused, mut listed) = (0u64, 0, 0, 0usize);
+    for step in 0..300 {
+        seq += 1;
+        match rng.random_range(0..10) {
+            0 | 1 => {
+                let keys: Vec<u64> = (0..rng.random_range(1..6))
+                    .map(|_| rng.random_range(0..KEYS))
+                    .collect();
+                store.delete("l", ClientId(1), seq, &keys).unwrap();
+            }
+            2 => {
+                let a = rng.random_range(0..KEYS);
+                let r = KeyRange::new(a, a + rng.random_range(1..15));
+                store.delete_range("l", ClientId(1), seq, r).unwrap();
+            }
+            _ => {
+                let (keys, values) = random_push(&mut rng, 20);
+                store.push("l", ClientId(1), seq, &keys, &values).unwrap();
+            }
+        }
+        clock.advance(rng.random_range(0..6));
+        store = disturb(store, tmp.path(), &clock, &mut rng);
+        let now = clock.now();
+        let table = table_now(&store);
+        for (lsn, at, then) in &copies {
+            let gone = match store.gone_since("l", KeyRange::all(), *lsn) {
+                Ok(g) => g,
+                Err(e) => {
+                    assert!(
+                        matches!(
+                            e,
+                            paramdb_engine::PullError::Input(
+                                paramdb_engine::InputError::GoneUntracked { .. }
+                            )
+                        ),
+                        "step {step}: {e}"
+                    );
+                    assert!(
+                        *at <= now - RETENTION,
+                        "step {step}: LSN {lsn} of time {at} refused at {now}: {e}"
+                    );
+                    refused += 1;
+                    continue;
+                }
+            };
+            answered += 1;
+            listed += gone.keys.len();
+            let mut copy = then.clone();
+            for k in &gone.keys {
+                assert!(!table.contains_key(k), "step {step}: live key {k} listed");
+                copy.remove(k);
+            }
+            for r in &gone.ranges {
+                copy.retain(|k, _| !r.contains(*k));
+            }
+            for row in store.scan_since("l", KeyRange::all(), *lsn).unwrap() {
+                let (k, v) = row.unwrap();
+                copy.insert(k, v);
+            }
+            for r in &gone.ranges {
+                for row in store.scan("l", *r).unwrap() {
+                    let (k, v) = row.unwrap();
+                    copy.insert(k, v);
+                }
+            }
+            assert_eq!(
+                copy, table,
+                "step {step}: the copy of LSN {lsn}, brought up to date"
+            );
+        }
+        copies.push((store.stats().last_lsn, now, table));
+        if copies.len() > 12 {
+            copies.remove(rng.random_range(0..copies.len()));
+        }
+    }
+    let c = store.lifecycle_counts("l").unwrap();
+    assert!(c.expired > 0 && c.evicted > 0, "{c:?}");
+    assert!(
+        answered > 1000 && refused > 50 && listed > 1000,
+        "answered {answered}, refused {refused}, keys listed {listed}"
+    );
+    // Since LSN 0 nothing was there, and an unknown table is an error.
+    assert_eq!(
+        store.gone_since("l", KeyRange::all(), 0).unwrap(),
+        Default::default()
+    );
+    assert!(store.gone_since("nope", KeyRange::all(), 1).is_err());
 }

@@ -97,6 +97,61 @@ pub(crate) fn pull_range(
     Ok(Response::new(stream))
 }
 
+/// Keys per `GoneBlock`: 64k keys are 512 KiB, well inside gRPC's message limit.
+const GONE_BLOCK_KEYS: usize = 65_536;
+
+pub(crate) async fn gone_since(
+    s: &ShardService,
+    req: Request<v1::GoneSinceRequest>,
+) -> Result<Response<ReceiverStream<Result<v1::GoneBlock, Status>>>, Status> {
+    let (store, permit) = s.enter(req.metadata(), Access::Read)?;
+    let r = req.into_inner();
+    check_table_name(&r.table)?;
+    let range = KeyRange::new(r.start, r.end);
+    let inside = s.range.contains(range.start) && range.end <= s.range.end;
+    if !range.is_empty() && !inside {
+        return Err(Status::failed_precondition(format!(
+            "range {range} is not inside shard {}'s range {} (stale cluster map?)",
+            s.shard, s.range
+        )));
+    }
+    let gone = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        store.gone_since(&r.table, range, r.since_lsn)
+    })
+    .await
+    .map_err(|e| Status::internal(format!("gone-key scan failed: {e}")))?
+    .map_err(to_status)?;
+    let mut blocks: Vec<v1::GoneBlock> = gone
+        .keys
+        .chunks(GONE_BLOCK_KEYS)
+        .map(|c| v1::GoneBlock {
+            keys: c.to_vec(),
+            ..Default::default()
+        })
+        .collect();
+    for c in gone.ranges.chunks(GONE_BLOCK_KEYS) {
+        blocks.push(v1::GoneBlock {
+            range_starts: c.iter().map(|r| r.start).collect(),
+            range_ends: c.iter().map(|r| r.end).collect(),
+            ..Default::default()
+        });
+    }
+    blocks.push(v1::GoneBlock {
+        last: true,
+        ..Default::default()
+    });
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        for b in blocks {
+            if tx.send(Ok(b)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(Response::new(ReceiverStream::new(rx)))
+}
+
 /// The sending end, which gives up when the reader went away or shutdown cancels it.
 struct Sender {
     tx: mpsc::Sender<Result<v1::RowBlock, Status>>,
