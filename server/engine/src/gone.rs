@@ -240,11 +240,17 @@ pub(crate) fn journal(
     (table, lsn): (u32, u64),
     layer: &crate::state_machine::TableLayer,
 ) {
+    // One entry per start: ranges that share one keep the widest end.
+    let mut ranges: std::collections::BTreeMap<Key, Key> = std::collections::BTreeMap::new();
     for r in &layer.deleted {
+        let end = ranges.entry(r.start).or_insert(r.end);
+        *end = (*end).max(r.end);
+    }
+    for (start, end) in ranges {
         b.put_cf(
             meta,
-            journal_key(table, lsn, KIND_RANGE, r.start),
-            r.end.to_be_bytes(),
+            journal_key(table, lsn, KIND_RANGE, start),
+            end.to_be_bytes(),
         );
     }
     for (k, slot) in &layer.rows {
@@ -303,6 +309,27 @@ impl Core {
         }
         let mut keys: Vec<Key> = Vec::new();
         let clip = |r: KeyRange| KeyRange::new(r.start.max(range.start), r.end.min(range.end));
+        // Memory first, then the journal and the disk: a checkpoint that moves a delete or
+        // a row from memory to RocksDB meanwhile leaves it in the later reads.
+        let now_cut;
+        let then_cut = history.cutoff_at(t.id, since);
+        {
+            let layers = self.state.read();
+            now_cut = layers.cutoff(t.id, self.now());
+            let (dirty, frozen) = layers.of(t.id);
+            for layer in [frozen, dirty].into_iter().flatten() {
+                gone.ranges.extend(layer.deleted.iter().map(|r| clip(*r)));
+                for (k, slot) in &layer.rows {
+                    let was = match slot {
+                        Slot::Deleted => true,
+                        Slot::Row(r) => !now_cut.keeps_row(r) && then_cut.keeps_row(r),
+                    };
+                    if was && range.contains(*k) {
+                        keys.push(*k);
+                    }
+                }
+            }
+        }
         // The journal.
         let prefix = journal_prefix(t.id);
         for (k, v) in self.rocks.meta_between(
@@ -327,25 +354,6 @@ impl Core {
                 _ => return Err(bad().into()),
             }
         }
-        let now_cut;
-        let then_cut = history.cutoff_at(t.id, since);
-        {
-            let layers = self.state.read();
-            now_cut = layers.cutoff(t.id, self.now());
-            let (dirty, frozen) = layers.of(t.id);
-            for layer in [frozen, dirty].into_iter().flatten() {
-                gone.ranges.extend(layer.deleted.iter().map(|r| clip(*r)));
-                for (k, slot) in &layer.rows {
-                    let was = match slot {
-                        Slot::Deleted => true,
-                        Slot::Row(r) => !now_cut.keeps_row(r) && then_cut.keeps_row(r),
-                    };
-                    if was && range.contains(*k) {
-                        keys.push(*k);
-                    }
-                }
-            }
-        }
         // Rows on disk gone since: only if the cut-off moved since.
         if now_cut != then_cut {
             self.rocks.for_each_row(&t.cf, range, &mut |k, v| {
@@ -368,6 +376,16 @@ impl Core {
         keys.sort_unstable();
         keys.dedup();
         gone.keys = self.absent_of(&t, keys, now_cut)?;
+        // A checkpoint meanwhile may have dropped rows (and journal entries) the LSN needs.
+        let from = self.history().from;
+        if since < from {
+            return Err(InputError::GoneUntracked {
+                lsn: since,
+                from,
+                retention_secs: self.opts.gone_retention_secs,
+            }
+            .into());
+        }
         Ok(gone)
     }
 
