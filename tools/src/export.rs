@@ -174,8 +174,8 @@ pub struct Written {
 const ARPA_BLOCK_CACHE: usize = 1 << 30;
 
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
-    if args.format == Format::Arpa {
-        return arpa(&args);
+    if args.format.is_lm() {
+        return lm_file(&args);
     }
     let client = args.target.connect_read_only()?;
     let since = args
@@ -223,13 +223,21 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `paramdb export MODEL --format arpa`: the Kneser-Ney model named by the table argument.
-fn arpa(args: &ExportArgs) -> anyhow::Result<()> {
+/// `paramdb export MODEL --format arpa|kn-compact`: the Kneser-Ney model named by the table
+/// argument.
+fn lm_file(args: &ExportArgs) -> anyhow::Result<()> {
+    let what = match args.format {
+        Format::Arpa => "an ARPA export",
+        _ => "a compact export",
+    };
     if args.since.is_some() || args.vocab.is_some() || args.order.is_some() {
-        bail!("--since, --vocab and --order do not apply to an ARPA export");
+        bail!("--since, --vocab and --order do not apply to {what}");
     }
     if (args.start, args.end) != (0, u64::MAX) {
-        bail!("--start and --end do not apply to an ARPA export: it writes the whole model");
+        bail!("--start and --end do not apply to {what}: it writes the whole model");
+    }
+    if args.format == Format::KnCompact {
+        return compact(args);
     }
     let client = args.target.connect_read_only_cached(ARPA_BLOCK_CACHE)?;
     let model = &args.table;
@@ -274,6 +282,39 @@ fn arpa(args: &ExportArgs) -> anyhow::Result<()> {
         paramdb_types::quote(model),
         args.out.display(),
         counts.join(", "),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `paramdb export MODEL --format kn-compact`: the model's count rows, streamed once in key
+/// order into the compact read-only form.
+fn compact(args: &ExportArgs) -> anyhow::Result<()> {
+    let client = args.target.connect_read_only()?;
+    let model = &args.table;
+    let started = std::time::Instant::now();
+    let bar = crate::progress::progress_bar(args.quiet, 0);
+    let built =
+        paramdb_trainer::ngram::compact::write(&client, model, &args.out, &|done, total| {
+            if let Some(b) = &bar {
+                b.set_length(total);
+                b.set_position(done);
+            }
+        })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let rows: Vec<String> = built.rows[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, g)| format!("{g} of order {}", i + 1))
+        .collect();
+    println!(
+        "exported {} in compact form to {}: {} bytes, rows {} ({:.1} s)",
+        paramdb_types::quote(model),
+        args.out.display(),
+        built.bytes,
+        rows.join(", "),
         started.elapsed().as_secs_f64()
     );
     Ok(())

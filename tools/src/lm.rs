@@ -315,11 +315,30 @@ pub struct PerplexityArgs {
     /// (about 2.9 GB for IMDb's 5-gram model); past it, blocks are read again per lookup.
     #[arg(long, default_value = "4G", value_parser = crate::export::parse_bytes)]
     pub block_cache: u64,
+    /// Score with the Kneser-Ney model's compact form (`export MODEL --format kn-compact`)
+    /// instead of the servers: no server or data directory is read.
+    #[arg(long, conflicts_with = "model")]
+    pub compact: Option<PathBuf>,
     #[command(flatten)]
     pub target: Target,
 }
 
 pub fn perplexity(args: PerplexityArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.compact {
+        let started = Instant::now();
+        let c = ngram::compact::Compact::open(path)?;
+        let p = ngram::compact::perplexity(&c, &args.test, |_| true)?;
+        println!(
+            "Kneser-Ney {}-gram: perplexity {:.2} including OOVs, {:.2} excluding ({} tokens, {} OOV)",
+            c.kn().order(),
+            p.including_oov(),
+            p.excluding_oov(),
+            p.tokens,
+            p.oov,
+        );
+        println!("({:.1} s)", started.elapsed().as_secs_f64());
+        return Ok(());
+    }
     let client = args
         .target
         .connect_read_only_cached(usize::try_from(args.block_cache).unwrap_or(usize::MAX))?;

@@ -318,6 +318,31 @@ fn arpa_export_read_by_kenlm_scores_as_eval_perplexity_does() {
             String::from_utf8_lossy(&k.stderr)
         );
         assert_eq!(theirs.trim(), ours.trim(), "order {order}");
+        // The compact form scores the same, with no server or data directory.
+        let compact = tmp.path().join(format!("{model}.knc"));
+        let out = run(&[
+            &os("export"),
+            &os(&model),
+            &os("--format"),
+            &os("kn-compact"),
+            &os("--out"),
+            compact.as_os_str(),
+        ]);
+        assert!(out.contains("compact form"), "{out}");
+        let from_file = run(&[
+            &os("eval"),
+            &os("perplexity"),
+            &os("--test"),
+            test_path.as_os_str(),
+            &os("--compact"),
+            compact.as_os_str(),
+        ]);
+        let from_file = line_with(&from_file, "Kneser-Ney");
+        assert_eq!(
+            &from_file[from_file.find("perplexity").unwrap()..],
+            ours,
+            "order {order}, compact"
+        );
     }
 }
 
@@ -716,6 +741,37 @@ fn ngram_lm_bad_input_gets_one_line_errors() {
         }
     }
     assert!(arpa.exists());
+    // The compact form: refused for import; a damaged, cut or foreign file is an error.
+    let knc = tmp.path().join("m.knc");
+    let k = knc.to_str().unwrap();
+    let t = tmp.path().join("t.txt");
+    std::fs::write(&t, "a b c\n").unwrap();
+    let t = t.to_str().unwrap();
+    expect(&["export", "lm", "--format", "kn-compact", "--out", k], "");
+    expect(&["eval", "perplexity", "--test", t, "--compact", k], "");
+    expect(
+        &["import", "t", "--in", k, "--format", "kn-compact"],
+        "not imported",
+    );
+    let whole = std::fs::read(&knc).unwrap();
+    let damaged = tmp.path().join("damaged.knc");
+    let mut bytes = whole.clone();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 1;
+    std::fs::write(&damaged, &bytes).unwrap();
+    let cut = tmp.path().join("cut.knc");
+    std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+    for (file, want) in [
+        (damaged.to_str().unwrap(), "fail their CRC"),
+        (cut.to_str().unwrap(), "run past its end"),
+        (a, "magic bytes"),
+        ("/nonexistent.knc", "opening"),
+    ] {
+        expect(
+            &["eval", "perplexity", "--test", t, "--compact", file],
+            want,
+        );
+    }
     // A model goes on only with the corpus and settings it was counted with.
     let other = tmp.path().join("other.txt");
     markov_corpus(&other, 100, 50, 4);

@@ -25,6 +25,15 @@ pub enum Format {
     Tsv,
     /// A Kneser-Ney model as an ARPA back-off file (`paramdb export MODEL --format arpa`).
     Arpa,
+    /// A Kneser-Ney model's compact read-only form, for `eval perplexity --compact`.
+    KnCompact,
+}
+
+impl Format {
+    /// Written from an n-gram model, not from a table's rows.
+    pub fn is_lm(self) -> bool {
+        matches!(self, Format::Arpa | Format::KnCompact)
+    }
 }
 
 /// The file beside `out` with `suffix` after its stem (`v.npy` → `v.keys.npy`).
@@ -85,8 +94,8 @@ pub struct Sink {
 
 impl Sink {
     pub fn create(format: Format, path: &Path, dim: usize) -> anyhow::Result<Sink> {
-        if format == Format::Arpa {
-            anyhow::bail!("ARPA is written from an n-gram model, not from a table");
+        if format.is_lm() {
+            anyhow::bail!("{format:?} is written from an n-gram model, not from a table");
         }
         let mut out = BufWriter::with_capacity(
             1 << 20,
@@ -113,7 +122,7 @@ impl Sink {
                 npy_header("<f4", 0, Some(dim))
             }
             Format::Safetensors => safetensors_header(0, dim),
-            Format::Tsv | Format::Arpa => Vec::new(),
+            Format::Tsv | Format::Arpa | Format::KnCompact => Vec::new(),
         };
         out.write_all(&header)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -163,7 +172,7 @@ impl Sink {
                     None => Ok(()),
                 }
             }
-            Format::Arpa => unreachable!("Sink::create refuses ARPA"),
+            Format::Arpa | Format::KnCompact => unreachable!("Sink::create refuses models"),
             Format::Tsv => {
                 self.text.clear();
                 for (i, x) in v.iter().enumerate() {
@@ -199,7 +208,7 @@ impl Sink {
             Format::Word2vecText | Format::Word2vecBin => Some(w2v_header(rows, dim)),
             Format::Npy => Some(npy_header("<f4", rows, Some(dim))),
             Format::Safetensors => Some(safetensors_header(rows, dim)),
-            Format::Tsv | Format::Arpa => None,
+            Format::Tsv | Format::Arpa | Format::KnCompact => None,
         };
         if let Some(h) = header {
             f.seek(SeekFrom::Start(0)).map_err(io)?;

@@ -179,6 +179,10 @@ impl Reader {
                 "an ARPA file cannot be imported: it holds probabilities, not a model's counts \
                  (count the corpus with `paramdb train ngram-lm`)"
             ),
+            Format::KnCompact => anyhow::bail!(
+                "a compact Kneser-Ney file is not imported: `eval perplexity --compact FILE` \
+                 reads it as it is"
+            ),
             Format::Tsv => {
                 let mut lines = open(path)?.lines();
                 let first = next_line(&mut lines, path)?

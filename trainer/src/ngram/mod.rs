@@ -26,6 +26,7 @@
 //! (`<unk>` included, `<s>` not), so `<unk>` gets exactly that share.
 
 pub mod arpa;
+pub mod compact;
 mod count;
 pub mod spell;
 mod sync;
@@ -684,21 +685,23 @@ impl Kn {
     }
 
     fn prob(&self, grams: &[(u64, u64)], rows: &Rows) -> f64 {
-        let none = Row::default();
+        self.prob_by(grams, |k, key| {
+            rows[k].get(&key).copied().unwrap_or_default()
+        })
+    }
+
+    /// `prob` with rows from `row(order, key)` (all zero for an n-gram the model lacks).
+    fn prob_by(&self, grams: &[(u64, u64)], row: impl Fn(usize, u64) -> Row) -> f64 {
         let uniform = 1.0 / self.vocab_size as f64;
         let mut p = uniform;
         for (i, &(g, c)) in grams.iter().enumerate() {
             let k = i + 1;
-            let ctx = if k == 1 {
-                &self.empty
-            } else {
-                rows[k - 1].get(&c).unwrap_or(&none)
-            };
+            let ctx = if k == 1 { self.empty } else { row(k - 1, c) };
             if ctx.sum == 0 {
                 // Never a context: this and every longer context back off with weight 1.
                 break;
             }
-            let count = rows[k].get(&g).map_or(0, |r| r.count);
+            let count = row(k, g).count;
             let d = &self.discounts[k];
             let disc = |a: u64| {
                 if a == 0 {
@@ -751,7 +754,8 @@ impl Perplexity {
 /// unknown words replaced by `<unk>`, each with its OOV flags. `pick(offset)` chooses lines by
 /// the byte offset they start at.
 pub struct Sentences<'a> {
-    client: &'a BlockingClient,
+    /// Which of some words the model knows.
+    known: Known<'a>,
     kn: &'a Kn,
     reader: PartReader,
     pick: Box<dyn Fn(u64) -> bool + 'a>,
@@ -773,9 +777,24 @@ pub struct Batch {
     pub oov: Vec<Vec<bool>>,
 }
 
+/// Which of some words a model knows (has a unigram count for, or is `<unk>`).
+type Known<'a> = Box<dyn Fn(&[u64]) -> Result<Vec<bool>> + 'a>;
+
 impl<'a> Sentences<'a> {
     pub fn open(
         client: &'a BlockingClient,
+        kn: &'a Kn,
+        path: &Path,
+        pick: impl Fn(u64) -> bool + 'a,
+        batch_tokens: usize,
+    ) -> Result<Sentences<'a>> {
+        let known = Box::new(move |words: &[u64]| kn.known(client, words));
+        Sentences::open_with(known, kn, path, pick, batch_tokens)
+    }
+
+    /// `open` with the vocabulary looked up by `known`.
+    pub(crate) fn open_with(
+        known: Known<'a>,
         kn: &'a Kn,
         path: &Path,
         pick: impl Fn(u64) -> bool + 'a,
@@ -785,7 +804,7 @@ impl<'a> Sentences<'a> {
             .map_err(|e| TrainError::io(format!("reading {}", path.display()), e))?
             .len();
         Ok(Sentences {
-            client,
+            known,
             kn,
             reader: PartReader::open(path, 0, len, None)?,
             pick: Box::new(pick),
@@ -815,11 +834,8 @@ impl<'a> Sentences<'a> {
         let mut words: Vec<u64> = b.sentences.iter().flatten().copied().collect();
         words.sort_unstable();
         words.dedup();
-        let known: FxHashMap<u64, bool> = words
-            .iter()
-            .copied()
-            .zip(self.kn.known(self.client, &words)?)
-            .collect();
+        let known: FxHashMap<u64, bool> =
+            words.iter().copied().zip((self.known)(&words)?).collect();
         let bos = word_key(BOS);
         for s in &mut b.sentences {
             let mut flags = Vec::with_capacity(s.len());
