@@ -111,8 +111,8 @@ fn build(
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     // The header's size does not depend on the sections, so it is written once with empty
     // sections, then again at the end.
-    let mut sections = vec![Section::default(); n + 1];
-    let header_len = header(kn, &sections).len() as u64;
+    let header_len = header(kn, &vec![Section::default(); n + 1]).len() as u64;
+    let mut sections = vec![Section::default()];
     w.write_all(&vec![0u8; header_len as usize])
         .map_err(|e| io(path, e))?;
     let mut at = header_len;
@@ -120,7 +120,7 @@ fn build(
     let total: u64 = kn.coc.iter().skip(1).map(|c| c.distinct).sum();
     let mut done = 0u64;
     let mut built = Built {
-        rows: vec![0; n + 1],
+        rows: vec![0],
         bytes: 0,
     };
     for k in 1..=n {
@@ -212,8 +212,8 @@ fn build(
             crc: crc.finalize(),
         };
         at += s.len();
-        sections[k] = s;
-        built.rows[k] = rows_n;
+        sections.push(s);
+        built.rows.push(rows_n);
     }
     let mut file = w.into_inner().map_err(|e| io(path, e.into_error()))?;
     use std::io::Seek;
