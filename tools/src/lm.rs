@@ -70,7 +70,7 @@ pub struct NgramLmArgs {
     #[arg(long, default_value_t = 0.1)]
     pub lr: f32,
     /// Adagrad learning rate of the dense layers.
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, default_value_t = 0.005)]
     pub dense_lr: f32,
     #[arg(long, default_value_t = 2)]
     pub threads: usize,

@@ -78,7 +78,7 @@ impl Default for NeuralConfig {
             batch: 1024,
             epochs: 1,
             lr: 0.1,
-            dense_lr: 0.02,
+            dense_lr: 0.005,
             noise_power: 0.75,
             threads: 2,
             seed: 1,
