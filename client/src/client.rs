@@ -681,13 +681,7 @@ impl Client {
         range: KeyRange,
         since: &[u64],
     ) -> Result<RowStream, ClientError> {
-        if since.len() != self.inner.shards.len() {
-            return Err(ClientError::Invalid(format!(
-                "{} LSNs for {} shards",
-                since.len(),
-                self.inner.shards.len()
-            )));
-        }
+        self.check_lsns(since)?;
         Ok(self.ranges(table, range, Some(since.to_vec())))
     }
 
@@ -703,13 +697,7 @@ impl Client {
         range: KeyRange,
         since: &[u64],
     ) -> Result<Gone, ClientError> {
-        if since.len() != self.inner.shards.len() {
-            return Err(ClientError::Invalid(format!(
-                "{} LSNs for {} shards",
-                since.len(),
-                self.inner.shards.len()
-            )));
-        }
+        self.check_lsns(since)?;
         let mut gone = Gone::default();
         for (shard, part) in routing::split_range(&self.inner.map, range) {
             let lsn = since[shard];
@@ -730,6 +718,18 @@ impl Client {
             }
         }
         Ok(gone)
+    }
+
+    /// One LSN per shard.
+    fn check_lsns(&self, since: &[u64]) -> Result<(), ClientError> {
+        if since.len() != self.inner.shards.len() {
+            return Err(ClientError::Invalid(format!(
+                "{} LSNs for {} shards",
+                since.len(),
+                self.inner.shards.len()
+            )));
+        }
+        Ok(())
     }
 
     fn ranges(&self, table: &str, range: KeyRange, since: Option<Vec<u64>>) -> RowStream {

@@ -54,14 +54,9 @@ impl tokio_stream::Stream for RowBlocks {
     }
 }
 
-pub(crate) fn pull_range(
-    s: &ShardService,
-    req: Request<v1::PullRangeRequest>,
-) -> Result<Response<RowBlocks>, Status> {
-    let (store, permit) = s.enter(req.metadata(), Access::Read)?;
-    let r = req.into_inner();
-    check_table_name(&r.table)?;
-    let range = KeyRange::new(r.start, r.end);
+/// `[start, end)`, which must lie inside the shard's range (else the client's map is stale).
+fn inside_shard(s: &ShardService, start: u64, end: u64) -> Result<KeyRange, Status> {
+    let range = KeyRange::new(start, end);
     let inside = s.range.contains(range.start) && range.end <= s.range.end;
     if !range.is_empty() && !inside {
         return Err(Status::failed_precondition(format!(
@@ -69,6 +64,17 @@ pub(crate) fn pull_range(
             s.shard, s.range
         )));
     }
+    Ok(range)
+}
+
+pub(crate) fn pull_range(
+    s: &ShardService,
+    req: Request<v1::PullRangeRequest>,
+) -> Result<Response<RowBlocks>, Status> {
+    let (store, permit) = s.enter(req.metadata(), Access::Read)?;
+    let r = req.into_inner();
+    check_table_name(&r.table)?;
+    let range = inside_shard(s, r.start, r.end)?;
     let dim = store.describe_table(&r.table).map_err(to_status)?.spec.dim;
     let block = match r.block_rows as usize {
         0 => s.limits.range_block_rows,
@@ -107,14 +113,7 @@ pub(crate) async fn gone_since(
     let (store, permit) = s.enter(req.metadata(), Access::Read)?;
     let r = req.into_inner();
     check_table_name(&r.table)?;
-    let range = KeyRange::new(r.start, r.end);
-    let inside = s.range.contains(range.start) && range.end <= s.range.end;
-    if !range.is_empty() && !inside {
-        return Err(Status::failed_precondition(format!(
-            "range {range} is not inside shard {}'s range {} (stale cluster map?)",
-            s.shard, s.range
-        )));
-    }
+    let range = inside_shard(s, r.start, r.end)?;
     let gone = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         store.gone_since(&r.table, range, r.since_lsn)
