@@ -169,10 +169,6 @@ pub struct Written {
     pub deleted: Option<(u64, PathBuf)>,
 }
 
-/// Block cache for the ARPA export's lookups (embedded shards): it scores every n-gram, and
-/// the rows of a block are looked up many times.
-const ARPA_BLOCK_CACHE: usize = 1 << 30;
-
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     if args.format.is_lm() {
         return lm_file(&args);
@@ -239,7 +235,9 @@ fn lm_file(args: &ExportArgs) -> anyhow::Result<()> {
     if args.format == Format::KnCompact {
         return compact(args);
     }
-    let client = args.target.connect_read_only_cached(ARPA_BLOCK_CACHE)?;
+    // The lookups go to the model's compact form (`ngram::arpa`); the servers are read in
+    // order only.
+    let client = args.target.connect_read_only()?;
     let model = &args.table;
     let started = std::time::Instant::now();
     let tmp = sibling(&args.out, ".arpa.tmp");

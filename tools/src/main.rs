@@ -57,7 +57,7 @@ enum Command {
     Eval(EvalCommand),
     /// The nearest words to a word.
     Neighbours(train::NeighboursArgs),
-    /// Export a table (word2vec text/binary, npy, safetensors, tsv), streaming; or an n-gram model as ARPA (`export MODEL --format arpa`)
+    /// Export a table (word2vec text/binary, npy, safetensors, tsv), streaming; or an n-gram model as ARPA or in its compact form (`export MODEL --format arpa|kn-compact`)
     Export(export::ExportArgs),
     /// Back up embedded shards, a shard's data directory, or a running cluster (`--cluster`,
     /// a consistent cut) into a target directory: hard links where possible, incremental

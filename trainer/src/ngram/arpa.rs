@@ -11,8 +11,10 @@
 //! after another. `p(w|c) = max(a − D(a), 0)/S(c) + γ(c)·p(w|c′)` needs the n-gram's row, its
 //! context's, and the probability of its suffix `c′w` in the order below: each order's
 //! probabilities go to a temporary file in stream order, and the next order reads them
-//! forward as its suffixes advance (their places only grow). Only the vocabulary is held in
-//! memory.
+//! forward as its suffixes advance (their places only grow). The rows are looked up in the
+//! model's compact form (`compact`), built first into the export's temporary directory and
+//! loaded whole: two random lookups per n-gram, each a few cache misses rather than a RocksDB
+//! read. The vocabulary and that form are what the export holds in memory.
 
 use std::io::Write;
 
@@ -20,7 +22,8 @@ use rustc_hash::FxHashMap;
 
 use paramdb_client::BlockingClient;
 
-use super::{ngram_key, rows, spell, state_table, Kn, Row, BOS, GRAMS_KEY, UNK};
+use super::compact::Compact;
+use super::{ngram_key, spell, state_table, Kn, Row, BOS, GRAMS_KEY, UNK};
 use crate::error::{Result, TrainError};
 use crate::keys::{state_fields, word_key, STATE_DIM};
 
@@ -76,8 +79,22 @@ pub fn write(
         })
         .collect();
     let processes = spell::processes(client, model)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("paramdb-arpa-")
+        .tempdir()
+        .map_err(|e| TrainError::io("creating the export's temporary directory", e))?;
+    // The count rows are looked up at random, two per n-gram: from the model's compact form,
+    // built first into the scratch directory, rather than from the servers.
+    let compact_path = scratch.path().join("model.knc");
+    super::compact::build(client, &kn, &compact_path, &|_, _| {})?;
+    let counts = Compact::open(&compact_path)?;
+    let _ = std::fs::remove_file(&compact_path);
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "compact form built for the lookups"
+    );
     let (bos, unk) = (word_key(BOS), kn.unk());
-    let unk_seen = rows(client, model, 1, &[unk])?[0].count > 0;
+    let unk_seen = counts.row(1, unk).count > 0;
     let total: u64 = grams.iter().sum();
 
     writeln!(out, "\\data\\").map_err(io)?;
@@ -87,20 +104,16 @@ pub fn write(
     }
     let mut done = 0;
     let mut line = String::new();
-    let scratch = tempfile::Builder::new()
-        .prefix("paramdb-arpa-")
-        .tempdir()
-        .map_err(|e| TrainError::io("creating the export's temporary directory", e))?;
     for k in 1..=n {
         write!(out, "\n\\{k}-grams:\n").map_err(io)?;
         if k == 1 {
             // <s> predicts nothing; <unk>, unless the corpus had it, only its uniform share.
-            let b = backoffs(client, &kn, 1, &[bos])?[0];
+            let b = backoff_of(&counts, &kn, 1, bos);
             line.clear();
             push_line(&mut line, -99.0, BOS, b, n == 1);
             if !unk_seen {
                 let lp = kn.log_probs(client, &[(&[], unk)])?[0] / std::f64::consts::LN_10;
-                let b = backoffs(client, &kn, 1, &[unk])?[0];
+                let b = backoff_of(&counts, &kn, 1, unk);
                 push_line(&mut line, lp, UNK, b, n == 1);
             }
             out.write_all(line.as_bytes()).map_err(io)?;
@@ -146,11 +159,11 @@ pub fn write(
                 };
                 batch.lower.push(lower);
                 if batch.lower.len() == BATCH {
-                    done += batch.write(client, &kn, k, &mut line, out, mine.as_mut())?;
+                    done += batch.write(&counts, &kn, k, &mut line, out, mine.as_mut())?;
                     on_progress(done, total);
                 }
             }
-            done += batch.write(client, &kn, k, &mut line, out, mine.as_mut())?;
+            done += batch.write(&counts, &kn, k, &mut line, out, mine.as_mut())?;
             on_progress(done, total);
             if let Some(mut w) = mine {
                 w.flush()
@@ -171,15 +184,12 @@ pub fn write(
     Ok(Written { grams })
 }
 
-/// `log10 γ` of each order-`k` n-gram of `keys` as a context, `None` for one that is not.
-fn backoffs(client: &BlockingClient, kn: &Kn, k: usize, keys: &[u64]) -> Result<Vec<Option<f64>>> {
+/// `log10 γ` of order-`k` n-gram `key` as a context, `None` if it is not one.
+fn backoff_of(table: &Compact, kn: &Kn, k: usize, key: u64) -> Option<f64> {
     if k >= kn.order() {
-        return Ok(vec![None; keys.len()]);
+        return None;
     }
-    Ok(rows(client, &kn.model, k, keys)?
-        .iter()
-        .map(|r| backoff(kn, k, r))
-        .collect())
+    backoff(kn, k, &table.row(k, key))
 }
 
 fn backoff(kn: &Kn, k: usize, r: &Row) -> Option<f64> {
@@ -244,7 +254,7 @@ impl Batch<'_> {
     /// the lines to `out` and the probabilities to `probs`; empties the batch, returns its size.
     fn write(
         &mut self,
-        client: &BlockingClient,
+        table: &Compact,
         kn: &Kn,
         k: usize,
         line: &mut String,
@@ -256,7 +266,7 @@ impl Batch<'_> {
             return Ok(0);
         }
         let gkeys: Vec<u64> = self.keys.chunks(k).map(ngram_key).collect();
-        let grows = rows(client, &kn.model, k, &gkeys)?;
+        let grows: Vec<Row> = gkeys.iter().map(|&g| table.row(k, g)).collect();
         let crows = if k == 1 {
             vec![kn.empty; n]
         } else {
@@ -265,7 +275,7 @@ impl Batch<'_> {
                 .chunks(k)
                 .map(|g| ngram_key(&g[..k - 1]))
                 .collect();
-            rows(client, &kn.model, k - 1, &ckeys)?
+            ckeys.iter().map(|&c| table.row(k - 1, c)).collect()
         };
         let d = &kn.discounts[k];
         line.clear();

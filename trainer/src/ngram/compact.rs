@@ -100,7 +100,7 @@ pub fn write(
     }
 }
 
-fn build(
+pub(crate) fn build(
     client: &BlockingClient,
     kn: &Kn,
     path: &Path,
