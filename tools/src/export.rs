@@ -246,10 +246,7 @@ fn lm_file(args: &ExportArgs) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let bar = crate::progress::progress_bar(args.quiet, 0);
     let written = paramdb_trainer::ngram::arpa::write(&client, model, &mut out, &|done, total| {
-        if let Some(b) = &bar {
-            b.set_length(total);
-            b.set_position(done);
-        }
+        crate::progress::show(&bar, done, total)
     });
     let written = match written {
         Ok(w) => w,
@@ -294,10 +291,7 @@ fn compact(args: &ExportArgs) -> anyhow::Result<()> {
     let bar = crate::progress::progress_bar(args.quiet, 0);
     let built =
         paramdb_trainer::ngram::compact::write(&client, model, &args.out, &|done, total| {
-            if let Some(b) = &bar {
-                b.set_length(total);
-                b.set_position(done);
-            }
+            crate::progress::show(&bar, done, total)
         })?;
     if let Some(b) = bar {
         b.finish_and_clear();

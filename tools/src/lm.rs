@@ -323,19 +323,23 @@ pub struct PerplexityArgs {
     pub target: Target,
 }
 
+/// `NAME: perplexity … including OOVs, … excluding (N tokens, M OOV)`.
+fn print_perplexity(name: &str, p: &Perplexity) {
+    println!(
+        "{name}: perplexity {:.2} including OOVs, {:.2} excluding ({} tokens, {} OOV)",
+        p.including_oov(),
+        p.excluding_oov(),
+        p.tokens,
+        p.oov,
+    )
+}
+
 pub fn perplexity(args: PerplexityArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.compact {
         let started = Instant::now();
         let c = ngram::compact::Compact::open(path)?;
         let p = ngram::compact::perplexity(&c, &args.test, |_| true)?;
-        println!(
-            "Kneser-Ney {}-gram: perplexity {:.2} including OOVs, {:.2} excluding ({} tokens, {} OOV)",
-            c.kn().order(),
-            p.including_oov(),
-            p.excluding_oov(),
-            p.tokens,
-            p.oov,
-        );
+        print_perplexity(&format!("Kneser-Ney {}-gram", c.kn().order()), &p);
         println!("({:.1} s)", started.elapsed().as_secs_f64());
         return Ok(());
     }
@@ -344,15 +348,7 @@ pub fn perplexity(args: PerplexityArgs) -> anyhow::Result<()> {
         .connect_read_only_cached(usize::try_from(args.block_cache).unwrap_or(usize::MAX))?;
     let kn = Kn::load(&client, &args.model)?;
     let started = Instant::now();
-    let line = |name: &str, p: &Perplexity| {
-        println!(
-            "{name}: perplexity {:.2} including OOVs, {:.2} excluding ({} tokens, {} OOV)",
-            p.including_oov(),
-            p.excluding_oov(),
-            p.tokens,
-            p.oov,
-        )
-    };
+    let line = print_perplexity;
     let neural = if args.kn_only {
         None
     } else {

@@ -121,28 +121,23 @@ pub(crate) async fn gone_since(
     .await
     .map_err(|e| Status::internal(format!("gone-key scan failed: {e}")))?
     .map_err(to_status)?;
-    let mut blocks: Vec<v1::GoneBlock> = gone
-        .keys
-        .chunks(GONE_BLOCK_KEYS)
-        .map(|c| v1::GoneBlock {
+    // Blocks are made as the channel takes them: the keys, then the ranges, then the end.
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let keys = gone.keys.chunks(GONE_BLOCK_KEYS).map(|c| v1::GoneBlock {
             keys: c.to_vec(),
             ..Default::default()
-        })
-        .collect();
-    for c in gone.ranges.chunks(GONE_BLOCK_KEYS) {
-        blocks.push(v1::GoneBlock {
+        });
+        let ranges = gone.ranges.chunks(GONE_BLOCK_KEYS).map(|c| v1::GoneBlock {
             range_starts: c.iter().map(|r| r.start).collect(),
             range_ends: c.iter().map(|r| r.end).collect(),
             ..Default::default()
         });
-    }
-    blocks.push(v1::GoneBlock {
-        last: true,
-        ..Default::default()
-    });
-    let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(async move {
-        for b in blocks {
+        let end = std::iter::once(v1::GoneBlock {
+            last: true,
+            ..Default::default()
+        });
+        for b in keys.chain(ranges).chain(end) {
             if tx.send(Ok(b)).await.is_err() {
                 return;
             }
