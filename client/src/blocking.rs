@@ -242,6 +242,13 @@ impl BlockingClient {
         self.rt.block_on(self.client.compact())
     }
 
+    /// For each shard, each of its replicas' standing (see `Client::replica_status`).
+    pub fn replica_status(
+        &self,
+    ) -> Vec<Vec<(String, Result<crate::transport::ReplicaInfo, ClientError>)>> {
+        self.rt.block_on(self.client.replica_status())
+    }
+
     pub fn stats(&self) -> Result<Vec<ShardStats>, ClientError> {
         self.rt.block_on(self.client.stats())
     }

@@ -217,7 +217,8 @@ impl Client {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                GrpcShard::connect(i, &s.address, opts.connect_timeout, &security).map(Shard::Grpc)
+                GrpcShard::connect(i, &s.addresses(), opts.connect_timeout, &security)
+                    .map(Shard::Grpc)
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self::build(map, shards, opts))
@@ -375,7 +376,7 @@ impl Client {
                 Err(e) if attempt > 1 && e.is_retryable() => {
                     return Err(ClientError::RetriesExhausted {
                         shard,
-                        address: self.inner.map.shards[shard].address.clone(),
+                        address: self.inner.map.shards[shard].addresses().join(","),
                         attempts: attempt,
                         last: Box::new(e),
                     })
@@ -889,6 +890,13 @@ impl Client {
             .await
             .into_iter()
             .collect()
+    }
+
+    /// For each shard, each of its replicas' standing (address, then what it reports).
+    pub async fn replica_status(
+        &self,
+    ) -> Vec<Vec<(String, Result<crate::transport::ReplicaInfo, ClientError>)>> {
+        futures::future::join_all(self.inner.shards.iter().map(|s| s.replica_status())).await
     }
 
     pub async fn stats(&self) -> Result<Vec<ShardStats>, ClientError> {

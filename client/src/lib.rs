@@ -38,4 +38,4 @@ pub use paramdb_types::{
     TableReport, TableSpec, UpdateRule, VerifyReport,
 };
 pub use staleness::Clock;
-pub use transport::{BackupRequest, ImportResult, LogDump, RowBlock, ShardStats};
+pub use transport::{BackupRequest, ImportResult, LogDump, ReplicaInfo, RowBlock, ShardStats};

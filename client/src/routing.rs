@@ -68,10 +68,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn map() -> ClusterMap {
-        let e = |a, b| ShardEntry {
-            range: [a, b],
-            address: String::new(),
-        };
+        let e = |a, b| ShardEntry::new([a, b], String::new());
         ClusterMap {
             shards: vec![e(0, 100), e(100, 250), e(300, 1000)],
             ..ClusterMap::default()

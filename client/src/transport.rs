@@ -18,7 +18,7 @@ use paramdb_types::{
 use crate::error::ClientError;
 #[cfg(feature = "embedded")]
 pub use embedded::{EmbeddedImport, EmbeddedShard};
-pub use grpc::{GrpcImport, GrpcShard, Security};
+pub use grpc::{GrpcImport, GrpcShard, ReplicaInfo, Security};
 
 /// Bytes of rows an embedded shard stages per table file while importing (it holds up to
 /// three such runs).
@@ -270,5 +270,14 @@ impl Shard {
 
     pub async fn stats(&self) -> Result<ShardStats, ClientError> {
         each!(self, s => s.stats().await)
+    }
+
+    /// Each replica of the shard with its standing (gRPC shards; an embedded shard has none).
+    pub async fn replica_status(&self) -> Vec<(String, Result<ReplicaInfo, ClientError>)> {
+        match self {
+            Shard::Grpc(s) => s.replica_status().await,
+            #[cfg(feature = "embedded")]
+            Shard::Embedded(_) => Vec::new(),
+        }
     }
 }

@@ -13,6 +13,18 @@
 //! Shards are numbered in file order. Ranges must be non-empty, sorted, and must not overlap;
 //! gaps are allowed (keys in a gap belong to no shard and are refused).
 //!
+//! A replicated shard lists its group's replicas instead of one address (replica `i` is the
+//! `i`-th, from 1; a server is started with `--shard N --replica I`):
+//!
+//! ```toml
+//! [[shard]]
+//! range = [0, 9223372036854775808]
+//! replicas = ["10.0.0.1:7070", "10.0.0.2:7070", "10.0.0.3:7070"]
+//! ```
+//!
+//! A group has an odd number of replicas (an even one tolerates no more failures than one
+//! fewer), and no address serves two replicas.
+//!
 //! Servers that require TLS or bearer tokens are reached with, before the shards:
 //!
 //! ```toml
@@ -28,6 +40,7 @@
 
 use std::path::{Path, PathBuf};
 
+use paramdb_types::quote;
 use serde::{Deserialize, Serialize};
 
 /// One shard of the cluster.
@@ -36,7 +49,36 @@ use serde::{Deserialize, Serialize};
 pub struct ShardEntry {
     /// `[start, end)`.
     pub range: [u64; 2],
+    /// The shard server's address (an unreplicated shard).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,
+    /// The addresses of the shard's replica group, replica 1 first (a replicated shard).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
+}
+
+impl ShardEntry {
+    /// An unreplicated shard.
+    pub fn new(range: [u64; 2], address: impl Into<String>) -> ShardEntry {
+        ShardEntry {
+            range,
+            address: address.into(),
+            replicas: Vec::new(),
+        }
+    }
+
+    /// Where the shard is served: its replicas, or its one address.
+    pub fn addresses(&self) -> Vec<&str> {
+        if self.replicas.is_empty() {
+            vec![self.address.as_str()]
+        } else {
+            self.replicas.iter().map(String::as_str).collect()
+        }
+    }
+
+    pub fn is_replicated(&self) -> bool {
+        !self.replicas.is_empty()
+    }
 }
 
 /// How to reach servers that serve TLS.
@@ -137,10 +179,7 @@ impl ClusterMap {
                 } else {
                     (span * (i as u128 + 1) / n) as u64
                 };
-                ShardEntry {
-                    range: [start, end],
-                    address: a.clone(),
-                }
+                ShardEntry::new([start, end], a.clone())
             })
             .collect();
         ClusterMap {
@@ -153,7 +192,48 @@ impl ClusterMap {
         if self.shards.is_empty() {
             return Err(ClusterError::Invalid("no shards".into()));
         }
+        let mut seen: std::collections::HashMap<&str, usize> = Default::default();
         for (i, s) in self.shards.iter().enumerate() {
+            match (s.address.is_empty(), s.replicas.is_empty()) {
+                (true, true) => {
+                    return Err(ClusterError::Invalid(format!(
+                        "shard {i} has neither an address nor replicas"
+                    )))
+                }
+                (false, false) => {
+                    return Err(ClusterError::Invalid(format!(
+                        "shard {i} has both an address and replicas: list its replicas only"
+                    )))
+                }
+                _ => {}
+            }
+            if s.replicas.len() % 2 == 0 && !s.replicas.is_empty() {
+                return Err(ClusterError::Invalid(format!(
+                    "shard {i} has {} replicas: a group needs an odd number (a group of {} \
+                     survives no more failures than one of {})",
+                    s.replicas.len(),
+                    s.replicas.len(),
+                    s.replicas.len() - 1
+                )));
+            }
+            for a in &s.replicas {
+                if a.is_empty() {
+                    return Err(ClusterError::Invalid(format!(
+                        "shard {i} lists an empty replica address"
+                    )));
+                }
+                if let Some(other) = seen.insert(a.as_str(), i) {
+                    return Err(ClusterError::Invalid(if other == i {
+                        format!("shard {i} lists replica {} twice", quote(a))
+                    } else {
+                        format!(
+                            "replica {} is listed in shard {other} and in shard {i}: a \
+                             replica serves one range",
+                            quote(a)
+                        )
+                    }));
+                }
+            }
             if s.range[0] >= s.range[1] {
                 return Err(ClusterError::Invalid(format!(
                     "shard {i} has an empty range [{}, {})",

@@ -10,13 +10,17 @@
 //!   in-flight calls a grace period, cancels what is left, and checkpoints.
 //! - `auth`: bearer tokens with read or write access.
 //! - `metrics`: Prometheus text on its own port, and the per-method tower layer.
+//! - `replication`: a shard that is one replica of a group: raft's messages between the
+//!   group's servers, its status, and leader hints for clients.
 
 pub mod auth;
 mod handlers;
 pub mod metrics;
+pub mod replication;
 pub mod serve;
 pub mod service;
 pub mod status;
 
+pub use replication::ReplicationConfig;
 pub use serve::{serve, serve_with_metrics, ServeConfig, ServeError};
 pub use service::Limits;

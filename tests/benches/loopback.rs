@@ -171,6 +171,7 @@ fn main() {
         tokens: None,
         sync_journal: None,
         shutdown_grace: paramdb_server::rpc::serve::DEFAULT_SHUTDOWN_GRACE,
+        replication: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = rt.spawn(paramdb_server::rpc::serve(listener, config, async {

@@ -3,6 +3,7 @@
 //! shard server, and the crash demo.
 
 mod backup;
+mod cluster_status;
 mod crash_demo;
 mod demo;
 mod export;
@@ -94,7 +95,10 @@ enum Command {
     /// times, recover, and check every acknowledged push was applied exactly once.
     CrashDemo(crash_demo::DemoArgs),
     /// Serve one shard of a cluster over gRPC (health checking and reflection included).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
+    /// A running cluster's replica groups.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// The child process of `crash-demo` (pushes until killed).
     #[command(hide = true)]
     DemoPusher {
@@ -103,6 +107,12 @@ enum Command {
         #[arg(long)]
         start_seq: u64,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Each shard's replicas: role, term, leader, applied entry and lag.
+    Status(cluster_status::StatusArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -178,7 +188,8 @@ fn main() -> std::process::ExitCode {
         Command::Checkpoint(args) => inspect::checkpoint(args),
         Command::Compact(args) => inspect::compact(args),
         Command::CrashDemo(args) => crash_demo::run(args),
-        Command::Serve(args) => serve::resolve(args, cli.log_format).and_then(|r| {
+        Command::Cluster(ClusterCommand::Status(args)) => cluster_status::status(args),
+        Command::Serve(args) => serve::resolve(*args, cli.log_format).and_then(|r| {
             init_logging(r.log_format());
             serve::run(r)
         }),

@@ -36,6 +36,21 @@ pub struct ServeArgs {
     /// This server's shard number (its position in the cluster file).
     #[arg(long, env = "PARAMDB_SHARD")]
     shard: Option<u32>,
+    /// For a replicated shard: which of its `replicas` this server is (from 1).
+    #[arg(long, env = "PARAMDB_REPLICA")]
+    replica: Option<u64>,
+    /// A replica group's heartbeat interval in milliseconds [default: 50].
+    #[arg(long, env = "PARAMDB_RAFT_HEARTBEAT_MS")]
+    raft_heartbeat_ms: Option<u64>,
+    /// A follower that hears no leader for a random time between this and twice this
+    /// (milliseconds) stands for election, once the leader's lease (twice this) ran out
+    /// [default: 150].
+    #[arg(long, env = "PARAMDB_RAFT_ELECTION_MS")]
+    raft_election_ms: Option<u64>,
+    /// A replica builds a snapshot (and purges its log before it) after this many entries
+    /// [default: 10000].
+    #[arg(long, env = "PARAMDB_RAFT_SNAPSHOT_EVERY")]
+    raft_snapshot_every: Option<u64>,
     /// Log durability: sync, interval=<ms>, none [default: sync].
     #[arg(long, env = "PARAMDB_SYNC")]
     sync: Option<SyncPolicy>,
@@ -103,6 +118,10 @@ pub struct ServerConfig {
     pub data_dir: Option<PathBuf>,
     pub cluster: Option<PathBuf>,
     pub shard: Option<u32>,
+    pub replica: Option<u64>,
+    pub raft_heartbeat_ms: Option<u64>,
+    pub raft_election_ms: Option<u64>,
+    pub raft_snapshot_every: Option<u64>,
     pub sync: Option<String>,
     pub cache_bytes: Option<u64>,
     pub block_cache_bytes: Option<usize>,
@@ -257,6 +276,10 @@ pub fn resolve(args: ServeArgs, log_format: Option<LogFormat>) -> anyhow::Result
                 .or(file.shard)
                 .ok_or_else(|| required("a shard number", "shard", "PARAMDB_SHARD"))?,
         ),
+        replica: args.replica.or(file.replica),
+        raft_heartbeat_ms: args.raft_heartbeat_ms.or(file.raft_heartbeat_ms),
+        raft_election_ms: args.raft_election_ms.or(file.raft_election_ms),
+        raft_snapshot_every: args.raft_snapshot_every.or(file.raft_snapshot_every),
         sync: Some(sync.to_string()),
         cache_bytes: Some(
             args.cache_bytes
@@ -359,6 +382,7 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
             map.shards.len()
         )
     })?;
+    let replication = replication_config(c, &map, shard, &cluster, &data_dir)?;
     let d = StoreOptions::default();
     let mut limits = Limits::default();
     if let Some(v) = c.limits.max_message_bytes {
@@ -401,6 +425,11 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
             c.shutdown_grace_secs
                 .unwrap_or(paramdb_server::rpc::serve::DEFAULT_SHUTDOWN_GRACE.as_secs_f64()),
         ),
+        replication,
+    };
+    let who = match &config.replication {
+        Some(r) => format!("shard {shard} replica {}", r.id),
+        None => format!("shard {shard}"),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -413,10 +442,7 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr()?;
-        let mut banner = format!(
-            "paramdb: shard {shard} ({}) listening on {addr}\n",
-            config.range
-        );
+        let mut banner = format!("paramdb: {who} ({}) listening on {addr}\n", config.range);
         let metrics = match metrics_listen {
             Some(m) => {
                 let l = tokio::net::TcpListener::bind(&m)
@@ -477,4 +503,97 @@ fn tls_config(
         )?));
     }
     Ok(Some(tls))
+}
+
+/// The replica group this server joins, from the cluster file: `None` for an unreplicated
+/// shard. Refuses a data directory that holds the other kind of shard.
+fn replication_config(
+    c: &ServerConfig,
+    map: &ClusterMap,
+    shard: u32,
+    cluster: &Path,
+    data_dir: &Path,
+) -> anyhow::Result<Option<paramdb_server::rpc::ReplicationConfig>> {
+    let entry = &map.shards[shard as usize];
+    let Some(id) = c.replica else {
+        if entry.is_replicated() {
+            bail!(
+                "shard {shard} is replicated ({} replicas in {}): say which one this server is \
+                 with --replica (1 to {})",
+                entry.replicas.len(),
+                cluster.display(),
+                entry.replicas.len()
+            );
+        }
+        if data_dir.join("raft").exists() {
+            bail!(
+                "{} holds a replica of a replicated shard, but shard {shard} of {} is not \
+                 replicated",
+                data_dir.display(),
+                cluster.display()
+            );
+        }
+        return Ok(None);
+    };
+    if !entry.is_replicated() {
+        bail!(
+            "--replica {id} was given, but shard {shard} of {} is not replicated (it has an \
+             `address`, not `replicas`)",
+            cluster.display()
+        );
+    }
+    if id == 0 || id as usize > entry.replicas.len() {
+        bail!(
+            "--replica {id} is not a replica of shard {shard}: {} lists {} (1 to {})",
+            cluster.display(),
+            entry.replicas.len(),
+            entry.replicas.len()
+        );
+    }
+    if data_dir.join("wal").exists() {
+        bail!(
+            "{} holds an unreplicated shard's store; a replica needs a directory of its own",
+            data_dir.display()
+        );
+    }
+    let sync = match &c.sync {
+        Some(s) => s.parse().map_err(anyhow::Error::msg)?,
+        None => SyncPolicy::Sync,
+    };
+    let token = match &map.token_file {
+        Some(f) => {
+            let t = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the token file {}", f.display()))?;
+            Some(format!("Bearer {}", t.trim()).parse().map_err(|_| {
+                anyhow::anyhow!("the token in {} is not printable ASCII", f.display())
+            })?)
+        }
+        None => None,
+    };
+    let election = c.raft_election_ms.unwrap_or(150);
+    let heartbeat = c.raft_heartbeat_ms.unwrap_or(50);
+    if heartbeat == 0 || election <= heartbeat {
+        bail!(
+            "the election timeout ({election} ms) must be longer than the heartbeat \
+             ({heartbeat} ms)"
+        );
+    }
+    Ok(Some(paramdb_server::rpc::ReplicationConfig {
+        group: format!("shard-{shard}"),
+        id,
+        peers: entry
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (i as u64 + 1, a.clone()))
+            .collect(),
+        sync,
+        heartbeat: Duration::from_millis(heartbeat),
+        election_timeout: (
+            Duration::from_millis(election),
+            Duration::from_millis(election * 2),
+        ),
+        snapshot_every: c.raft_snapshot_every.unwrap_or(10_000).max(1),
+        token,
+    }))
 }

@@ -38,11 +38,31 @@ impl Interceptor for Auth {
     }
 }
 
+type Client = ParamdbClient<InterceptedService<Channel, Auth>>;
+type ReplicationClient =
+    v1::replication_client::ReplicationClient<InterceptedService<Channel, Auth>>;
+
+/// One server of a shard: its address and its two services.
+#[derive(Clone, Debug)]
+struct Server {
+    address: String,
+    paramdb: Client,
+    replication: ReplicationClient,
+}
+
+/// A shard server, or the replicas of a replicated shard. Calls go to the replica believed to
+/// lead; an answer that names another leader (`paramdb-leader`), or a replica that cannot be
+/// reached, moves the belief on, and the client's retry goes there with the same request
+/// (and so the same sequence number).
 #[derive(Clone, Debug)]
 pub struct GrpcShard {
     pub(super) index: usize,
-    client: ParamdbClient<InterceptedService<Channel, Auth>>,
+    replicas: Arc<Vec<Server>>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// The metadata key a replica that does not lead names the leader's address in.
+pub const LEADER_METADATA: &str = "paramdb-leader";
 
 /// The largest message the client sends or accepts.
 const MAX_MESSAGE: usize = 256 << 20;
@@ -72,10 +92,27 @@ impl GrpcShard {
     /// retry), not as a failure to build the client.
     pub fn connect(
         index: usize,
-        address: &str,
+        addresses: &[&str],
         connect_timeout: Duration,
         security: &Security,
     ) -> Result<GrpcShard, ClientError> {
+        let replicas = addresses
+            .iter()
+            .map(|a| Self::server(index, a, connect_timeout, security))
+            .collect::<Result<Vec<_>, ClientError>>()?;
+        Ok(GrpcShard {
+            index,
+            replicas: Arc::new(replicas),
+            current: Default::default(),
+        })
+    }
+
+    fn server(
+        index: usize,
+        address: &str,
+        connect_timeout: Duration,
+        security: &Security,
+    ) -> Result<Server, ClientError> {
         let scheme = if security.tls.is_some() {
             "https"
         } else {
@@ -102,15 +139,69 @@ impl GrpcShard {
             .tcp_nodelay(true)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .initial_stream_window_size(STREAM_WINDOW);
-        let client =
-            ParamdbClient::with_interceptor(endpoint.connect_lazy(), Auth(security.token.clone()))
+        let channel = endpoint.connect_lazy();
+        let auth = Auth(security.token.clone());
+        Ok(Server {
+            address: address.to_string(),
+            paramdb: ParamdbClient::with_interceptor(channel.clone(), auth.clone())
                 .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE);
-        Ok(GrpcShard { index, client })
+                .max_encoding_message_size(MAX_MESSAGE),
+            replication: v1::replication_client::ReplicationClient::with_interceptor(channel, auth),
+        })
+    }
+
+    /// The replica calls go to now.
+    fn client(&self) -> Client {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.replicas.len();
+        self.replicas[i].paramdb.clone()
+    }
+
+    /// Each replica's standing, asked of every replica at once (an unreplicated shard's one
+    /// server answers `FAILED_PRECONDITION`).
+    pub(super) async fn replica_status(&self) -> Vec<(String, Result<ReplicaInfo, ClientError>)> {
+        let calls = self.replicas.iter().map(|r| async move {
+            let answer = r
+                .replication
+                .clone()
+                .status(v1::ReplicaStatusRequest {})
+                .await
+                .map(|s| replica_info(s.into_inner()))
+                .map_err(|s| status(self.index, s));
+            (r.address.clone(), answer)
+        });
+        futures::future::join_all(calls).await
     }
 
     fn status(&self, s: tonic::Status) -> ClientError {
+        self.observe(&s);
         status(self.index, s)
+    }
+
+    /// Moves calls to the leader an answer names, or past a replica that failed to answer.
+    fn observe(&self, s: &tonic::Status) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = self.replicas.len();
+        if n < 2 {
+            return;
+        }
+        let hint = s
+            .metadata()
+            .get(LEADER_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|a| self.replicas.iter().position(|r| r.address == a));
+        match hint {
+            Some(i) => self.current.store(i, Relaxed),
+            None if matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
+            ) =>
+            {
+                let _ = self
+                    .current
+                    .fetch_update(Relaxed, Relaxed, |c| Some((c + 1) % n));
+            }
+            None => {}
+        }
     }
 
     fn bad_answer(&self, what: &str) -> ClientError {
@@ -129,8 +220,7 @@ impl GrpcShard {
         let req = v1::CreateTableRequest {
             spec: Some(convert::spec_to_wire(spec)),
         };
-        self.client
-            .clone()
+        self.client()
             .create_table(req)
             .await
             .map_err(|s| self.status(s))?;
@@ -139,8 +229,7 @@ impl GrpcShard {
 
     pub(super) async fn drop_table(&self, name: &str) -> Result<(), ClientError> {
         let req = v1::DropTableRequest { name: name.into() };
-        self.client
-            .clone()
+        self.client()
             .drop_table(req)
             .await
             .map_err(|s| self.status(s))?;
@@ -149,8 +238,7 @@ impl GrpcShard {
 
     pub(super) async fn list_tables(&self) -> Result<Vec<TableSpec>, ClientError> {
         let r = self
-            .client
-            .clone()
+            .client()
             .list_tables(v1::ListTablesRequest {})
             .await
             .map_err(|s| self.status(s))?;
@@ -163,8 +251,7 @@ impl GrpcShard {
 
     pub(super) async fn describe_table(&self, name: &str) -> Result<TableSpec, ClientError> {
         let r = self
-            .client
-            .clone()
+            .client()
             .describe_table(v1::DescribeTableRequest { name: name.into() })
             .await
             .map_err(|s| self.status(s))?;
@@ -176,8 +263,7 @@ impl GrpcShard {
         name: &str,
         lifecycle: paramdb_types::Lifecycle,
     ) -> Result<(), ClientError> {
-        self.client
-            .clone()
+        self.client()
             .set_lifecycle(v1::SetLifecycleRequest {
                 table: name.into(),
                 lifecycle: lifecycle.to_string(),
@@ -193,8 +279,7 @@ impl GrpcShard {
             keys,
         };
         let r = self
-            .client
-            .clone()
+            .client()
             .pull(req)
             .await
             .map_err(|s| self.status(s))?
@@ -218,7 +303,7 @@ impl GrpcShard {
             keys,
             values: packed::f32s_into_bytes(values),
         };
-        let r = self.client.clone().push(req).await;
+        let r = self.client().push(req).await;
         Ok(ack(r.map_err(|s| self.status(s))?.into_inner()))
     }
 
@@ -237,7 +322,7 @@ impl GrpcShard {
             start,
             values: packed::f32s_into_bytes(values),
         };
-        let r = self.client.clone().push_range(req).await;
+        let r = self.client().push_range(req).await;
         Ok(ack(r.map_err(|s| self.status(s))?.into_inner()))
     }
 
@@ -254,7 +339,7 @@ impl GrpcShard {
             parts: id.parts as u32,
             keys,
         };
-        let r = self.client.clone().delete_rows(req).await;
+        let r = self.client().delete_rows(req).await;
         Ok(ack(r.map_err(|s| self.status(s))?.into_inner()))
     }
 
@@ -272,13 +357,13 @@ impl GrpcShard {
             start: range.start,
             end: range.end,
         };
-        let r = self.client.clone().delete_range(req).await;
+        let r = self.client().delete_range(req).await;
         Ok(ack(r.map_err(|s| self.status(s))?.into_inner()))
     }
 
     pub(super) async fn begin_import(&self, table: &str) -> Result<GrpcImport, ClientError> {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let call = tokio::spawn(async move {
             client
                 .import(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -306,8 +391,7 @@ impl GrpcShard {
             since_lsn: since,
         };
         let mut stream = self
-            .client
-            .clone()
+            .client()
             .gone_since(req)
             .await
             .map_err(|s| self.status(s))?
@@ -355,8 +439,7 @@ impl GrpcShard {
             since_lsn: since,
         };
         let stream = self
-            .client
-            .clone()
+            .client()
             .pull_range(req)
             .await
             .map_err(|s| self.status(s))?
@@ -381,8 +464,7 @@ impl GrpcShard {
 
     pub(super) async fn checkpoint(&self) -> Result<u64, ClientError> {
         Ok(self
-            .client
-            .clone()
+            .client()
             .checkpoint(v1::CheckpointRequest {})
             .await
             .map_err(|s| self.status(s))?
@@ -392,8 +474,7 @@ impl GrpcShard {
 
     pub(super) async fn inspect(&self, exact_rows: bool) -> Result<ShardReport, ClientError> {
         let r = self
-            .client
-            .clone()
+            .client()
             .inspect(v1::InspectRequest { exact_rows })
             .await
             .map_err(|s| self.status(s))?;
@@ -402,8 +483,7 @@ impl GrpcShard {
 
     pub(super) async fn verify(&self) -> Result<VerifyReport, ClientError> {
         let r = self
-            .client
-            .clone()
+            .client()
             .verify(v1::VerifyRequest {})
             .await
             .map_err(|s| self.status(s))?;
@@ -412,8 +492,7 @@ impl GrpcShard {
 
     pub(super) async fn log_dump(&self, from: u64, limit: u32) -> Result<LogDump, ClientError> {
         let r = self
-            .client
-            .clone()
+            .client()
             .log_dump(v1::LogDumpRequest {
                 from_lsn: from,
                 limit,
@@ -428,8 +507,7 @@ impl GrpcShard {
         lease: std::time::Duration,
     ) -> Result<paramdb_types::FenceReport, ClientError> {
         let r = self
-            .client
-            .clone()
+            .client()
             .fence(v1::FenceRequest {
                 lease_ms: lease.as_millis().max(1) as u64,
             })
@@ -446,8 +524,7 @@ impl GrpcShard {
         let n = owed.len();
         let (clients, seqs) = owed.into_iter().unzip();
         let r = self
-            .client
-            .clone()
+            .client()
             .owe(v1::OweRequest {
                 fence,
                 clients,
@@ -464,8 +541,7 @@ impl GrpcShard {
 
     pub(super) async fn unfence(&self, fence: u64) -> Result<bool, ClientError> {
         let r = self
-            .client
-            .clone()
+            .client()
             .unfence(v1::UnfenceRequest { fence })
             .await
             .map_err(|s| self.status(s))?;
@@ -484,8 +560,7 @@ impl GrpcShard {
             copy: r.copy,
         };
         let b = self
-            .client
-            .clone()
+            .client()
             .backup(req)
             .await
             .map_err(|s| self.status(s))?;
@@ -493,8 +568,7 @@ impl GrpcShard {
     }
 
     pub(super) async fn compact(&self) -> Result<(), ClientError> {
-        self.client
-            .clone()
+        self.client()
             .compact(v1::CompactRequest {})
             .await
             .map_err(|s| self.status(s))?;
@@ -503,8 +577,7 @@ impl GrpcShard {
 
     pub(super) async fn stats(&self) -> Result<ShardStats, ClientError> {
         let r = self
-            .client
-            .clone()
+            .client()
             .stats(v1::StatsRequest {})
             .await
             .map_err(|s| self.status(s))?;
@@ -514,6 +587,44 @@ impl GrpcShard {
             range,
             store,
         })
+    }
+}
+
+/// One replica's standing, as `Replication.Status` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaInfo {
+    pub group: String,
+    pub shard: u32,
+    pub id: u64,
+    /// `leader`, `follower`, `candidate`, `learner` or `stopped`.
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<u64>,
+    /// The last entry applied to its store, and the last in its log.
+    pub applied: Option<u64>,
+    pub last_log: Option<u64>,
+    /// The first entry its log still holds (earlier ones went into snapshots).
+    pub first_log: Option<u64>,
+    /// The group's voters: id, address, and (on the leader) the last entry known replicated.
+    pub members: Vec<(u64, String, Option<u64>)>,
+}
+
+fn replica_info(s: v1::ReplicaStatus) -> ReplicaInfo {
+    ReplicaInfo {
+        group: s.group,
+        shard: s.shard,
+        id: s.id,
+        role: s.role,
+        term: s.term,
+        leader: (s.leader != 0).then_some(s.leader),
+        applied: s.has_applied.then_some(s.applied),
+        last_log: s.has_last_log.then_some(s.last_log),
+        first_log: s.has_first_log.then_some(s.first_log),
+        members: s
+            .members
+            .into_iter()
+            .map(|m| (m.id, m.address, m.has_matched.then_some(m.matched)))
+            .collect(),
     }
 }
 

@@ -21,6 +21,8 @@ pub(crate) const META_CLIENT_PREFIX: &[u8] = b"client/";
 pub(crate) const META_LIFE_PREFIX: &[u8] = b"life/";
 /// Time of the last record the checkpoint covers (u32 seconds).
 pub(crate) const META_CLOCK: &[u8] = b"clock";
+/// The last note the checkpoint covers: its LSN (u64 LE), then its bytes.
+pub(crate) const META_NOTE: &[u8] = b"note";
 
 /// The meta key of table `id`'s lifecycle state.
 pub(crate) fn life_key(id: u32) -> Vec<u8> {

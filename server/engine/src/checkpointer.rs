@@ -23,7 +23,7 @@ use std::time::Instant;
 use paramdb_types::Key;
 use rocksdb::WriteBatch;
 
-use crate::catalog::{life_key, META_CHECKPOINT, META_CLIENT_PREFIX, META_CLOCK};
+use crate::catalog::{life_key, META_CHECKPOINT, META_CLIENT_PREFIX, META_CLOCK, META_NOTE};
 use crate::error::{CheckpointError, StorageError};
 use crate::options::SyncPolicy;
 use crate::rocks::key_bytes;
@@ -38,6 +38,8 @@ struct Frozen {
     lives: Lives,
     /// Time of the last record frozen: every later record is at or past it.
     clock: u32,
+    /// The last note at or before `lsn`.
+    note: Option<(u64, Vec<u8>)>,
 }
 
 /// What a checkpoint did.
@@ -146,6 +148,7 @@ impl Core {
             dedup,
             lives,
             clock: log.last_time(),
+            note: self.note.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }))
     }
 
@@ -219,6 +222,9 @@ impl Core {
         b.put_cf(&meta, crate::gone::META_HISTORY, history.encode());
         b.put_cf(&meta, META_CHECKPOINT, lsn.to_le_bytes());
         b.put_cf(&meta, META_CLOCK, f.clock.to_le_bytes());
+        if let Some((lsn, note)) = &f.note {
+            b.put_cf(&meta, META_NOTE, [&lsn.to_le_bytes()[..], note].concat());
+        }
         for (tid, life) in &f.lives {
             if self.catalog().by_id.contains_key(tid) {
                 b.put_cf(&meta, life_key(*tid), life.encode());

@@ -13,7 +13,8 @@
 //! - `push` (the life of a push), `delete` (of a delete), `import` (bulk loads), `open`,
 //!   `tables`, `scan`, `inspect`, `verify`;
 //! - `lifecycle` (expiry, admission and size caps: their semantics and state) and `policies`
-//!   (changing them, the eviction pass); `gone` (the keys deleted, expired or evicted since
+//!   (changing them, the eviction pass); `note` (opaque records for a replicated log above);
+//!   `gone` (the keys deleted, expired or evicted since
 //!   an LSN: the delete journal and how long gone rows stay);
 //! - `cache` (the memory-mapped hot-row cache), `rocks` (everything asked of RocksDB), `row`
 //!   (row format and update rules), `catalog`, `dedup`, `init`, `poison`, `process`.
@@ -37,6 +38,7 @@ mod inspect;
 mod le;
 mod lifecycle;
 mod log;
+mod note;
 mod open;
 mod options;
 mod poison;

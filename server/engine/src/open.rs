@@ -155,6 +155,10 @@ fn open(
         replay.apply(&rocks, &catalog, recs)
     })?;
     let last_time = replay.last_time.max(clock);
+    let note = match replay.last_note.take() {
+        Some(n) => Some(n),
+        None => load_note(&rocks)?,
+    };
     let state = replay.finish();
     let writer = LogWriter::start(
         fs.clone(),
@@ -199,6 +203,7 @@ fn open(
         time: std::sync::atomic::AtomicU32::new(last_time),
         fence: Default::default(),
         history: Mutex::new(history),
+        note: Mutex::new(note),
         opts,
     });
     if !report.lost.is_empty() && !read_only {
@@ -318,6 +323,20 @@ fn load_clock(rocks: &Rocks) -> Result<u32, StorageError> {
             },
         )?)),
         None => Ok(0),
+    }
+}
+
+/// The last note the checkpoint covers.
+fn load_note(rocks: &Rocks) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+    match rocks.meta_get(catalog::META_NOTE)? {
+        Some(v) if v.len() >= 8 => {
+            let lsn = u64::from_le_bytes(v[..8].try_into().expect("8 bytes"));
+            Ok(Some((lsn, v[8..].to_vec())))
+        }
+        Some(_) => Err(StorageError::CorruptMeta {
+            reason: "note entry is shorter than its LSN".into(),
+        }),
+        None => Ok(None),
     }
 }
 

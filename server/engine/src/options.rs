@@ -130,6 +130,10 @@ pub struct StoreOptions {
     /// at once), and a delete's key is remembered: a delta export since an LSN can list the
     /// keys gone since, for LSNs from about this long ago (see `gone`). 0 drops at once.
     pub gone_retention_secs: u32,
+    /// The store may log writes of its own: the eviction pass that keeps a table within its
+    /// `max_rows`. A replicated log that orders every write of the store turns it off, since
+    /// a record only one replica logged would set its LSNs apart from the others'.
+    pub local_writes: bool,
 }
 
 impl Default for StoreOptions {
@@ -148,6 +152,7 @@ impl Default for StoreOptions {
             clock: Clock::System,
             admission_counters: 4 << 20,
             gone_retention_secs: DEFAULT_GONE_RETENTION_SECS,
+            local_writes: true,
         }
     }
 }

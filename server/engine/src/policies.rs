@@ -82,7 +82,7 @@ impl Core {
 
     /// Runs an eviction pass for every table over its `max_rows` (see `lifecycle`).
     pub(crate) fn enforce_caps(&self) -> Result<(), StorageError> {
-        if self.read_only {
+        if self.read_only || !self.opts.local_writes {
             return Ok(());
         }
         let due: Vec<(Arc<Table>, u64)> = {

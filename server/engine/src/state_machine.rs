@@ -503,6 +503,8 @@ pub(crate) struct Replay {
     counters: usize,
     /// Time of the last record replayed.
     pub(crate) last_time: u32,
+    /// The last note replayed, and its LSN.
+    pub(crate) last_note: Option<(u64, Vec<u8>)>,
 }
 
 impl Replay {
@@ -523,6 +525,7 @@ impl Replay {
             dedup,
             counters,
             last_time: 0,
+            last_note: None,
         }
     }
 
@@ -537,6 +540,10 @@ impl Replay {
     ) -> Result<(), StorageError> {
         for rec in recs {
             self.last_time = self.last_time.max(rec.time);
+            if let Some(note) = rec.note() {
+                self.last_note = Some((rec.lsn, note.to_vec()));
+                continue;
+            }
             if rec.client != 0 {
                 let w = self.dedup.entry(rec.client).or_default();
                 if w.check(rec.seq) != Verdict::New {
@@ -651,6 +658,9 @@ fn replay_partition(
     let mine = |k: Key| partition(k, n) == p;
     let mut delete_keys = Vec::new();
     for rec in recs {
+        if rec.kind == RecordKind::Note {
+            continue;
+        }
         let Some(t) = catalog.by_id.get(&rec.table) else {
             continue; // table dropped after this write
         };

@@ -87,6 +87,8 @@ pub(crate) struct Core {
     pub(crate) fence: crate::fence::Fence,
     /// The cut-off history as of the last checkpoint (see `gone`).
     pub(crate) history: Mutex<crate::gone::History>,
+    /// The last note logged, and its LSN (see `Store::append_note`).
+    pub(crate) note: Mutex<Option<(u64, Vec<u8>)>>,
 }
 
 /// A shard's durable store. Dropping it without `close` behaves like a crash of the store
@@ -466,6 +468,23 @@ impl Store {
         self.core.log.read_from(from, limit).map_err(|e| {
             StorageError::io(format!("reading {}", self.dir().join("wal").display()), e)
         })
+    }
+
+    /// Logs `note` (opaque bytes, at most 1 MiB) as a record of its own that changes no row,
+    /// and returns its LSN; durable on return under `sync`. The last note and its LSN survive
+    /// checkpoints and crashes (`last_note`).
+    pub fn append_note(&self, note: &[u8]) -> Result<u64, PushError> {
+        self.core.append_note(note)
+    }
+
+    /// The last note logged, with its LSN.
+    pub fn last_note(&self) -> Option<(u64, Vec<u8>)> {
+        self.core.last_note()
+    }
+
+    /// The LSN of the last record logged (0 for an empty log).
+    pub fn last_lsn(&self) -> u64 {
+        self.core.log.last_lsn()
     }
 
     pub fn stats(&self) -> StoreStats {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use paramdb_engine::{CheckpointError, OpenError, Store, StoreOptions};
 use paramdb_proto::http2::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 use paramdb_proto::v1::paramdb_server::ParamdbServer;
+use paramdb_proto::v1::replication_server::ReplicationServer;
 use paramdb_types::KeyRange;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -35,6 +36,8 @@ pub struct ServeConfig {
     pub sync_journal: Option<PathBuf>,
     /// How long shutdown waits for in-flight calls before it cancels the range streams left.
     pub shutdown_grace: Duration,
+    /// Set when this server is one replica of its shard's group.
+    pub replication: Option<super::replication::ReplicationConfig>,
 }
 
 /// The default `shutdown_grace`: well inside Kubernetes' 30 s termination grace period.
@@ -58,6 +61,12 @@ pub enum ServeError {
     Reflection(String),
     #[error("starting the metrics recorder: {0}")]
     Metrics(String),
+    #[error("opening shard {shard}'s replica")]
+    Replica {
+        shard: u32,
+        #[source]
+        source: paramdb_replica::ReplicaError,
+    },
 }
 
 /// The metrics endpoint's task: aborted when dropped (an early return), or stopped and
@@ -118,6 +127,7 @@ pub async fn serve_with_metrics(
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
     let cell: Arc<OnceLock<Arc<Store>>> = Arc::new(OnceLock::new());
+    let replica_cell: Arc<OnceLock<paramdb_replica::Replica>> = Arc::new(OnceLock::new());
     let metrics_task = MetricsTask(match metrics {
         Some(l) => {
             let handle = super::metrics::recorder().map_err(ServeError::Metrics)?;
@@ -132,8 +142,19 @@ pub async fn serve_with_metrics(
     });
     // Set when the grace period after the shutdown signal is over.
     let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+    let tokens = config.tokens.clone().map(Arc::new);
+    let replication = super::replication::ReplicationService {
+        replica: replica_cell.clone(),
+        shard: config.shard,
+        replicated: config.replication.is_some(),
+        tokens: tokens.clone(),
+    };
+    let replication = ReplicationServer::new(replication)
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20);
     let service = ShardService::new(
         cell.clone(),
+        replica_cell.clone(),
         config.shard,
         config.range,
         config.limits.clone(),
@@ -168,6 +189,7 @@ pub async fn serve_with_metrics(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(paramdb)
+        .add_service(replication)
         .serve_with_incoming_shutdown(incoming, async move {
             tokio::select! {
                 _ = shutdown => tracing::info!("shutting down: no new requests, finishing in-flight ones"),
@@ -178,6 +200,36 @@ pub async fn serve_with_metrics(
     let mut server = tokio::spawn(server);
 
     let (dir, opts, shard) = (config.data_dir.clone(), config.store.clone(), config.shard);
+    if let Some(rc) = config.replication.clone() {
+        let opened = open_replica(&config, rc).await;
+        let open_result = match opened {
+            Ok(r) => {
+                let _ = replica_cell.set(r);
+                health_reporter
+                    .set_serving::<ParamdbServer<ShardService>>()
+                    .await;
+                health_reporter
+                    .set_service_status("", tonic_health::ServingStatus::Serving)
+                    .await;
+                Ok(())
+            }
+            Err(source) => Err(ServeError::Replica { shard, source }),
+        };
+        if open_result.is_err() {
+            let _ = open_failed_tx.send(());
+        }
+        let served = server
+            .await
+            .map_err(|e| ServeError::Reflection(format!("server task: {e}")))?;
+        open_result?;
+        served?;
+        metrics_task.stop().await;
+        if let Some(r) = replica_cell.get() {
+            r.shutdown().await;
+        }
+        tracing::info!(shard, "replica stopped");
+        return Ok(());
+    }
     let journal = config.sync_journal.clone();
     let opened = tokio::task::spawn_blocking(move || match journal {
         None => Store::open(&dir, opts),
@@ -268,4 +320,80 @@ pub async fn serve_with_metrics(
     }
     tracing::info!(shard, "checkpointed and closed");
     Ok(())
+}
+
+/// Opens this server's replica of its shard's group. A new replica (no replicated log yet)
+/// makes the group with the peers the cluster file lists, unless a peer already has one (then
+/// it is a replacement, and the leader rebuilds it). The data directory remembers whose it is
+/// (`replica.toml`): another shard's replica, or another replica's, is refused.
+async fn open_replica(
+    config: &ServeConfig,
+    rc: super::replication::ReplicationConfig,
+) -> Result<paramdb_replica::Replica, paramdb_replica::ReplicaError> {
+    check_identity(config, &rc)?;
+    let fresh = !config.data_dir.join("raft").exists();
+    let mut opts = paramdb_replica::ReplicaOptions::new(rc.id, &config.data_dir, &rc.group);
+    opts.store = config.store.clone();
+    opts.sync = rc.sync;
+    opts.heartbeat = rc.heartbeat;
+    opts.election_timeout = rc.election_timeout;
+    opts.snapshot_every = rc.snapshot_every;
+    let connector = super::replication::GrpcConnector::new(
+        rc.group.clone(),
+        rc.token.clone(),
+        rc.election_timeout.0,
+    );
+    let replica = paramdb_replica::Replica::open(opts, connector.clone()).await?;
+    let joining = fresh && connector.group_exists(&rc).await;
+    if fresh && !joining {
+        replica.bootstrap(rc.peers.clone()).await?;
+    }
+    tracing::info!(group = %rc.group, id = rc.id, fresh, joining, "replica open");
+    Ok(replica)
+}
+
+/// `replica.toml` in the data directory: written on the first start, checked on every other.
+fn check_identity(
+    config: &ServeConfig,
+    rc: &super::replication::ReplicationConfig,
+) -> Result<(), paramdb_replica::ReplicaError> {
+    let me = format!(
+        "group = \"{}\"\nrange = [{}, {}]\nreplica = {}\n",
+        rc.group, config.range.start, config.range.end, rc.id
+    );
+    let path = config.data_dir.join("replica.toml");
+    let bad = |reason: String| paramdb_replica::ReplicaError::Config { id: rc.id, reason };
+    match std::fs::read_to_string(&path) {
+        Ok(found) if found == me => Ok(()),
+        Ok(found) => {
+            let field = |k: &str| {
+                found
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(|v| {
+                        v.trim_start_matches([' ', '='])
+                            .trim_matches('"')
+                            .to_string()
+                    })
+                    .unwrap_or_else(|| "?".into())
+            };
+            Err(bad(format!(
+                "{} holds replica {} of {} {} but this server is replica {} of {} {}: wrong \
+                 --shard, --replica or --data-dir, or the cluster file's ranges changed",
+                config.data_dir.display(),
+                field("replica"),
+                field("group"),
+                field("range"),
+                rc.id,
+                rc.group,
+                config.range
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(&config.data_dir)
+                .and_then(|()| std::fs::write(&path, me))
+                .map_err(|e| bad(format!("writing {}: {e}", path.display())))
+        }
+        Err(e) => Err(bad(format!("reading {}: {e}", path.display()))),
+    }
 }

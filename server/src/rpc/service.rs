@@ -44,6 +44,9 @@ impl Default for Limits {
 #[derive(Debug, Clone)]
 pub struct ShardService {
     pub(super) store: Arc<OnceLock<Arc<Store>>>,
+    /// Set instead of `store` when the shard is one replica of a group: writes go through
+    /// the group's log, reads are served by the leader.
+    pub(super) replica: Arc<OnceLock<paramdb_replica::Replica>>,
     pub(super) shard: u32,
     pub(super) range: KeyRange,
     pub(super) limits: Limits,
@@ -57,6 +60,7 @@ pub struct ShardService {
 impl ShardService {
     pub fn new(
         store: Arc<OnceLock<Arc<Store>>>,
+        replica: Arc<OnceLock<paramdb_replica::Replica>>,
         shard: u32,
         range: KeyRange,
         limits: Limits,
@@ -66,6 +70,7 @@ impl ShardService {
         let permits = Arc::new(Semaphore::new(limits.max_concurrent_requests));
         ShardService {
             store,
+            replica,
             shard,
             range,
             limits,
@@ -87,9 +92,36 @@ impl ShardService {
     }
 
     pub(super) fn store(&self) -> Result<Arc<Store>, Status> {
+        if let Some(r) = self.replica.get() {
+            return Ok(r.store());
+        }
         self.store.get().cloned().ok_or_else(|| {
             Status::unavailable(format!("shard {} is replaying its log", self.shard))
         })
+    }
+
+    /// The shard's replica, when it is one of a group.
+    pub(super) fn replica(&self) -> Option<&paramdb_replica::Replica> {
+        self.replica.get()
+    }
+
+    /// Reads on a replicated shard are the leader's: a follower sends the client there.
+    pub(super) fn check_reader(&self) -> Result<(), Status> {
+        match self.replica() {
+            Some(r) => super::replication::check_leader(r),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses what a replicated shard cannot do yet.
+    pub(super) fn unreplicated(&self, what: &str) -> Result<(), Status> {
+        match self.replica() {
+            Some(_) => Err(Status::failed_precondition(format!(
+                "shard {} is replicated, and {what} is not supported on replicated shards yet",
+                self.shard
+            ))),
+            None => Ok(()),
+        }
     }
 
     pub(super) fn permit(&self) -> Result<OwnedSemaphorePermit, Status> {

@@ -34,6 +34,15 @@ fn crate_boundaries_hold() {
             "paramdb-engine depends on {rpc}"
         );
     }
+    // The replica groups speak raft through a connector the server supplies: no wire types.
+    let replica = tree(&["-p", "paramdb-replica"]);
+    for rpc in ["tonic", "prost", "paramdb-proto", "paramdb-server"] {
+        assert!(
+            !replica.iter().any(|p| p == rpc),
+            "paramdb-replica depends on {rpc}"
+        );
+    }
+    assert!(replica.iter().any(|p| p == "openraft"));
     let grpc_client = tree(&["-p", "paramdb-client", "--no-default-features"]);
     for storage in ["paramdb-engine", "librocksdb-sys", "rocksdb"] {
         assert!(

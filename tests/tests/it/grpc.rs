@@ -63,10 +63,10 @@ fn grpc_three_shards_route_pull_push_and_ranges() {
 
     // A client whose map is stale (shard 0 "owns" everything) is told, not misrouted.
     let stale = ClusterMap {
-        shards: vec![ShardEntry {
-            range: [0, u64::MAX],
-            address: cluster.map.shards[0].address.clone(),
-        }],
+        shards: vec![ShardEntry::new(
+            [0, u64::MAX],
+            cluster.map.shards[0].address.clone(),
+        )],
         ..ClusterMap::default()
     };
     let stale_client = BlockingClient::connect(stale, ClientOptions::default()).unwrap();
@@ -202,10 +202,7 @@ fn grpc_push_whose_reply_is_lost_is_retried_and_applied_once() {
 #[test]
 fn grpc_bad_input_gets_its_status_and_the_server_keeps_serving() {
     let map = ClusterMap {
-        shards: vec![ShardEntry {
-            range: [0, 1_000_000],
-            address: "127.0.0.1:0".into(),
-        }],
+        shards: vec![ShardEntry::new([0, 1_000_000], "127.0.0.1:0")],
         ..ClusterMap::default()
     };
     let cluster = Cluster::start_with(
@@ -384,10 +381,7 @@ async fn raw_call(addr: &str, path: &'static str, body: Vec<u8>) -> tonic::Statu
 #[test]
 fn grpc_concurrency_limit_refuses_with_resource_exhausted() {
     let map = ClusterMap {
-        shards: vec![ShardEntry {
-            range: [0, 1_000_000],
-            address: "127.0.0.1:0".into(),
-        }],
+        shards: vec![ShardEntry::new([0, 1_000_000], "127.0.0.1:0")],
         ..ClusterMap::default()
     };
     let cluster = Cluster::start_with(map, &["--max-concurrent", "1"]);

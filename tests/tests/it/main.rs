@@ -25,6 +25,7 @@ mod poison;
 mod power_loss;
 mod process_crash;
 mod python;
+mod replication;
 mod security;
 mod tables;
 mod tools;

@@ -68,6 +68,7 @@ pub fn dump(
                     (RecordKind::Delete, _) => "delete-range",
                     (RecordKind::Lifecycle, _) => "lifecycle",
                     (RecordKind::Evict, _) => "evict",
+                    (RecordKind::Note, _) => "note",
                 },
                 client: rec.client,
                 seq: rec.seq,
@@ -76,6 +77,7 @@ pub fn dump(
                 rows: rec.rows,
                 first_key: match rec.keys {
                     RecordKeys::Span { start, .. } => Some(start),
+                    RecordKeys::None => None,
                     _ => (rec.rows > 0).then(|| rec.key(0)),
                 },
                 bytes: (rec.values.len() + 8 * rec.rows as usize) as u64,

@@ -6,9 +6,9 @@
 
 /// Version of the segment and record layout; stored in every segment header. Version 2 added
 /// the delete records (types 3 and 4); version 3 the record time (bytes 44..48) and the
-/// lifecycle records (types 5 and 6); version 4 the write's fan-out (bytes 2..4). Older
-/// segments read as before, with time 0 and fan-out 0.
-pub const WAL_FORMAT_VERSION: u32 = 4;
+/// lifecycle records (types 5 and 6); version 4 the write's fan-out (bytes 2..4); version 5
+/// the note records (type 7). Older segments read as before, with time 0 and fan-out 0.
+pub const WAL_FORMAT_VERSION: u32 = 5;
 pub const SEGMENT_MAGIC: [u8; 8] = *b"PDBGLOG\0";
 pub const SEGMENT_HEADER_LEN: usize = 40;
 pub const FRAME_HEADER_LEN: usize = 8;
@@ -23,6 +23,9 @@ pub const TYPE_DELETE_KEYS: u8 = 3;
 pub const TYPE_DELETE_RANGE: u8 = 4;
 pub const TYPE_LIFECYCLE: u8 = 5;
 pub const TYPE_EVICT: u8 = 6;
+pub const TYPE_NOTE: u8 = 7;
+/// Largest note a record may carry.
+pub const MAX_NOTE: usize = 1 << 20;
 /// Body bytes of a lifecycle record: ttl seconds u64 (0: none), admit_after u32, reserved u32,
 /// max_rows u64 (0: none).
 const LIFECYCLE_BODY: usize = 24;
@@ -90,7 +93,7 @@ pub enum RecordKeys<'a> {
     Range { start: u64 },
     /// Every key in `[start, end)`, stored or not (a range delete; `rows` is 0).
     Span { start: u64, end: u64 },
-    /// No keys: the record is about the table (a lifecycle record).
+    /// No keys: the record is about the table (a lifecycle record) or about the log (a note).
     None,
 }
 
@@ -105,6 +108,9 @@ pub enum RecordKind {
     Lifecycle,
     /// Evicts every row of the table last pushed before an LSN (`Record::eviction`).
     Evict,
+    /// Changes no row: opaque bytes written by a layer above the engine (a replicated log's
+    /// position and membership), kept with the LSN they were logged at (`Record::note`).
+    Note,
 }
 
 /// One logged write, borrowed from a segment buffer (or built for writing).
@@ -162,6 +168,11 @@ impl Record<'_> {
         (self.kind == RecordKind::Evict).then(|| (u64_at(0), u64_at(8)))
     }
 
+    /// A note record's bytes.
+    pub fn note(&self) -> Option<&[u8]> {
+        (self.kind == RecordKind::Note).then_some(self.values)
+    }
+
     /// Decodes the values of row `i` into `out` (length `dim`).
     pub fn values_into(&self, i: usize, out: &mut [f32]) {
         let d = self.dim as usize;
@@ -186,6 +197,8 @@ pub enum Body<'a> {
     Lifecycle(paramdb_types::Lifecycle),
     /// An eviction of the table's rows whose last push has an LSN below `before`.
     Evict { before: u64, rows: u64 },
+    /// A note (at most `MAX_NOTE` bytes): logged, and applied to no row.
+    Note(&'a [u8]),
 }
 
 impl<'a> Body<'a> {
@@ -193,6 +206,7 @@ impl<'a> Body<'a> {
         match *self {
             Body::Push { keys: Ok(k), .. } | Body::DeleteKeys(k) => k.len(),
             Body::Push { values, .. } => values.len() / dim.max(1) as usize,
+            Body::Note(b) => b.len(),
             Body::DeleteRange { .. } | Body::Lifecycle(_) | Body::Evict { .. } => 0,
         }
     }
@@ -205,6 +219,7 @@ impl<'a> Body<'a> {
             Body::DeleteRange { .. } => TYPE_DELETE_RANGE,
             Body::Lifecycle(_) => TYPE_LIFECYCLE,
             Body::Evict { .. } => TYPE_EVICT,
+            Body::Note(_) => TYPE_NOTE,
         }
     }
 
@@ -230,6 +245,7 @@ fn body_len(body: &Body<'_>) -> usize {
         Body::DeleteRange { .. } => RECORD_FIXED_LEN + 16,
         Body::Lifecycle(_) => RECORD_FIXED_LEN + LIFECYCLE_BODY,
         Body::Evict { .. } => RECORD_FIXED_LEN + 16,
+        Body::Note(b) => RECORD_FIXED_LEN + b.len(),
     }
 }
 
@@ -312,6 +328,7 @@ pub fn encode_frame<'a>(
             head.extend_from_slice(&before.to_le_bytes());
             head.extend_from_slice(&rows.to_le_bytes());
         }
+        Body::Note(b) => head.extend_from_slice(b),
     }
     let values = crate::le::f32s_as_le_bytes(body.values());
     debug_assert_eq!(head.len() + values.len(), FRAME_HEADER_LEN + len);
@@ -456,6 +473,10 @@ fn parse_payload(p: &[u8]) -> Result<Record<'_>, FrameError> {
         TYPE_LIFECYCLE | TYPE_EVICT => {
             return Err(FrameError::Malformed("lifecycle record with a row count"))
         }
+        TYPE_NOTE if rows as usize <= MAX_NOTE => {
+            (RecordKind::Note, Some(RECORD_FIXED_LEN as u64 + n))
+        }
+        TYPE_NOTE => return Err(FrameError::Malformed("note longer than a note may be")),
         _ => return Err(FrameError::Malformed("unknown record type")),
     };
     if want != Some(p.len() as u64) {
@@ -477,7 +498,7 @@ fn parse_payload(p: &[u8]) -> Result<Record<'_>, FrameError> {
                 &body[16..],
             )
         }
-        TYPE_LIFECYCLE | TYPE_EVICT => (RecordKeys::None, body),
+        TYPE_LIFECYCLE | TYPE_EVICT | TYPE_NOTE => (RecordKeys::None, body),
         _ => {
             let (k, v) = body.split_at(rows as usize * 8);
             (RecordKeys::List(k), v)

@@ -22,6 +22,7 @@ pub(crate) async fn fence(
     req: Request<v1::FenceRequest>,
 ) -> Result<Response<v1::FenceResponse>, Status> {
     s.authorize(req.metadata(), Access::Write)?;
+    s.unreplicated("a cluster backup")?;
     let store = s.store()?;
     let lease = Duration::from_millis(req.into_inner().lease_ms);
     if lease.is_zero() || lease > MAX_LEASE {
@@ -39,6 +40,7 @@ pub(crate) async fn owe(
     req: Request<v1::OweRequest>,
 ) -> Result<Response<v1::OweResponse>, Status> {
     s.authorize(req.metadata(), Access::Write)?;
+    s.unreplicated("a cluster backup")?;
     let store = s.store()?;
     let r = req.into_inner();
     if r.clients.len() != r.seqs.len() {
@@ -58,6 +60,7 @@ pub(crate) async fn unfence(
     req: Request<v1::UnfenceRequest>,
 ) -> Result<Response<v1::UnfenceResponse>, Status> {
     s.authorize(req.metadata(), Access::Write)?;
+    s.unreplicated("a cluster backup")?;
     let store = s.store()?;
     let lifted = store.unfence(req.into_inner().fence);
     Ok(Response::new(v1::UnfenceResponse { lifted }))
@@ -79,6 +82,7 @@ pub(crate) async fn backup(
     req: Request<v1::BackupRequest>,
 ) -> Result<Response<v1::BackupResponse>, Status> {
     s.authorize(req.metadata(), Access::Write)?;
+    s.unreplicated("a cluster backup")?;
     let store = s.store()?;
     let r = req.into_inner();
     let dest = absolute("destination", &r.dest)?;

@@ -11,6 +11,7 @@ pub(crate) async fn pull(
     req: Request<v1::PullRequest>,
 ) -> Result<Response<v1::PullResponse>, Status> {
     let (store, _permit) = s.enter(req.metadata(), Access::Read)?;
+    s.check_reader()?;
     let r = req.into_inner();
     s.check_size(&r)?;
     check_table_name(&r.table)?;

@@ -6,7 +6,10 @@ use paramdb_types::ClientId;
 use prost::bytes::Bytes;
 use tonic::{Request, Response, Status};
 
+use paramdb_replica::{Deletion, Keys, Op, Origin, Replica};
+
 use crate::rpc::auth::Access;
+use crate::rpc::replication;
 use crate::rpc::service::{blocking, check_table_name, ShardService};
 use crate::rpc::status::to_status;
 
@@ -26,6 +29,19 @@ fn ack(a: paramdb_types::PushAck) -> Response<v1::PushResponse> {
     })
 }
 
+/// A write on a replicated shard: proposed to the group, acknowledged once committed.
+async fn replicated(r: &Replica, op: Op) -> Result<Response<v1::PushResponse>, Status> {
+    let o = replication::write(r, op).await?;
+    Ok(Response::new(v1::PushResponse {
+        lsn: o.lsn,
+        duplicate: o.duplicate,
+    }))
+}
+
+fn origin(client: u64, seq: u64, parts: u16) -> Origin {
+    Origin { client, seq, parts }
+}
+
 pub(crate) async fn push(
     s: &ShardService,
     req: Request<v1::PushRequest>,
@@ -37,6 +53,15 @@ pub(crate) async fn push(
     s.check_keys(&r.keys)?;
     let vals = values(&r.values)?;
     let parts = parts(r.parts)?;
+    if let Some(rep) = s.replica() {
+        let op = Op::Push {
+            table: r.table,
+            origin: origin(r.client_id, r.seq, parts),
+            keys: Keys::List(r.keys),
+            values: vals,
+        };
+        return replicated(rep, op).await;
+    }
     let a = blocking(move || {
         store.push_part(
             &r.table,
@@ -86,6 +111,15 @@ pub(crate) async fn push_range(
         }
     }
     let parts = parts(r.parts)?;
+    if let Some(rep) = s.replica() {
+        let op = Op::Push {
+            table: r.table,
+            origin: origin(r.client_id, r.seq, parts),
+            keys: Keys::Block { start: r.start },
+            values: vals,
+        };
+        return replicated(rep, op).await;
+    }
     let a = blocking(move || {
         store.push_range_part(
             &r.table,
@@ -110,6 +144,14 @@ pub(crate) async fn delete_rows(
     check_table_name(&r.table)?;
     s.check_keys(&r.keys)?;
     let parts = parts(r.parts)?;
+    if let Some(rep) = s.replica() {
+        let op = Op::Delete {
+            table: r.table,
+            origin: origin(r.client_id, r.seq, parts),
+            rows: Deletion::Keys(r.keys),
+        };
+        return replicated(rep, op).await;
+    }
     let a =
         blocking(move || store.delete_part(&r.table, ClientId(r.client_id), r.seq, parts, &r.keys))
             .await?;
@@ -137,6 +179,17 @@ pub(crate) async fn delete_range(
     }
     let range = paramdb_types::KeyRange::new(r.start, r.end);
     let parts = parts(r.parts)?;
+    if let Some(rep) = s.replica() {
+        let op = Op::Delete {
+            table: r.table,
+            origin: origin(r.client_id, r.seq, parts),
+            rows: Deletion::Range {
+                start: range.start,
+                end: range.end,
+            },
+        };
+        return replicated(rep, op).await;
+    }
     let a = blocking(move || {
         store.delete_range_part(&r.table, ClientId(r.client_id), r.seq, parts, range)
     })
@@ -162,6 +215,7 @@ pub(crate) async fn import(
     req: Request<tonic::Streaming<v1::ImportBlock>>,
 ) -> Result<Response<v1::ImportResponse>, Status> {
     let (store, _permit) = s.enter(req.metadata(), Access::Write)?;
+    s.unreplicated("a bulk import")?;
     let mut blocks = req.into_inner();
     let mut import: Option<paramdb_engine::Import> = None;
     while let Some(block) = blocks.message().await? {

@@ -72,6 +72,7 @@ pub(crate) fn pull_range(
     req: Request<v1::PullRangeRequest>,
 ) -> Result<Response<RowBlocks>, Status> {
     let (store, permit) = s.enter(req.metadata(), Access::Read)?;
+    s.check_reader()?;
     let r = req.into_inner();
     check_table_name(&r.table)?;
     let range = inside_shard(s, r.start, r.end)?;
@@ -111,6 +112,7 @@ pub(crate) async fn gone_since(
     req: Request<v1::GoneSinceRequest>,
 ) -> Result<Response<ReceiverStream<Result<v1::GoneBlock, Status>>>, Status> {
     let (store, permit) = s.enter(req.metadata(), Access::Read)?;
+    s.check_reader()?;
     let r = req.into_inner();
     check_table_name(&r.table)?;
     let range = inside_shard(s, r.start, r.end)?;

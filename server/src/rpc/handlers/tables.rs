@@ -4,7 +4,10 @@ use paramdb_proto::convert::{info_to_wire, spec_from_wire};
 use paramdb_proto::v1;
 use tonic::{Request, Response, Status};
 
+use paramdb_replica::{Op, Spec};
+
 use crate::rpc::auth::Access;
+use crate::rpc::replication;
 use crate::rpc::service::{blocking, check_table_name, ShardService};
 use crate::rpc::status::to_status;
 
@@ -19,6 +22,12 @@ pub(crate) async fn create(
         .ok_or_else(|| Status::invalid_argument("missing table spec"))?;
     check_table_name(&spec.name)?;
     let spec = spec_from_wire(spec).map_err(Status::invalid_argument)?;
+    if let Some(r) = s.replica() {
+        let name = spec.name.clone();
+        replication::write(r, Op::CreateTable(Spec::from(&spec))).await?;
+        let info = r.store().describe_table(&name).map_err(to_status)?;
+        return Ok(Response::new(info_to_wire(info.id, &info.spec)));
+    }
     let info = blocking(move || store.create_table(spec)).await?;
     Ok(Response::new(info_to_wire(info.id, &info.spec)))
 }
@@ -30,6 +39,10 @@ pub(crate) async fn drop(
     let (store, _permit) = s.enter(req.metadata(), Access::Write)?;
     let name = req.into_inner().name;
     check_table_name(&name)?;
+    if let Some(r) = s.replica() {
+        replication::write(r, Op::DropTable { name }).await?;
+        return Ok(Response::new(v1::DropTableResponse {}));
+    }
     blocking(move || store.drop_table(&name)).await?;
     Ok(Response::new(v1::DropTableResponse {}))
 }
@@ -71,6 +84,26 @@ pub(crate) async fn set_lifecycle(
         .lifecycle
         .parse()
         .map_err(|e: String| Status::invalid_argument(format!("invalid lifecycle: {e}")))?;
+    if let Some(r) = s.replica() {
+        if lifecycle.max_rows.is_some() {
+            return Err(Status::failed_precondition(format!(
+                "shard {} is replicated, and max_rows (whose eviction pass each replica would \
+                 run on its own) is not supported on replicated shards yet",
+                s.shard
+            )));
+        }
+        let table = req.table.clone();
+        replication::write(
+            r,
+            Op::SetLifecycle {
+                table: req.table,
+                policies: lifecycle.into(),
+            },
+        )
+        .await?;
+        let info = r.store().describe_table(&table).map_err(to_status)?;
+        return Ok(Response::new(info_to_wire(info.id, &info.spec)));
+    }
     let info = blocking(move || store.set_lifecycle(&req.table, lifecycle)).await?;
     Ok(Response::new(info_to_wire(info.id, &info.spec)))
 }

@@ -1,0 +1,384 @@
+//! One replica of a group: its log store, its state machine (the engine store), and the
+//! openraft node that joins them to the other replicas.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use paramdb_engine::{Store, StoreOptions, SyncPolicy};
+
+use crate::command::{Command, Op, Outcome, Refusal};
+use crate::log_store::LogStore;
+use crate::network::{Connector, Network, Rpc};
+use crate::state_machine::{OpenStoreError, StateMachine};
+use crate::{NodeId, TypeConfig};
+
+/// Everything a replica is told when it opens.
+#[derive(Clone, Debug)]
+pub struct ReplicaOptions {
+    /// This replica's id in its group (not 0).
+    pub id: NodeId,
+    /// The replica's directory: `raft/` (the replicated log), `engine-<n>/` (the store),
+    /// `snapshots/`.
+    pub dir: PathBuf,
+    /// The group's name; replicas of different groups refuse each other's messages.
+    pub group: String,
+    /// The store's options (its clock, sync policy and local writes are set by the replica).
+    pub store: StoreOptions,
+    /// When an append to the replicated log counts as durable (acknowledged writes are durable
+    /// under it on a majority).
+    pub sync: SyncPolicy,
+    pub heartbeat: Duration,
+    /// A follower that hears from no leader for a random time in this range stands for
+    /// election.
+    pub election_timeout: (Duration, Duration),
+    /// A snapshot is built after this many entries, and the log before it purged.
+    pub snapshot_every: u64,
+}
+
+impl ReplicaOptions {
+    pub fn new(id: NodeId, dir: impl Into<PathBuf>, group: impl Into<String>) -> ReplicaOptions {
+        ReplicaOptions {
+            id,
+            dir: dir.into(),
+            group: group.into(),
+            store: StoreOptions::default(),
+            sync: SyncPolicy::Sync,
+            heartbeat: Duration::from_millis(50),
+            election_timeout: (Duration::from_millis(150), Duration::from_millis(300)),
+            snapshot_every: 10_000,
+        }
+    }
+}
+
+/// Opening a replica failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("replica {id}: the replicated log in {dir}: {source}")]
+    Log {
+        id: NodeId,
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("replica {id}: {source}")]
+    Store {
+        id: NodeId,
+        #[source]
+        source: OpenStoreError,
+    },
+    #[error("replica {id}: bad raft configuration: {reason}")]
+    Config { id: NodeId, reason: String },
+    #[error("replica {id}: {reason}")]
+    Raft { id: NodeId, reason: String },
+}
+
+/// A write through the group failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// This replica does not lead; `leader` may know better.
+    #[error("replica {id} is not the group's leader{}", leader_hint(.leader, .addr))]
+    NotLeader {
+        id: NodeId,
+        leader: Option<NodeId>,
+        addr: Option<String>,
+    },
+    /// Every replica refused it alike (bad input, an unknown table, an old sequence number).
+    #[error("{}", .0.message)]
+    Refused(Refusal),
+    /// The outcome is unknown (leadership changed while the write was in flight, or the
+    /// replica is stopping): retry with the same sequence number.
+    #[error("replica {id}: the write's outcome is unknown: {reason}")]
+    Unknown { id: NodeId, reason: String },
+}
+
+fn leader_hint(leader: &Option<NodeId>, addr: &Option<String>) -> String {
+    match (leader, addr) {
+        (Some(l), Some(a)) => format!(" (replica {l} at {a} leads)"),
+        (Some(l), None) => format!(" (replica {l} leads)"),
+        _ => " (no leader is known yet)".into(),
+    }
+}
+
+/// Where a replica stands, for `cluster status` and gauges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub id: NodeId,
+    pub group: String,
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub role: &'static str,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    /// The last entry applied to the store.
+    pub applied: Option<u64>,
+    /// The last entry in the log.
+    pub last_log: Option<u64>,
+    /// The first entry the log still holds (the ones before it were purged into snapshots).
+    pub first_log: Option<u64>,
+    /// The voters, and their addresses.
+    pub members: BTreeMap<NodeId, String>,
+    /// On the leader: each replica's last entry known replicated.
+    pub matched: BTreeMap<NodeId, Option<u64>>,
+}
+
+/// A running replica.
+#[derive(Clone)]
+pub struct Replica {
+    id: NodeId,
+    group: String,
+    raft: Raft<TypeConfig>,
+    sm: StateMachine,
+    log: LogStore,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("id", &self.id)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replica {
+    /// Opens the replica in `opts.dir` (creating it if new) and starts its raft node. A new
+    /// replica waits to be added to a group (`bootstrap`, or a leader's `add_replica`).
+    pub async fn open<C: Connector>(
+        opts: ReplicaOptions,
+        connector: C,
+    ) -> Result<Replica, ReplicaError> {
+        let id = opts.id;
+        if id == 0 {
+            return Err(ReplicaError::Config {
+                id,
+                reason: "replica ids start at 1".into(),
+            });
+        }
+        let raft_dir = opts.dir.join("raft");
+        let log = LogStore::open(&raft_dir, opts.sync).map_err(|source| ReplicaError::Log {
+            id,
+            dir: raft_dir.clone(),
+            source,
+        })?;
+        let sm = StateMachine::open(&opts.dir, opts.store.clone(), log.clone())
+            .map_err(|source| ReplicaError::Store { id, source })?;
+        let ms = |d: Duration| d.as_millis() as u64;
+        let config = Config {
+            cluster_name: opts.group.clone(),
+            heartbeat_interval: ms(opts.heartbeat),
+            election_timeout_min: ms(opts.election_timeout.0),
+            election_timeout_max: ms(opts.election_timeout.1),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
+            max_in_snapshot_log_to_keep: opts.snapshot_every / 4,
+            install_snapshot_timeout: 10_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ReplicaError::Config {
+            id,
+            reason: e.to_string(),
+        })?;
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            Network::new(connector),
+            log.clone(),
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| ReplicaError::Raft {
+            id,
+            reason: e.to_string(),
+        })?;
+        Ok(Replica {
+            id,
+            group: opts.group,
+            raft,
+            sm,
+            log,
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Makes a new group of `members` (id → address), this replica among them. A group that
+    /// already has a membership is left as it is.
+    pub async fn bootstrap(&self, members: BTreeMap<NodeId, String>) -> Result<(), ReplicaError> {
+        let nodes: BTreeMap<NodeId, BasicNode> = members
+            .into_iter()
+            .map(|(id, addr)| (id, BasicNode { addr }))
+            .collect();
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(ReplicaError::Raft {
+                id: self.id,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Proposes `op`; returns once it is committed (durable on a majority under the sync
+    /// policy) and applied here.
+    pub async fn write(&self, op: Op) -> Result<Outcome, WriteError> {
+        let time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs().min(u32::MAX as u64) as u32);
+        match self.raft.client_write(Command { time, op }).await {
+            Ok(r) => match r.data.refused {
+                Some(refusal) => Err(WriteError::Refused(refusal)),
+                None => Ok(r.data),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(WriteError::NotLeader {
+                    id: self.id,
+                    leader: f.leader_id,
+                    addr: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(e) => Err(WriteError::Unknown {
+                id: self.id,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Returns once this replica is known to lead and has applied every entry committed when
+    /// it was called: reads after it see every write acknowledged before.
+    pub async fn read_barrier(&self) -> Result<(), WriteError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(WriteError::NotLeader {
+                    id: self.id,
+                    leader: f.leader_id,
+                    addr: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(e) => Err(WriteError::Unknown {
+                id: self.id,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// The store, for reads. A snapshot install replaces it: take it again for each read.
+    pub fn store(&self) -> Arc<Store> {
+        self.sm.shared.engine()
+    }
+
+    /// Handles a raft message from another replica of the group.
+    pub async fn handle(&self, rpc: Rpc, body: &[u8]) -> Result<Vec<u8>, String> {
+        crate::network::serve(&self.raft, rpc, body).await
+    }
+
+    /// Adds replica `id` at `addr` to the group: first as a learner that catches up (from a
+    /// snapshot and the log after it), then as a voter. Call on the leader.
+    pub async fn add_replica(&self, id: NodeId, addr: String) -> Result<(), WriteError> {
+        let unknown = |e: String| WriteError::Unknown {
+            id: self.id,
+            reason: e,
+        };
+        self.raft
+            .add_learner(id, BasicNode { addr }, true)
+            .await
+            .map_err(|e| unknown(e.to_string()))?;
+        let mut voters: BTreeSet<NodeId> = self.voters();
+        voters.insert(id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| unknown(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Removes replica `id` from the group. Call on the leader.
+    pub async fn remove_replica(&self, id: NodeId) -> Result<(), WriteError> {
+        let mut voters = self.voters();
+        voters.remove(&id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| WriteError::Unknown {
+                id: self.id,
+                reason: e.to_string(),
+            })?;
+        Ok(())
+    }
+
+    fn voters(&self) -> BTreeSet<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    pub fn status(&self) -> Status {
+        let m = self.raft.metrics().borrow().clone();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "stopped",
+        };
+        let members = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        let matched = m
+            .replication
+            .as_ref()
+            .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index))).collect())
+            .unwrap_or_default();
+        let (first_log, _) = self.log.span();
+        Status {
+            id: self.id,
+            group: self.group.clone(),
+            role,
+            term: m.current_term,
+            leader: m.current_leader,
+            applied: m.last_applied.map(|l| l.index),
+            last_log: m.last_log_index,
+            first_log,
+            members,
+            matched,
+        }
+    }
+
+    /// Waits until the status satisfies `f`, for at most `timeout`.
+    pub async fn wait_for(&self, timeout: Duration, f: impl Fn(&Status) -> bool) -> Option<Status> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let s = self.status();
+            if f(&s) {
+                return Some(s);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the raft node. The store is closed when the last handle to it goes.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft node did not stop cleanly");
+        }
+    }
+}

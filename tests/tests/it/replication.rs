@@ -1,0 +1,560 @@
+//! Replicated shards across real processes: every shard a group of `paramdb serve --replica`
+//! servers on 127.0.0.1, the leader SIGKILLed again and again while clients push.
+//!
+//! `PARAMDB_LEADER_KILLS=N` sets the number of leader kills (default 100).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paramdb_client::{BlockingClient, ClientOptions, ClusterMap, TableSpec, UpdateRule};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::cluster::paramdb_bin;
+
+/// Replica groups of `paramdb serve` processes, killed on drop.
+pub struct Groups {
+    dir: tempfile::TempDir,
+    file: PathBuf,
+    extra: Vec<String>,
+    pub map: ClusterMap,
+    /// By shard, then replica (0-based; the server's `--replica` is one more).
+    procs: Vec<Vec<Option<Child>>>,
+}
+
+/// Addresses the OS picks, released for the servers to bind (the cluster file must name every
+/// replica before any starts).
+fn free_addresses(n: usize) -> Vec<String> {
+    let ls: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    ls.iter()
+        .map(|l| l.local_addr().expect("addr").to_string())
+        .collect()
+}
+
+/// A server's stderr, appended to a file in the test's directory (raft's logs are chatty
+/// while replicas are down).
+fn log_file(path: &std::path::Path) -> Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_or(Stdio::null(), Stdio::from)
+}
+
+impl Groups {
+    pub fn start(shards: usize, replicas: usize, extra: &[&str]) -> Groups {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut map = ClusterMap::even(&vec![String::new(); shards]);
+        let addrs = free_addresses(shards * replicas);
+        for (i, s) in map.shards.iter_mut().enumerate() {
+            s.address.clear();
+            s.replicas = addrs[i * replicas..(i + 1) * replicas].to_vec();
+        }
+        let file = dir.path().join("cluster.toml");
+        std::fs::write(&file, map.to_toml()).expect("cluster file");
+        let mut g = Groups {
+            dir,
+            file,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            map,
+            procs: (0..shards)
+                .map(|_| (0..replicas).map(|_| None).collect())
+                .collect(),
+        };
+        for s in 0..shards {
+            for r in 0..replicas {
+                g.spawn(s, r);
+            }
+        }
+        g
+    }
+
+    pub fn data_dir(&self, shard: usize, replica: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("shard-{shard}-replica-{}", replica + 1))
+    }
+
+    /// Starts replica `r` of shard `s` on its address and data directory.
+    pub fn spawn(&mut self, s: usize, r: usize) {
+        let addr = self.map.shards[s].replicas[r].clone();
+        let mut child = Command::new(paramdb_bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(self.data_dir(s, r))
+            .args(["--listen", &addr, "--shard", &s.to_string()])
+            .args(["--replica", &(r + 1).to_string(), "--cluster"])
+            .arg(&self.file)
+            .args(&self.extra)
+            .stdout(Stdio::piped())
+            .stderr(log_file(
+                &self
+                    .dir
+                    .path()
+                    .join(format!("shard-{s}-replica-{}.log", r + 1)),
+            ))
+            .spawn()
+            .expect("spawn paramdb serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read listening line");
+        assert!(
+            line.trim().ends_with(&addr),
+            "replica {} of shard {s} did not come up on {addr}: {line:?}",
+            r + 1
+        );
+        self.procs[s][r] = Some(child);
+    }
+
+    /// SIGKILLs replica `r` of shard `s`.
+    pub fn kill(&mut self, s: usize, r: usize) {
+        if let Some(mut c) = self.procs[s][r].take() {
+            c.kill().expect("kill");
+            c.wait().expect("wait");
+        }
+    }
+
+    pub fn client(&self, opts: ClientOptions) -> BlockingClient {
+        BlockingClient::connect(self.map.clone(), opts).expect("client")
+    }
+
+    /// The replica (0-based) that leads shard `s` and is running, once one does.
+    pub fn leader(&self, probe: &BlockingClient, s: usize, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let status = probe.replica_status();
+            for (r, (_, st)) in status[s].iter().enumerate() {
+                if let Ok(st) = st {
+                    if st.role == "leader" && self.procs[s][r].is_some() {
+                        return r;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "shard {s} elected no leader");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Groups {
+    fn drop(&mut self) {
+        for c in self.procs.iter_mut().flatten().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+const CLIENTS: u64 = 4;
+const KEYS: u64 = 60;
+const DIM: usize = 2;
+
+fn key(i: u64) -> u64 {
+    i * (u64::MAX / KEYS)
+}
+
+#[derive(Default)]
+struct Log {
+    acked: Vec<(Vec<u64>, f32)>,
+    unknown: u64,
+}
+
+/// The result of one kill loop.
+struct Outcome {
+    acked: usize,
+    unknown: u64,
+    lost: f64,
+    duplicated: f64,
+    unexpected: usize,
+    /// Milliseconds from a leader's kill to the next acknowledged push on its range.
+    failover_ms: Vec<f64>,
+}
+
+/// Kills the leader of a random shard `kills` times while `CLIENTS` clients push; each
+/// killed leader is restarted once the range acknowledged a push without it. With
+/// `fresh_seq_on_retry`, a client retries an unknown push with a new sequence number (the
+/// control: that must double-apply some).
+fn leader_kill_loop(g: &mut Groups, kills: usize, fresh_seq_on_retry: bool) -> Outcome {
+    let shards = g.map.shards.len();
+    let admin = g.client(ClientOptions::default());
+    for s in 0..shards {
+        g.leader(&admin, s, Duration::from_secs(30));
+    }
+    admin
+        .create_table(TableSpec::new("t", DIM as u32).with_rule(UpdateRule::Add))
+        .unwrap();
+    admin.create_table(TableSpec::new("probe", 1)).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (map, stop) = (g.map.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let opts = ClientOptions {
+                    client_id: Some(1000 + c),
+                    max_retries: 2,
+                    backoff_initial: Duration::from_millis(5),
+                    timeout: Duration::from_secs(5),
+                    ..ClientOptions::default()
+                };
+                let client = BlockingClient::connect(map, opts).unwrap();
+                let mut rng = StdRng::seed_from_u64(c);
+                let mut log = Log::default();
+                let value = (c + 1) as f32;
+                while !stop.load(Ordering::SeqCst) {
+                    let mut idx: Vec<u64> = (0..8).map(|_| rng.random_range(0..KEYS)).collect();
+                    idx.sort_unstable();
+                    idx.dedup();
+                    let keys: Vec<u64> = idx.into_iter().map(key).collect();
+                    let vals = vec![value; keys.len() * DIM];
+                    let mut seq = client.next_seq();
+                    let mut first = true;
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    loop {
+                        match client.push_with_seq("t", seq, &keys, &vals) {
+                            Ok(_) => break,
+                            Err(e) => {
+                                assert!(
+                                    e.code().is_none_or(|c| matches!(
+                                        c,
+                                        paramdb_client::Code::Unavailable
+                                            | paramdb_client::Code::Unknown
+                                            | paramdb_client::Code::Cancelled
+                                            | paramdb_client::Code::DeadlineExceeded
+                                    )),
+                                    "a push was refused, not lost in transit: {e}"
+                                );
+                                assert!(
+                                    Instant::now() < deadline,
+                                    "push {seq} never acknowledged: {e}"
+                                );
+                                if first {
+                                    log.unknown += 1;
+                                    first = false;
+                                }
+                                if fresh_seq_on_retry {
+                                    seq = client.next_seq();
+                                }
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                        }
+                    }
+                    log.acked.push((keys, value));
+                }
+                log
+            })
+        })
+        .collect();
+
+    let probe = g.client(ClientOptions {
+        client_id: Some(999),
+        max_retries: 200,
+        backoff_initial: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(50),
+        timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
+    });
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut failover_ms = Vec::new();
+    for _ in 0..kills {
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..100)));
+        let s = rng.random_range(0..shards);
+        let l = g.leader(&admin, s, Duration::from_secs(30));
+        g.kill(s, l);
+        let t0 = Instant::now();
+        probe
+            .push("probe", &[g.map.shards[s].range[0]], &[1.0])
+            .unwrap_or_else(|e| {
+                panic!("shard {s} acknowledged nothing after its leader died: {e}")
+            });
+        failover_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        g.spawn(s, l);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let logs: Vec<Log> = clients.into_iter().map(|h| h.join().unwrap()).collect();
+
+    let mut expected = vec![0f32; KEYS as usize];
+    for log in &logs {
+        for (keys, v) in &log.acked {
+            for k in keys {
+                expected[(k / (u64::MAX / KEYS)) as usize] += v;
+            }
+        }
+    }
+    let mut all: Vec<u64> = (0..KEYS).map(key).collect();
+    all.extend((0..KEYS).map(|i| key(i) + 1));
+    let rows = admin.pull("t", &all).unwrap();
+    let (mut lost, mut duplicated) = (0f64, 0f64);
+    for i in 0..KEYS as usize {
+        for d in 0..DIM {
+            let (got, want) = (rows[i * DIM + d], expected[i]);
+            if got < want {
+                lost += f64::from(want - got);
+            } else {
+                duplicated += f64::from(got - want);
+            }
+        }
+    }
+    let unexpected = rows[KEYS as usize * DIM..]
+        .iter()
+        .filter(|&&v| v != 0.0)
+        .count();
+    failover_ms.sort_by(f64::total_cmp);
+    Outcome {
+        acked: logs.iter().map(|l| l.acked.len()).sum(),
+        unknown: logs.iter().map(|l| l.unknown).sum(),
+        lost,
+        duplicated,
+        unexpected,
+        failover_ms,
+    }
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+#[test]
+fn leader_kill_loop_loses_and_duplicates_nothing() {
+    let kills: usize = std::env::var("PARAMDB_LEADER_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let mut g = Groups::start(3, 3, &[]);
+    let o = leader_kill_loop(&mut g, kills, false);
+    println!(
+        "leader kill loop: {kills} leader kills over 3 ranges × 3 replicas; {} pushes \
+         acknowledged ({} after an unknown outcome and a retry with the same sequence); lost \
+         {}, duplicated {}, unexpected {}; kill to the range's next acknowledged push p50 {:.0} \
+         ms, p99 {:.0} ms, max {:.0} ms",
+        o.acked,
+        o.unknown,
+        o.lost,
+        o.duplicated,
+        o.unexpected,
+        pct(&o.failover_ms, 0.5),
+        pct(&o.failover_ms, 0.99),
+        o.failover_ms.last().copied().unwrap_or(0.0),
+    );
+    assert!(
+        o.acked > kills,
+        "too few pushes ({}) to test anything",
+        o.acked
+    );
+    assert!(o.unknown > 0, "no push ever met a dead leader");
+    assert_eq!((o.lost, o.duplicated, o.unexpected), (0.0, 0.0, 0));
+}
+
+#[test]
+fn leader_kill_loop_control_with_new_sequence_numbers_duplicates() {
+    // The same loop, but a retry takes a new sequence number: a push whose leader died after
+    // committing it is applied twice, and the oracle sees it.
+    let mut g = Groups::start(3, 3, &[]);
+    let o = leader_kill_loop(&mut g, 10, true);
+    println!(
+        "leader kill loop control (new sequence number on retry): {} pushes, lost {}, \
+         duplicated {}",
+        o.acked, o.lost, o.duplicated
+    );
+    assert!(
+        o.duplicated > 0.0,
+        "retrying with new sequence numbers should have applied some push twice"
+    );
+}
+
+/// Pushes from one client, each retried with its sequence number until acknowledged; returns
+/// what was acknowledged per key.
+fn push_some(client: &BlockingClient, n: usize, counts: &mut [f32]) {
+    for i in 0..n {
+        let k = (i as u64 * 7) % KEYS;
+        let seq = client.next_seq();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Err(e) = client.push_with_seq("t", seq, &[key(k)], &[1.0; DIM]) {
+            assert!(
+                Instant::now() < deadline,
+                "push {seq} never acknowledged: {e}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        counts[k as usize] += 1.0;
+    }
+}
+
+fn check_rows(client: &BlockingClient, counts: &[f32]) {
+    let keys: Vec<u64> = (0..KEYS).map(key).collect();
+    let rows = client.pull("t", &keys).unwrap();
+    let want: Vec<f32> = counts.iter().flat_map(|&c| [c; DIM]).collect();
+    assert_eq!(rows, want, "rows differ from the acknowledged pushes");
+}
+
+#[test]
+fn a_follower_that_lost_its_disk_is_rebuilt_and_then_the_leader_can_die() {
+    // Snapshots every 50 entries, so the leader's log no longer reaches back to the start and
+    // the emptied follower must be rebuilt from a snapshot.
+    let mut g = Groups::start(1, 3, &["--raft-snapshot-every", "50"]);
+    let admin = g.client(ClientOptions::default());
+    let l = g.leader(&admin, 0, Duration::from_secs(30));
+    admin
+        .create_table(TableSpec::new("t", DIM as u32).with_rule(UpdateRule::Add))
+        .unwrap();
+    let client = g.client(ClientOptions {
+        client_id: Some(77),
+        ..ClientOptions::default()
+    });
+    let mut counts = vec![0f32; KEYS as usize];
+    push_some(&client, 100, &mut counts);
+    let f = (l + 1) % 3;
+    g.kill(0, f);
+    std::fs::remove_dir_all(g.data_dir(0, f)).unwrap();
+    // Pushes go on until the leader's log no longer starts at the beginning (it purges only
+    // what no replication is reading at the moment).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        push_some(&client, 100, &mut counts);
+        let st = admin.replica_status();
+        let first = st[0][l].1.as_ref().ok().and_then(|i| i.first_log);
+        if first.is_some_and(|i| i > 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leader never purged its log");
+    }
+    g.spawn(0, f);
+    // It catches up from the leader's snapshot and the log after it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = admin.replica_status();
+        let applied: Vec<Option<u64>> = st[0]
+            .iter()
+            .map(|(_, r)| r.as_ref().ok().and_then(|i| i.applied))
+            .collect();
+        if applied[f].is_some() && applied[f] == applied[l] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica {} never caught up: {applied:?}",
+            f + 1
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        g.data_dir(0, f).join("engine-1").is_dir(),
+        "the emptied replica should have installed a snapshot"
+    );
+    // The leader dies: the rebuilt replica and the third hold everything acknowledged.
+    g.kill(0, l);
+    push_some(&client, 50, &mut counts);
+    check_rows(&client, &counts);
+    let st = admin.replica_status();
+    let leader = st[0]
+        .iter()
+        .position(|(_, r)| r.as_ref().is_ok_and(|i| i.role == "leader"))
+        .unwrap();
+    println!(
+        "disk loss: replica {} emptied and rebuilt, then leader {} killed; replica {} leads; \
+         {} pushes, none lost",
+        f + 1,
+        l + 1,
+        leader + 1,
+        counts.iter().sum::<f32>()
+    );
+}
+
+/// `paramdb serve` with `args` must exit at once with one line of error containing `want`.
+fn refuses(cluster: impl AsRef<str>, args: &[&str], want: &str) {
+    let cluster = cluster.as_ref();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.toml");
+    std::fs::write(&file, cluster).unwrap();
+    let out = Command::new(paramdb_bin())
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path().join("d"))
+        .args(["--listen", "127.0.0.1:0", "--cluster"])
+        .arg(&file)
+        .args(args)
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {cluster} {args:?}");
+    assert!(
+        err.contains(want) && err.trim().lines().count() == 1,
+        "{cluster} {args:?}: {err}"
+    );
+}
+
+#[test]
+fn bad_replica_configuration_is_refused_in_one_line() {
+    let three = r#"replicas = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]"#;
+    refuses(
+        "[[shard]]\nrange = [0, 10]\nreplicas = [\"a:1\", \"a:2\"]\n",
+        &["--shard", "0", "--replica", "1"],
+        "has 2 replicas: a group needs an odd number",
+    );
+    refuses(
+        format!("[[shard]]\nrange = [0, 10]\n{three}\n[[shard]]\nrange = [10, 20]\nreplicas = [\"127.0.0.1:3\"]\n"),
+        &["--shard", "0", "--replica", "1"],
+        "is listed in shard 0 and in shard 1",
+    );
+    refuses(
+        format!(
+            "[[shard]]\nrange = [0, 10]\n{three}\n[[shard]]\nrange = [5, 20]\naddress = \"b:1\"\n"
+        ),
+        &["--shard", "0", "--replica", "1"],
+        "overlaps",
+    );
+    refuses(
+        format!("[[shard]]\nrange = [0, 10]\n{three}\naddress = \"b:1\"\n"),
+        &["--shard", "0", "--replica", "1"],
+        "both an address and replicas",
+    );
+    refuses(
+        format!("[[shard]]\nrange = [0, 10]\n{three}\n"),
+        &["--shard", "0"],
+        "say which one this server is with --replica",
+    );
+    refuses(
+        format!("[[shard]]\nrange = [0, 10]\n{three}\n"),
+        &["--shard", "0", "--replica", "4"],
+        "--replica 4 is not a replica of shard 0",
+    );
+    refuses(
+        "[[shard]]\nrange = [0, 10]\naddress = \"127.0.0.1:1\"\n",
+        &["--shard", "0", "--replica", "1"],
+        "is not replicated",
+    );
+}
+
+#[test]
+fn a_replica_refuses_a_data_directory_of_another_range() {
+    // Replica 1 of shard 0 runs and stops; its directory is then given to shard 1's replica.
+    let mut g = Groups::start(2, 1, &[]);
+    let probe = g.client(ClientOptions::default());
+    g.leader(&probe, 0, Duration::from_secs(30));
+    g.kill(0, 0);
+    g.kill(1, 0);
+    let out = Command::new(paramdb_bin())
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(g.data_dir(0, 0))
+        .args(["--listen", &g.map.shards[1].replicas[0], "--cluster"])
+        .arg(&g.file)
+        .args(["--shard", "1", "--replica", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a replica took another range's data");
+    assert!(
+        err.contains("holds replica 1 of shard-0")
+            && err.contains("this server is replica 1 of shard-1"),
+        "{err}"
+    );
+}
