@@ -247,7 +247,7 @@ fn main() {
     let pct = |p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize];
     println!();
     println!(
-        "failover (group of 3, `sync`, heartbeat 50 ms, election timeout 150-300 ms): {kills} \
+        "failover (group of 3, `sync`, heartbeat 50 ms, election timeout 150-225 ms): {kills} \
          leader kills, kill to the next acknowledged push p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         pct(0.5),
         pct(0.99),

@@ -42,8 +42,8 @@ pub struct ServeArgs {
     /// A replica group's heartbeat interval in milliseconds [default: 50].
     #[arg(long, env = "PARAMDB_RAFT_HEARTBEAT_MS")]
     raft_heartbeat_ms: Option<u64>,
-    /// A follower that hears no leader for a random time between this and twice this
-    /// (milliseconds) stands for election, once the leader's lease (twice this) ran out
+    /// A follower that hears no leader for a random time between this and 1.5 times this
+    /// (milliseconds) stands for election, once the leader's lease (1.5 times this) ran out
     /// [default: 150].
     #[arg(long, env = "PARAMDB_RAFT_ELECTION_MS")]
     raft_election_ms: Option<u64>,
@@ -591,7 +591,7 @@ fn replication_config(
         heartbeat: Duration::from_millis(heartbeat),
         election_timeout: (
             Duration::from_millis(election),
-            Duration::from_millis(election * 2),
+            Duration::from_millis(election * 3 / 2),
         ),
         snapshot_every: c.raft_snapshot_every.unwrap_or(10_000).max(1),
         token,

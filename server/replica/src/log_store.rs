@@ -36,6 +36,14 @@ use crate::{NodeId, TypeConfig};
 const FRAME_HEADER: usize = 8;
 /// A segment is sealed and the next started past this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
+/// The newest entries are kept decoded in memory, up to about this many bytes, so that
+/// replicating them to followers reads neither the files nor decodes them again.
+const CACHE_BYTES: usize = 64 << 20;
+
+/// An entry found decoded in the cache, or where to read it.
+type Cached = Result<Entry<TypeConfig>, Slot>;
+/// The segment files by first index.
+type Files = BTreeMap<u64, Arc<File>>;
 
 /// Where one entry lies.
 #[derive(Clone, Copy, Debug)]
@@ -64,6 +72,9 @@ struct State {
     vote: Option<Vote<NodeId>>,
     /// Set when a write failed: the files' tails are unknown, so nothing more is written.
     broken: Option<String>,
+    /// The newest entries, decoded, with their encoded sizes (see `CACHE_BYTES`).
+    cache: BTreeMap<u64, (Arc<Entry<TypeConfig>>, usize)>,
+    cache_bytes: usize,
 }
 
 /// The log storage. Clones share one state (openraft asks for a reader besides the writer,
@@ -233,6 +244,8 @@ impl LogStore {
                 purged,
                 vote,
                 broken: None,
+                cache: BTreeMap::new(),
+                cache_bytes: 0,
             })),
         };
         if let SyncPolicy::Interval(every) = sync {
@@ -290,23 +303,34 @@ impl LogStore {
         &self,
         range: impl RangeBounds<u64>,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        let (slots, files): (Vec<Slot>, BTreeMap<u64, Arc<File>>) = {
+        // Cached entries are cloned under the lock; the others are read after it.
+        let (wanted, files): (Vec<Cached>, Files) = {
             let s = self.lock();
-            let slots: Vec<Slot> = s
+            let wanted = s
                 .entries
                 .range((range.start_bound().cloned(), range.end_bound().cloned()))
-                .map(|(_, v)| *v)
+                .map(|(i, slot)| match s.cache.get(i) {
+                    Some((e, _)) => Ok((**e).clone()),
+                    None => Err(*slot),
+                })
                 .collect();
             let files = s
                 .segments
                 .iter()
                 .map(|(k, v)| (*k, v.file.clone()))
                 .collect();
-            (slots, files)
+            (wanted, files)
         };
-        let mut out = Vec::with_capacity(slots.len());
+        let mut out = Vec::with_capacity(wanted.len());
         let mut buf = Vec::new();
-        for slot in slots {
+        for w in wanted {
+            let slot = match w {
+                Ok(e) => {
+                    out.push(e);
+                    continue;
+                }
+                Err(slot) => slot,
+            };
             let file = files
                 .get(&slot.segment)
                 .ok_or_else(|| read_err(format!("segment {} is gone", slot.segment)))?;
@@ -378,9 +402,11 @@ impl State {
         }
         let mut buf = Vec::new();
         let mut slots = Vec::with_capacity(entries.len());
+        let mut sizes = Vec::with_capacity(entries.len());
         let seg = self.segments.values_mut().next_back().expect("a segment");
         for e in &entries {
             let payload = bincode::serialize(e).map_err(io::Error::other)?;
+            sizes.push(payload.len());
             slots.push(Slot {
                 log_id: e.log_id,
                 segment: seg.first,
@@ -396,7 +422,25 @@ impl State {
             self.entries.split_off(&slot.log_id.index);
             self.entries.insert(slot.log_id.index, slot);
         }
+        for (e, size) in entries.into_iter().zip(sizes) {
+            let index = e.log_id.index;
+            self.uncache_from(index);
+            self.cache.insert(index, (Arc::new(e), size));
+            self.cache_bytes += size;
+        }
+        while self.cache_bytes > CACHE_BYTES && self.cache.len() > 1 {
+            if let Some((_, (_, size))) = self.cache.pop_first() {
+                self.cache_bytes -= size;
+            }
+        }
         Ok(Some(file))
+    }
+
+    /// Drops the cached entries from `index` on.
+    fn uncache_from(&mut self, index: u64) {
+        for (_, (_, size)) in self.cache.split_off(&index) {
+            self.cache_bytes -= size;
+        }
     }
 
     /// Removes every entry from `index` on.
@@ -405,6 +449,7 @@ impl State {
             return Ok(());
         };
         self.entries.split_off(&index);
+        self.uncache_from(index);
         let later: Vec<u64> = self
             .segments
             .range(slot.segment + 1..)
@@ -430,6 +475,10 @@ impl State {
         self.purged = Some(log_id);
         let rest = self.entries.split_off(&(log_id.index + 1));
         self.entries = rest;
+        let kept = self.cache.split_off(&(log_id.index + 1));
+        for (_, (_, size)) in std::mem::replace(&mut self.cache, kept) {
+            self.cache_bytes -= size;
+        }
         // A segment may go when the next one starts at or before the first entry kept.
         let firsts: Vec<u64> = self.segments.keys().copied().collect();
         for w in firsts.windows(2) {

@@ -6,7 +6,8 @@
 use std::future::Future;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -18,6 +19,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::{NodeId, TypeConfig};
+
+/// The most entry bytes one append message carries. openraft gives an append no longer than
+/// its heartbeat interval, so a message of many large pushes would time out again and again:
+/// past this, the message is refused as too large with a hint of how many entries fit, and
+/// openraft sends that many.
+const MAX_APPEND_BYTES: u64 = 4 << 20;
 
 /// Which raft message a call carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +127,18 @@ impl<C: Connector> RaftNetwork<TypeConfig> for Peer<C> {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        if rpc.entries.len() > 1 {
+            let mut bytes = 0;
+            for (i, e) in rpc.entries.iter().enumerate() {
+                bytes += bincode::serialized_size(e).unwrap_or(0);
+                if bytes > MAX_APPEND_BYTES {
+                    let fit = (i as u64).max(1);
+                    return Err(RPCError::PayloadTooLarge(
+                        PayloadTooLarge::new_entries_hint(fit),
+                    ));
+                }
+            }
+        }
         self.send(Rpc::Append, &rpc).await
     }
 

@@ -126,21 +126,59 @@ fn sample(shard: u32, store: Option<&Store>) {
     g("paramdb_poisoned", s.poisoned.is_some() as u8 as f64);
 }
 
+/// A replica's standing as gauges: its role (1 for the one it has), term, leader, applied
+/// entry, log span and, on the leader, each follower's lag in entries.
+fn sample_replica(shard: u32, r: &paramdb_replica::Replica) {
+    let s = r.status();
+    let shard = shard.to_string();
+    for role in ["leader", "follower", "candidate", "learner", "stopped"] {
+        gauge!("paramdb_replica_role", "shard" => shard.clone(), "role" => role)
+            .set((s.role == role) as u8 as f64);
+    }
+    let g = |name: &'static str, v: f64| gauge!(name, "shard" => shard.clone()).set(v);
+    g("paramdb_replica_id", s.id as f64);
+    g("paramdb_replica_term", s.term as f64);
+    g("paramdb_replica_leader_id", s.leader.unwrap_or(0) as f64);
+    g(
+        "paramdb_replica_applied_index",
+        s.applied.map_or(-1.0, |v| v as f64),
+    );
+    g(
+        "paramdb_replica_last_log_index",
+        s.last_log.map_or(-1.0, |v| v as f64),
+    );
+    g(
+        "paramdb_replica_first_log_index",
+        s.first_log.map_or(-1.0, |v| v as f64),
+    );
+    let last = s.last_log.unwrap_or(0);
+    for (id, matched) in &s.matched {
+        let lag = last.saturating_sub(matched.unwrap_or(0));
+        gauge!("paramdb_replica_follower_lag_entries", "shard" => shard.clone(), "replica" => id.to_string())
+            .set(lag as f64);
+    }
+}
+
 /// Serves `GET /metrics` on `listener` until the task is dropped.
 pub(crate) async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
     shard: u32,
     store: Arc<OnceLock<Arc<Store>>>,
+    replica: Arc<OnceLock<paramdb_replica::Replica>>,
 ) {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let (handle, store) = (handle.clone(), store.clone());
+            let (handle, store, replica) = (handle.clone(), store.clone(), replica.clone());
             async move {
                 // Stats take the store's state lock: read them off the async threads.
-                let _ = tokio::task::spawn_blocking(move || {
-                    sample(shard, store.get().map(|s| s.as_ref()))
+                let _ = tokio::task::spawn_blocking(move || match replica.get() {
+                    Some(r) => {
+                        sample(shard, Some(&r.store()));
+                        sample_replica(shard, r);
+                    }
+                    None => sample(shard, store.get().map(|s| s.as_ref())),
                 })
                 .await;
                 handle.run_upkeep();

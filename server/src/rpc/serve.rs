@@ -136,6 +136,7 @@ pub async fn serve_with_metrics(
                 handle,
                 config.shard,
                 cell.clone(),
+                replica_cell.clone(),
             )))
         }
         None => None,

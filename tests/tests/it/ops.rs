@@ -187,7 +187,7 @@ fn start_with_metrics(dir: &Path) -> (Child, String, String) {
 }
 
 /// GET of `host:port/path` over plain HTTP/1.1: the body.
-fn scrape(url: &str) -> String {
+pub(crate) fn scrape(url: &str) -> String {
     let (host, path) = url.split_once('/').unwrap();
     let mut s = TcpStream::connect(host).unwrap();
     write!(

@@ -24,6 +24,8 @@ pub struct Groups {
     pub map: ClusterMap,
     /// By shard, then replica (0-based; the server's `--replica` is one more).
     procs: Vec<Vec<Option<Child>>>,
+    /// The metrics address each replica printed, when started with `--metrics-listen`.
+    pub metrics: std::collections::HashMap<(usize, usize), String>,
 }
 
 /// Addresses the OS picks, released for the servers to bind (the cluster file must name every
@@ -66,6 +68,7 @@ impl Groups {
             procs: (0..shards)
                 .map(|_| (0..replicas).map(|_| None).collect())
                 .collect(),
+            metrics: Default::default(),
         };
         for s in 0..shards {
             for r in 0..replicas {
@@ -102,14 +105,23 @@ impl Groups {
             .spawn()
             .expect("spawn paramdb serve");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read listening line");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        out.read_line(&mut line).expect("read listening line");
         assert!(
             line.trim().ends_with(&addr),
             "replica {} of shard {s} did not come up on {addr}: {line:?}",
             r + 1
         );
+        if self.extra.iter().any(|a| a == "--metrics-listen") {
+            let mut m = String::new();
+            out.read_line(&mut m).expect("read metrics line");
+            let url = m
+                .trim()
+                .strip_prefix("paramdb: metrics on http://")
+                .unwrap_or_else(|| panic!("no metrics line: {m:?}"))
+                .to_string();
+            self.metrics.insert((s, r), url);
+        }
         self.procs[s][r] = Some(child);
     }
 
@@ -557,4 +569,144 @@ fn a_replica_refuses_a_data_directory_of_another_range() {
             && err.contains("this server is replica 1 of shard-1"),
         "{err}"
     );
+}
+
+/// A one-worker word2vec trainer against 2 ranges × 3 replicas; with `kill_every`, SIGKILLs the
+/// leader of one range (alternating) that often and restarts it. Returns the model's vector
+/// bits and the kills made.
+fn train_through_leader_kills(
+    corpus: &std::path::Path,
+    kill_every: Option<Duration>,
+) -> (Vec<(String, Vec<u32>)>, usize) {
+    let mut g = Groups::start(2, 3, &[]);
+    let probe = g.client(ClientOptions::default());
+    for s in 0..2 {
+        g.leader(&probe, s, Duration::from_secs(30));
+    }
+    let mut trainer = Command::new(paramdb_bin())
+        .args(["train", "word2vec", "--corpus"])
+        .arg(corpus)
+        .arg("--cluster")
+        .arg(&g.file)
+        .args(["--threads", "1", "--dim", "16", "--epochs", "3"])
+        .args(["--batch-words", "4000", "--quiet"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut kills = 0;
+    if let Some(every) = kill_every {
+        loop {
+            std::thread::sleep(every);
+            if trainer.try_wait().unwrap().is_some() {
+                break;
+            }
+            let s = kills % 2;
+            let l = g.leader(&probe, s, Duration::from_secs(30));
+            g.kill(s, l);
+            g.spawn(s, l);
+            kills += 1;
+        }
+    }
+    let out = trainer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "trainer failed after {kills} leader kills: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (crate::word2vec::vector_bits(&probe, "w2v"), kills)
+}
+
+#[test]
+fn word2vec_through_leader_kills_equals_an_uninterrupted_run_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    paramdb_trainer::synth::topic_corpus(&corpus, 30, 60_000, 10, 5).unwrap();
+    let (calm, _) = train_through_leader_kills(&corpus, None);
+    let (killed, kills) = train_through_leader_kills(&corpus, Some(Duration::from_millis(300)));
+    assert!(
+        kills >= 3,
+        "training ended before the leaders could be killed ({kills} kills)"
+    );
+    assert_eq!(calm.len(), killed.len());
+    let differing = calm.iter().zip(&killed).filter(|(a, b)| a != b).count();
+    println!(
+        "word2vec through {kills} leader SIGKILLs (2 ranges × 3 replicas, every 300 ms): {} \
+         word vectors, {differing} differ from an uninterrupted run",
+        calm.len()
+    );
+    assert_eq!(differing, 0);
+}
+
+#[test]
+fn cluster_status_and_the_gauges_name_the_leader_and_each_replica_s_progress() {
+    let mut g = Groups::start(1, 3, &["--metrics-listen", "127.0.0.1:0"]);
+    let admin = g.client(ClientOptions::default());
+    let l = g.leader(&admin, 0, Duration::from_secs(30));
+    admin.create_table(TableSpec::new("t", 2)).unwrap();
+    for i in 0..20u64 {
+        admin.push("t", &[i], &[1.0, 1.0]).unwrap();
+    }
+    let out = Command::new(paramdb_bin())
+        .args(["cluster", "status", "--json", "--cluster"])
+        .arg(&g.file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let leaders: Vec<_> = rows.iter().filter(|r| r["role"] == "leader").collect();
+    assert_eq!(leaders.len(), 1, "{rows:?}");
+    assert_eq!(leaders[0]["id"], (l + 1) as u64);
+    // Every replica names the same leader, and has applied at least the 20 pushes.
+    for r in &rows {
+        assert_eq!(r["leader"], (l + 1) as u64, "{rows:?}");
+        assert!(r["applied"].as_u64().unwrap() >= 20, "{rows:?}");
+    }
+    // The same in Prometheus gauges, from the leader's metrics endpoint.
+    let body = crate::ops::scrape(&g.metrics[&(0, l)]);
+    let gauge = |series: &str| {
+        body.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(f64::NAN, |v| v.trim().parse().unwrap())
+    };
+    assert_eq!(
+        gauge(r#"paramdb_replica_role{shard="0",role="leader"}"#),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(
+        gauge(r#"paramdb_replica_leader_id{shard="0"}"#),
+        (l + 1) as f64
+    );
+    assert!(
+        gauge(r#"paramdb_replica_applied_index{shard="0"}"#) >= 20.0,
+        "{body}"
+    );
+    // A killed follower falls behind on the leader's lag gauge.
+    let f = (l + 1) % 3;
+    g.kill(0, f);
+    for i in 0..10u64 {
+        admin.push("t", &[i], &[1.0, 1.0]).unwrap();
+    }
+    let body = crate::ops::scrape(&g.metrics[&(0, l)]);
+    let lag = body
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(&format!(
+                "paramdb_replica_follower_lag_entries{{shard=\"0\",replica=\"{}\"}} ",
+                f + 1
+            ))
+        })
+        .map_or(0.0, |v| v.trim().parse::<f64>().unwrap());
+    assert!(lag >= 10.0, "replica {}'s lag is {lag}: {body}", f + 1);
 }

@@ -514,7 +514,7 @@ fn export_formats_read_back_by_independent_readers() {
 }
 
 /// The word vectors of a model as (word, bits), sorted: for exact comparison.
-fn vector_bits(client: &BlockingClient, model: &str) -> Vec<(String, Vec<u32>)> {
+pub(crate) fn vector_bits(client: &BlockingClient, model: &str) -> Vec<(String, Vec<u32>)> {
     let e = export::from_server(client, model).unwrap();
     let mut v: Vec<(String, Vec<u32>)> = e
         .words
