@@ -710,3 +710,270 @@ fn cluster_status_and_the_gauges_name_the_leader_and_each_replica_s_progress() {
         .map_or(0.0, |v| v.trim().parse::<f64>().unwrap());
     assert!(lag >= 10.0, "replica {}'s lag is {lag}: {body}", f + 1);
 }
+
+/// Three hosts, each a network namespace holding one replica of a one-shard group, joined to
+/// this host by veth pairs (this host routes between them). Removed on drop.
+struct NetGroup {
+    names: Vec<String>,
+    servers: Vec<Option<Child>>,
+    ips: Vec<String>,
+    forwarding: Option<String>,
+    file: PathBuf,
+    map: ClusterMap,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for NetGroup {
+    fn drop(&mut self) {
+        for s in self.servers.iter_mut().flatten() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        if let Some(was) = &self.forwarding {
+            let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", was.trim());
+        }
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetGroup {
+    fn start() -> NetGroup {
+        let uid = Command::new("id").arg("-u").output().expect("id -u");
+        assert_eq!(
+            String::from_utf8_lossy(&uid.stdout).trim(),
+            "0",
+            "this test creates network namespaces: run it as root (CI does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let pid = std::process::id();
+        let tag = format!("{}r", pid % 100_000);
+        // multihost's second octet, with third octets it does not use.
+        let net = 100 + 2 * (pid % 70);
+        let mut g = NetGroup {
+            names: Vec::new(),
+            servers: Vec::new(),
+            ips: Vec::new(),
+            forwarding: None,
+            file: dir.path().join("cluster.toml"),
+            map: ClusterMap::default(),
+            _dir: dir,
+        };
+        for i in 0..3 {
+            let ns = format!("pdb{tag}h{i}");
+            let (outer, inner) = (format!("pdb{tag}v{i}"), format!("pdb{tag}p{i}"));
+            ip(&["netns", "add", &ns]);
+            g.names.push(ns.clone());
+            ip(&[
+                "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+            ]);
+            ip(&["link", "set", &inner, "netns", &ns]);
+            let gateway = format!("10.{net}.{}.1", i + 11);
+            let host = format!("10.{net}.{}.2", i + 11);
+            ip(&["addr", "add", &format!("{gateway}/30"), "dev", &outer]);
+            ip(&["link", "set", &outer, "up"]);
+            g.inside(i, &["addr", "add", &format!("{host}/30"), "dev", &inner]);
+            g.inside(i, &["link", "set", &inner, "up"]);
+            g.inside(i, &["link", "set", "lo", "up"]);
+            g.inside(i, &["route", "add", "default", "via", &gateway]);
+            g.ips.push(host);
+        }
+        let path = "/proc/sys/net/ipv4/ip_forward";
+        g.forwarding = Some(std::fs::read_to_string(path).unwrap());
+        std::fs::write(path, "1").unwrap();
+        // Each host is its own: the port is free there.
+        let mut map = ClusterMap::even(&[String::new()]);
+        map.shards[0].address.clear();
+        map.shards[0].replicas = g.ips.iter().map(|h| format!("{h}:7070")).collect();
+        std::fs::write(&g.file, map.to_toml()).unwrap();
+        g.map = map;
+        for i in 0..3 {
+            g.servers.push(None);
+            g.spawn(i);
+        }
+        g
+    }
+
+    fn client_opts(&self, opts: ClientOptions) -> BlockingClient {
+        BlockingClient::connect(self.map.clone(), opts).unwrap()
+    }
+
+    fn inside(&self, i: usize, args: &[&str]) {
+        let mut a = vec!["netns", "exec", &self.names[i], "ip"];
+        a.extend_from_slice(args);
+        ip(&a);
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let addr = self.map.shards[0].replicas[i].clone();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.names[i]])
+            .arg(paramdb_bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(self._dir.path().join(format!("r{i}")))
+            .args([
+                "--listen",
+                &addr,
+                "--shard",
+                "0",
+                "--replica",
+                &(i + 1).to_string(),
+            ])
+            .arg("--cluster")
+            .arg(&self.file)
+            .stdout(Stdio::piped())
+            .stderr(log_file(&self._dir.path().join(format!("r{i}.log"))))
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.trim().ends_with(&addr), "{line}");
+        self.servers[i] = Some(child);
+    }
+
+    /// Cuts host `i` off from the other hosts (its packets to them are dropped; this host, the
+    /// clients', still reaches it), or heals it.
+    fn cut(&self, i: usize, cut: bool) {
+        for (j, other) in self.ips.iter().enumerate() {
+            if j != i {
+                let verb = if cut { "add" } else { "del" };
+                self.inside(i, &["route", verb, "blackhole", &format!("{other}/32")]);
+            }
+        }
+    }
+
+    fn leader(&self, probe: &BlockingClient) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = probe.replica_status();
+            if let Some(i) = st[0]
+                .iter()
+                .position(|(_, r)| r.as_ref().is_ok_and(|i| i.role == "leader"))
+            {
+                return i;
+            }
+            assert!(Instant::now() < deadline, "no leader");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_cut_off_leader_acknowledges_nothing_and_the_majority_elects_another() {
+    let g = NetGroup::start();
+    let admin = g.client_opts(ClientOptions::default());
+    let old = g.leader(&admin);
+    admin.create_table(TableSpec::new("t", DIM as u32)).unwrap();
+    let client = g.client_opts(ClientOptions {
+        client_id: Some(5),
+        ..ClientOptions::default()
+    });
+    let mut counts = vec![0f32; KEYS as usize];
+    push_some(&client, 50, &mut counts);
+
+    // A client that can reach only the old leader.
+    let mut alone = g.map.clone();
+    alone.shards[0].replicas = vec![g.map.shards[0].replicas[old].clone()];
+    let stranded = BlockingClient::connect(
+        alone,
+        ClientOptions {
+            client_id: Some(6),
+            max_retries: 0,
+            timeout: Duration::from_millis(500),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    g.cut(old, true);
+    let cut_at = Instant::now();
+    // For 3 s the old leader is asked to take pushes: it must acknowledge none (it cannot
+    // reach a majority), while the majority elects a leader and takes the other client's.
+    let mut stranded_seqs = Vec::new();
+    let mut acked_by_old = 0;
+    let mut answers = std::collections::BTreeMap::<String, usize>::new();
+    while cut_at.elapsed() < Duration::from_secs(3) {
+        let seq = stranded.next_seq();
+        stranded_seqs.push(seq);
+        match stranded.push_with_seq("t", seq, &[key(KEYS - 1)], &[1.0; DIM]) {
+            Ok(_) => acked_by_old += 1,
+            Err(e) => {
+                let kind = format!("{:?}", e.code());
+                *answers.entry(kind).or_default() += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        acked_by_old, 0,
+        "the cut-off leader acknowledged {acked_by_old} pushes"
+    );
+    push_some(&client, 50, &mut counts);
+    let st = admin.replica_status();
+    let new = st[0]
+        .iter()
+        .enumerate()
+        .find(|(i, (_, r))| *i != old && r.as_ref().is_ok_and(|r| r.role == "leader"))
+        .map(|(i, _)| i)
+        .expect("the majority side elected a leader");
+    g.cut(old, false);
+    let healed = g.client_opts(ClientOptions {
+        client_id: Some(6),
+        ..ClientOptions::default()
+    });
+    // The stranded pushes were never acknowledged: retried now with their sequence numbers,
+    // each is applied once.
+    for &seq in &stranded_seqs {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while healed
+            .push_with_seq("t", seq, &[key(KEYS - 1)], &[1.0; DIM])
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "stranded push {seq} never acknowledged"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    counts[(KEYS - 1) as usize] += stranded_seqs.len() as f32;
+    // Every replica converges on the same rows.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = admin.replica_status();
+        let applied: Vec<Option<u64>> = st[0]
+            .iter()
+            .map(|(_, r)| r.as_ref().ok().and_then(|i| i.applied))
+            .collect();
+        if applied.iter().all(|a| a.is_some() && *a == applied[0]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not converge: {applied:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check_rows(&client, &counts);
+    println!(
+        "partition: leader {} cut off for 3 s: {} pushes to it, 0 acknowledged ({answers:?}); \
+         replica {} elected on the majority side; after healing, all 3 converged and the rows \
+         are exact",
+        old + 1,
+        stranded_seqs.len(),
+        new + 1
+    );
+}
