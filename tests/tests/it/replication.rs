@@ -1,5 +1,8 @@
 //! Replicated shards across real processes: every shard a group of `paramdb serve --replica`
-//! servers on 127.0.0.1, the leader SIGKILLed again and again while clients push.
+//! servers on 127.0.0.1 (or on netns hosts, for the partition). The leader SIGKILLed again and
+//! again while clients push (and its control with new sequence numbers), a follower's disk
+//! lost, a leader cut off from its followers, word2vec through leader kills, status and
+//! gauges, and bad configuration.
 //!
 //! `PARAMDB_LEADER_KILLS=N` sets the number of leader kills (default 100).
 
