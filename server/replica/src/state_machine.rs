@@ -456,41 +456,54 @@ impl Shared {
         Ok(())
     }
 
-    /// A snapshot of the store as it is now (no entry is applied meanwhile).
+    /// A snapshot of the store as it is now. Entries wait only while the backup is taken
+    /// (a checkpoint, then hard links and the log's tail); packing it runs beside them.
     fn build(&self) -> Result<(Meta, PathBuf), StorageError<NodeId>> {
-        let _gate = self.gate();
-        let store = self.engine();
-        let (last, membership) = self.applied(&store)?;
-        let n = {
-            let mut s = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
-            *s += 1;
-            *s
-        };
-        let id = match last {
-            Some(l) => format!(
-                "{}-{}-{}-{n}",
-                l.leader_id.term, l.leader_id.node_id, l.index
-            ),
-            None => format!("empty-{n}"),
-        };
         let dir = self.snap_dir();
-        let backup = dir.join(format!("build-{id}"));
-        let _ = fs::remove_dir_all(&backup);
-        let b = store
-            .backup(&backup, None, Default::default())
-            .map_err(|e| snap_err(paramdb_engine::chain(&e)))?;
-        if b.end_lsn != store.last_lsn() {
-            return Err(snap_err("the store changed while a snapshot was taken"));
-        }
-        let file = snapshot_file(&dir, &id);
-        crate::archive::pack(&backup, &file).map_err(snap_err)?;
-        let _ = fs::remove_dir_all(&backup);
-        let meta = Meta {
-            last_log_id: last,
-            last_membership: membership,
-            snapshot_id: id,
+        let (meta, backup) = {
+            let _gate = self.gate();
+            let store = self.engine();
+            let (last, membership) = self.applied(&store)?;
+            let n = {
+                let mut s = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+                *s += 1;
+                *s
+            };
+            let id = match last {
+                Some(l) => format!(
+                    "{}-{}-{}-{n}",
+                    l.leader_id.term, l.leader_id.node_id, l.index
+                ),
+                None => format!("empty-{n}"),
+            };
+            let backup = dir.join(format!("build-{id}"));
+            let _ = fs::remove_dir_all(&backup);
+            let b = store
+                .backup(&backup, None, Default::default())
+                .map_err(|e| snap_err(paramdb_engine::chain(&e)))?;
+            if b.end_lsn != store.last_lsn() {
+                return Err(snap_err("the store changed while a snapshot was taken"));
+            }
+            let meta = Meta {
+                last_log_id: last,
+                last_membership: membership,
+                snapshot_id: id,
+            };
+            (meta, backup)
         };
+        let file = snapshot_file(&dir, &meta.snapshot_id);
+        let packed = crate::archive::pack(&backup, &file);
+        let _ = fs::remove_dir_all(&backup);
+        packed.map_err(snap_err)?;
+        // It becomes the current snapshot unless one at least as new was installed meanwhile.
+        let _gate = self.gate();
         let previous = read_meta(&dir).ok().flatten();
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.last_log_id >= meta.last_log_id)
+        {
+            return Ok((meta, file));
+        }
         write_meta(&dir, &meta).map_err(snap_err)?;
         if let Some(p) = previous {
             let _ = fs::remove_file(snapshot_file(&dir, &p.snapshot_id));
