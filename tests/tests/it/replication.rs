@@ -651,30 +651,43 @@ fn cluster_status_and_the_gauges_name_the_leader_and_each_replica_s_progress() {
     for i in 0..20u64 {
         admin.push("t", &[i], &[1.0, 1.0]).unwrap();
     }
-    let out = Command::new(paramdb_bin())
-        .args(["cluster", "status", "--json", "--cluster"])
-        .arg(&g.file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(rows.len(), 3, "{rows:?}");
+    // Every replica names the same leader and has applied the 20 pushes, once the last to
+    // start has caught up (the leader backs off from a replica it could not reach yet).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rows = loop {
+        let out = Command::new(paramdb_bin())
+            .args(["cluster", "status", "--json", "--cluster"])
+            .arg(&g.file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        let caught_up = rows.iter().all(|r| {
+            r["leader"] == (l + 1) as u64
+                && r["applied"].as_u64().is_some_and(|a| a >= 20)
+                && r["lag"] == 0
+        });
+        if caught_up {
+            break rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not catch up: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let leaders: Vec<_> = rows.iter().filter(|r| r["role"] == "leader").collect();
     assert_eq!(leaders.len(), 1, "{rows:?}");
     assert_eq!(leaders[0]["id"], (l + 1) as u64);
-    // Every replica names the same leader, and has applied at least the 20 pushes.
-    for r in &rows {
-        assert_eq!(r["leader"], (l + 1) as u64, "{rows:?}");
-        assert!(r["applied"].as_u64().unwrap() >= 20, "{rows:?}");
-    }
     // The same in Prometheus gauges, from the leader's metrics endpoint.
     let body = crate::ops::scrape(&g.metrics[&(0, l)]);
     let gauge = |series: &str| {
