@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use paramdb_client::{BlockingClient, ClientOptions, ClusterMap, TableSpec, UpdateRule};
-use paramdb_tests::servers::paramdb_bin;
+use paramdb_tests::servers::{free_addresses, paramdb_bin};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -32,15 +32,6 @@ impl Drop for Procs {
             let _ = c.wait();
         }
     }
-}
-
-fn free_addresses(n: usize) -> Vec<String> {
-    let ls: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    ls.iter()
-        .map(|l| l.local_addr().expect("addr").to_string())
-        .collect()
 }
 
 fn spawn(dir: &Path, file: &Path, addr: &str, replica: Option<usize>, sync: &str) -> Child {

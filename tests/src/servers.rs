@@ -88,3 +88,14 @@ pub fn start(paramdb: &Path, dir: &Path, n: usize, extra: &[&str]) -> (Servers, 
     std::fs::write(&client_file, map.to_toml()).expect("cluster file");
     (procs, client_file)
 }
+
+/// `n` addresses on 127.0.0.1 with ports the OS picks, released for servers to bind: a
+/// replicated shard's cluster file names every replica before any starts.
+pub fn free_addresses(n: usize) -> Vec<String> {
+    let ls: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    ls.iter()
+        .map(|l| l.local_addr().expect("addr").to_string())
+        .collect()
+}

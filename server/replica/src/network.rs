@@ -108,8 +108,14 @@ impl<C: Connector> Peer<C> {
         rpc: Rpc,
         req: &Req,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, E>> {
-        let body = bincode::serialize(req)
-            .map_err(|e| RPCError::Network(NetworkError::from(AnyError::error(e.to_string()))))?;
+        self.send_encoded(rpc, encode(req)?).await
+    }
+
+    async fn send_encoded<Resp: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
+        &self,
+        rpc: Rpc,
+        body: Vec<u8>,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, E>> {
         let answer = self
             .connector
             .call(self.target, &self.addr, rpc, body)
@@ -121,25 +127,35 @@ impl<C: Connector> Peer<C> {
     }
 }
 
+fn encode<Req: Serialize, E: std::error::Error>(
+    req: &Req,
+) -> Result<Vec<u8>, RPCError<NodeId, BasicNode, E>> {
+    bincode::serialize(req)
+        .map_err(|e| RPCError::Network(NetworkError::from(AnyError::error(e.to_string()))))
+}
+
 impl<C: Connector> RaftNetwork<TypeConfig> for Peer<C> {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        if rpc.entries.len() > 1 {
+        let body = encode(&rpc)?;
+        if body.len() as u64 > MAX_APPEND_BYTES && rpc.entries.len() > 1 {
             let mut bytes = 0;
-            for (i, e) in rpc.entries.iter().enumerate() {
-                bytes += bincode::serialized_size(e).unwrap_or(0);
-                if bytes > MAX_APPEND_BYTES {
-                    let fit = (i as u64).max(1);
-                    return Err(RPCError::PayloadTooLarge(
-                        PayloadTooLarge::new_entries_hint(fit),
-                    ));
-                }
-            }
+            let fit = rpc
+                .entries
+                .iter()
+                .take_while(|e| {
+                    bytes += bincode::serialized_size(e).unwrap_or(0);
+                    bytes <= MAX_APPEND_BYTES
+                })
+                .count();
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit.max(1) as u64),
+            ));
         }
-        self.send(Rpc::Append, &rpc).await
+        self.send_encoded(Rpc::Append, body).await
     }
 
     async fn install_snapshot(

@@ -239,16 +239,9 @@ impl Replica {
                 None => Ok(r.data),
             },
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(WriteError::NotLeader {
-                    id: self.id,
-                    leader: f.leader_id,
-                    addr: f.leader_node.map(|n| n.addr),
-                })
+                Err(self.not_leader(f))
             }
-            Err(e) => Err(WriteError::Unknown {
-                id: self.id,
-                reason: e.to_string(),
-            }),
+            Err(e) => Err(self.unknown(e)),
         }
     }
 
@@ -258,16 +251,24 @@ impl Replica {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(WriteError::NotLeader {
-                    id: self.id,
-                    leader: f.leader_id,
-                    addr: f.leader_node.map(|n| n.addr),
-                })
+                Err(self.not_leader(f))
             }
-            Err(e) => Err(WriteError::Unknown {
-                id: self.id,
-                reason: e.to_string(),
-            }),
+            Err(e) => Err(self.unknown(e)),
+        }
+    }
+
+    fn not_leader(&self, f: openraft::error::ForwardToLeader<NodeId, BasicNode>) -> WriteError {
+        WriteError::NotLeader {
+            id: self.id,
+            leader: f.leader_id,
+            addr: f.leader_node.map(|n| n.addr),
+        }
+    }
+
+    fn unknown(&self, e: impl std::fmt::Display) -> WriteError {
+        WriteError::Unknown {
+            id: self.id,
+            reason: e.to_string(),
         }
     }
 
@@ -297,7 +298,7 @@ impl Replica {
         self.raft
             .change_membership(voters, false)
             .await
-            .map_err(|e| unknown(e.to_string()))?;
+            .map_err(|e| self.unknown(e))?;
         Ok(())
     }
 
@@ -308,10 +309,7 @@ impl Replica {
         self.raft
             .change_membership(voters, false)
             .await
-            .map_err(|e| WriteError::Unknown {
-                id: self.id,
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| self.unknown(e))?;
         Ok(())
     }
 

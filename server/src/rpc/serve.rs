@@ -206,12 +206,7 @@ pub async fn serve_with_metrics(
         let open_result = match opened {
             Ok(r) => {
                 let _ = replica_cell.set(r);
-                health_reporter
-                    .set_serving::<ParamdbServer<ShardService>>()
-                    .await;
-                health_reporter
-                    .set_service_status("", tonic_health::ServingStatus::Serving)
-                    .await;
+                serving(&health_reporter).await;
                 Ok(())
             }
             Err(source) => Err(ServeError::Replica { shard, source }),
@@ -254,12 +249,7 @@ pub async fn serve_with_metrics(
                 "shard recovered; serving"
             );
             let _ = cell.set(Arc::new(store));
-            health_reporter
-                .set_serving::<ParamdbServer<ShardService>>()
-                .await;
-            health_reporter
-                .set_service_status("", tonic_health::ServingStatus::Serving)
-                .await;
+            serving(&health_reporter).await;
             Ok(())
         }
         Ok(Err(source)) => Err(ServeError::Open {
@@ -321,6 +311,14 @@ pub async fn serve_with_metrics(
     }
     tracing::info!(shard, "checkpointed and closed");
     Ok(())
+}
+
+/// Health turns SERVING, for the Paramdb service and the server as a whole.
+async fn serving(health: &tonic_health::server::HealthReporter) {
+    health.set_serving::<ParamdbServer<ShardService>>().await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
 }
 
 /// Opens this server's replica of its shard's group. A new replica (no replicated log yet)

@@ -11,7 +11,7 @@ use paramdb_client::{BlockingClient, ClientOptions, ClusterMap};
 
 use crate::cluster::paramdb_bin;
 
-fn ip(args: &[&str]) {
+pub(crate) fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
     assert!(
         out.status.success(),

@@ -18,6 +18,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::cluster::paramdb_bin;
+use paramdb_tests::servers::free_addresses;
+
+use crate::multihost::ip;
 
 /// Replica groups of `paramdb serve` processes, killed on drop.
 pub struct Groups {
@@ -29,17 +32,6 @@ pub struct Groups {
     procs: Vec<Vec<Option<Child>>>,
     /// The metrics address each replica printed, when started with `--metrics-listen`.
     pub metrics: std::collections::HashMap<(usize, usize), String>,
-}
-
-/// Addresses the OS picks, released for the servers to bind (the cluster file must name every
-/// replica before any starts).
-fn free_addresses(n: usize) -> Vec<String> {
-    let ls: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    ls.iter()
-        .map(|l| l.local_addr().expect("addr").to_string())
-        .collect()
 }
 
 /// A server's stderr, appended to a file in the test's directory (raft's logs are chatty
@@ -444,11 +436,7 @@ fn a_follower_that_lost_its_disk_is_rebuilt_and_then_the_leader_can_die() {
     // It catches up from the leader's snapshot and the log after it.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let st = admin.replica_status();
-        let applied: Vec<Option<u64>> = st[0]
-            .iter()
-            .map(|(_, r)| r.as_ref().ok().and_then(|i| i.applied))
-            .collect();
+        let applied = applied(&admin);
         if applied[f].is_some() && applied[f] == applied[l] {
             break;
         }
@@ -480,6 +468,14 @@ fn a_follower_that_lost_its_disk_is_rebuilt_and_then_the_leader_can_die() {
         leader + 1,
         counts.iter().sum::<f32>()
     );
+}
+
+/// The entry each replica of shard 0 has applied (`None`: unreachable, or nothing yet).
+fn applied(admin: &BlockingClient) -> Vec<Option<u64>> {
+    admin.replica_status()[0]
+        .iter()
+        .map(|(_, r)| r.as_ref().ok().and_then(|i| i.applied))
+        .collect()
 }
 
 /// `paramdb serve` with `args` must exit at once with one line of error containing `want`.
@@ -754,16 +750,6 @@ impl Drop for NetGroup {
     }
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 impl NetGroup {
     fn start() -> NetGroup {
         let uid = Command::new("id").arg("-u").output().expect("id -u");
@@ -969,11 +955,7 @@ fn a_cut_off_leader_acknowledges_nothing_and_the_majority_elects_another() {
     // Every replica converges on the same rows.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let st = admin.replica_status();
-        let applied: Vec<Option<u64>> = st[0]
-            .iter()
-            .map(|(_, r)| r.as_ref().ok().and_then(|i| i.applied))
-            .collect();
+        let applied = applied(&admin);
         if applied.iter().all(|a| a.is_some() && *a == applied[0]) {
             break;
         }
