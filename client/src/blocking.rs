@@ -128,6 +128,17 @@ impl BlockingClient {
         self.rt.block_on(self.client.pull(table, keys))
     }
 
+    /// [`Client::pull_within`].
+    pub fn pull_within(
+        &self,
+        table: &str,
+        keys: &[u64],
+        max_lag: Option<crate::MaxLag>,
+    ) -> Result<Vec<f32>, ClientError> {
+        self.rt
+            .block_on(self.client.pull_within(table, keys, max_lag))
+    }
+
     pub fn push(
         &self,
         table: &str,

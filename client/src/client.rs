@@ -42,6 +42,20 @@ pub struct ClientOptions {
     /// Bearer token for servers that require one (else the cluster file's `token_file`, else
     /// `PARAMDB_TOKEN`).
     pub token: Option<String>,
+    /// Bounded staleness for this client's pulls by key: with a bound, a replicated shard's
+    /// pulls are spread over every replica close enough to the leader (a replica that is not
+    /// sends the pull on to the leader). `None`: pulls read the leader only.
+    pub read_lag: Option<MaxLag>,
+}
+
+/// How far behind its shard's leader a pull may read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaxLag {
+    /// At most this many log entries behind the leader's commit index (as of the leader's
+    /// last message to the replica, which must be under a lease old).
+    Entries(u64),
+    /// Sees every write acknowledged more than this many milliseconds ago.
+    Millis(u64),
 }
 
 impl Default for ClientOptions {
@@ -54,6 +68,7 @@ impl Default for ClientOptions {
             backoff_max: Duration::from_secs(1),
             client_id: None,
             token: None,
+            read_lag: None,
         }
     }
 }
@@ -356,13 +371,16 @@ impl Client {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let r = match tokio::time::timeout(o.timeout, f(self.inner.shards[shard].clone())).await
-            {
+            let target = self.inner.shards[shard].pinned();
+            let r = match tokio::time::timeout(o.timeout, f(target.clone())).await {
                 Ok(r) => r,
-                Err(_) => Err(ClientError::Status {
-                    shard,
-                    code: Code::DeadlineExceeded,
-                    message: format!("no answer within {:?}", o.timeout),
+                Err(_) => Err({
+                    target.no_answer();
+                    ClientError::Status {
+                        shard,
+                        code: Code::DeadlineExceeded,
+                        message: format!("no answer within {:?}", o.timeout),
+                    }
                 }),
             };
             match r {
@@ -478,8 +496,20 @@ impl Client {
         Ok(self.describe_table(table).await?.dim)
     }
 
-    /// Weights of `keys`, `keys.len() × dim` floats row after row.
+    /// Weights of `keys`, `keys.len() × dim` floats row after row (read within the client's
+    /// `read_lag`).
     pub async fn pull(&self, table: &str, keys: &[u64]) -> Result<Vec<f32>, ClientError> {
+        self.pull_within(table, keys, self.inner.opts.read_lag)
+            .await
+    }
+
+    /// [`Client::pull`] with its own staleness bound (`None`: from the leaders only).
+    pub async fn pull_within(
+        &self,
+        table: &str,
+        keys: &[u64],
+        max_lag: Option<MaxLag>,
+    ) -> Result<Vec<f32>, ClientError> {
         if keys.is_empty() {
             return Err(ClientError::Invalid("pull of no keys".into()));
         }
@@ -489,7 +519,7 @@ impl Client {
             let sub: Vec<u64> = idx.iter().map(|&i| keys[i]).collect();
             self.retry(*shard, move |s| {
                 let (sub, table) = (sub.clone(), table.to_string());
-                async move { s.pull(&table, sub).await }
+                async move { s.pull(&table, sub, max_lag).await }
             })
         }))
         .await?;

@@ -25,7 +25,7 @@ pub mod staleness;
 pub mod transport;
 
 pub use blocking::{BlockingClient, BlockingClock, BlockingImporter, BlockingRows};
-pub use client::{embedded_shard_dirs, Client, ClientOptions, PushResult, RowStream};
+pub use client::{embedded_shard_dirs, Client, ClientOptions, MaxLag, PushResult, RowStream};
 pub use error::ClientError;
 pub use import::Importer;
 #[cfg(feature = "embedded")]

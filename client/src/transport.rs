@@ -133,6 +133,25 @@ impl Shard {
         each!(self, s => s.index)
     }
 
+    /// A handle for one attempt: a replicated shard's calls through it go to one replica.
+    pub fn pinned(&self) -> Shard {
+        match self {
+            Shard::Grpc(s) => Shard::Grpc(s.pinned()),
+            #[cfg(feature = "embedded")]
+            Shard::Embedded(s) => Shard::Embedded(s.clone()),
+        }
+    }
+
+    /// Tells the shard a call gave no answer in time: a replicated shard tries its next
+    /// replica.
+    pub fn no_answer(&self) {
+        match self {
+            Shard::Grpc(s) => s.no_answer(),
+            #[cfg(feature = "embedded")]
+            Shard::Embedded(_) => {}
+        }
+    }
+
     pub async fn create_table(&self, spec: &TableSpec) -> Result<(), ClientError> {
         each!(self, s => s.create_table(spec).await)
     }
@@ -157,8 +176,18 @@ impl Shard {
         each!(self, s => s.set_lifecycle(name, lifecycle).await)
     }
 
-    pub async fn pull(&self, table: &str, keys: Vec<u64>) -> Result<Vec<f32>, ClientError> {
-        each!(self, s => s.pull(table, keys).await)
+    /// `max_lag`: see [`crate::MaxLag`] (an embedded shard has no replicas, and ignores it).
+    pub async fn pull(
+        &self,
+        table: &str,
+        keys: Vec<u64>,
+        max_lag: Option<crate::MaxLag>,
+    ) -> Result<Vec<f32>, ClientError> {
+        match self {
+            Shard::Grpc(s) => s.pull(table, keys, max_lag).await,
+            #[cfg(feature = "embedded")]
+            Shard::Embedded(s) => s.pull(table, keys).await,
+        }
     }
 
     pub async fn push(

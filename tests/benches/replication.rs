@@ -1,7 +1,9 @@
 //! Replicated shards against unreplicated ones, in the same run on this machine: push rows/s
 //! of one shard served by one `paramdb serve` process, by a group of one replica, and by a
 //! group of three (all on these 2 cores), under `sync` and `interval=10`; then the failover
-//! time after SIGKILLs of the leader (kill to the next acknowledged push). 4 client threads,
+//! time after SIGKILLs of the leader (kill to the next acknowledged push); and pull rows/s from
+//! one server, from a group's leader alone, and spread over its 3 replicas with a staleness
+//! bound (`read_lag` 1 s). 4 client threads,
 //! each with one 1,000-row batch of dim-100 rows (AdaGrad on the server) in flight. Prints
 //! Markdown, with the servers' CPU seconds per million rows (user + system, from /proc).
 //!
@@ -13,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use paramdb_client::{BlockingClient, ClientOptions, ClusterMap, TableSpec, UpdateRule};
+use paramdb_client::{BlockingClient, ClientOptions, ClusterMap, MaxLag, TableSpec, UpdateRule};
 use paramdb_tests::servers::{free_addresses, paramdb_bin};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -164,6 +166,60 @@ fn push_rate(map: &ClusterMap, procs: &Procs, secs: f64) -> (f64, f64) {
     (n / elapsed, cpu / (n / 1e6))
 }
 
+/// Rows pulled per second over `secs` (4 threads, random 1,000-key batches of the first
+/// `loaded` keys), and the servers' CPU seconds per million rows.
+fn pull_rate(
+    map: &ClusterMap,
+    procs: &Procs,
+    secs: f64,
+    loaded: u64,
+    read_lag: Option<MaxLag>,
+) -> (f64, f64) {
+    let stop = AtomicBool::new(false);
+    let rows = AtomicU64::new(0);
+    let cpu0: f64 = procs.0.iter().map(|c| cpu_secs(c.id())).sum();
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (stop, rows) = (&stop, &rows);
+            s.spawn(move || {
+                let client = BlockingClient::connect(
+                    map.clone(),
+                    ClientOptions {
+                        read_lag,
+                        ..ClientOptions::default()
+                    },
+                )
+                .expect("client");
+                let mut rng = StdRng::seed_from_u64(50 + t as u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let keys: Vec<u64> = (0..BATCH).map(|_| rng.random_range(0..loaded)).collect();
+                    let v = client.pull("t", &keys).expect("pull");
+                    assert_eq!(v.len(), keys.len() * DIM);
+                    rows.fetch_add(keys.len() as u64, Ordering::Relaxed);
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu: f64 = procs.0.iter().map(|c| cpu_secs(c.id())).sum::<f64>() - cpu0;
+    let n = rows.load(Ordering::Relaxed) as f64;
+    (n / elapsed, cpu / (n / 1e6))
+}
+
+/// Writes rows `0..n` (so pulls read stored rows, not defaults).
+fn load(client: &BlockingClient, n: u64) {
+    let grads = vec![0.01f32; BATCH * DIM];
+    for start in (0..n).step_by(BATCH) {
+        let keys: Vec<u64> = (start..(start + BATCH as u64).min(n)).collect();
+        client
+            .push("t", &keys, &grads[..keys.len() * DIM])
+            .expect("load");
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let secs = if quick { 3.0 } else { 10.0 };
@@ -186,6 +242,34 @@ fn main() {
                 rate / b
             );
         }
+    }
+
+    // Pulls: one unreplicated server, the leader of a group of 3 alone, and the group's 3
+    // replicas with pulls bounded by 1 s of staleness spread over them.
+    let loaded: u64 = if quick { 50_000 } else { 200_000 };
+    println!();
+    println!("| pulls from | pull rows/s | vs one server | server CPU s per M rows |");
+    println!("|---|---:|---:|---:|");
+    let mut base = None;
+    for (label, replicas, lag) in [
+        ("1 server (unreplicated)", 0, None),
+        ("group of 3, leader only", 3, None),
+        (
+            "group of 3, any replica within 1 s",
+            3,
+            Some(MaxLag::Millis(1000)),
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (procs, map, _) = start(dir.path(), replicas, "interval=10");
+        let writer = BlockingClient::connect(map.clone(), ClientOptions::default()).unwrap();
+        wait_writable(&writer);
+        load(&writer, loaded);
+        // Let the followers apply the load.
+        std::thread::sleep(Duration::from_secs(2));
+        let (rate, cpu) = pull_rate(&map, &procs, secs, loaded, lag);
+        let b = *base.get_or_insert(rate);
+        println!("| {label} | {rate:.0} | {:.2}× | {cpu:.2} |", rate / b);
     }
 
     // Failover: SIGKILL the leader of a group of 3 while one client pushes; time to the next

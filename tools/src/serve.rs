@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// For a replicated shard: which of its `replicas` this server is (from 1).
     #[arg(long, env = "PARAMDB_REPLICA")]
     replica: Option<u64>,
+    /// The same, counted from 0 (replica N+1): a StatefulSet pod's index.
+    #[arg(long, env = "PARAMDB_REPLICA_INDEX", conflicts_with = "replica")]
+    replica_index: Option<u64>,
     /// A replica group's heartbeat interval in milliseconds [default: 50].
     #[arg(long, env = "PARAMDB_RAFT_HEARTBEAT_MS")]
     raft_heartbeat_ms: Option<u64>,
@@ -276,7 +279,10 @@ pub fn resolve(args: ServeArgs, log_format: Option<LogFormat>) -> anyhow::Result
                 .or(file.shard)
                 .ok_or_else(|| required("a shard number", "shard", "PARAMDB_SHARD"))?,
         ),
-        replica: args.replica.or(file.replica),
+        replica: args
+            .replica
+            .or(args.replica_index.map(|i| i.saturating_add(1)))
+            .or(file.replica),
         raft_heartbeat_ms: args.raft_heartbeat_ms.or(file.raft_heartbeat_ms),
         raft_election_ms: args.raft_election_ms.or(file.raft_election_ms),
         raft_snapshot_every: args.raft_snapshot_every.or(file.raft_snapshot_every),

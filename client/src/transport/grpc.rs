@@ -59,6 +59,12 @@ pub struct GrpcShard {
     pub(super) index: usize,
     replicas: Arc<Vec<Server>>,
     current: Arc<std::sync::atomic::AtomicUsize>,
+    /// The replica this handle's calls go to, when it was pinned for one attempt: a failure
+    /// moves the shard on from that replica only if no other call has moved it already (so
+    /// concurrent failures at one dead replica do not rotate past the live ones).
+    at: Option<usize>,
+    /// The replica the next bounded-staleness pull goes to.
+    reads: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The metadata key a replica that does not lead names the leader's address in.
@@ -104,6 +110,8 @@ impl GrpcShard {
             index,
             replicas: Arc::new(replicas),
             current: Default::default(),
+            at: None,
+            reads: Default::default(),
         })
     }
 
@@ -150,9 +158,20 @@ impl GrpcShard {
         })
     }
 
+    /// A handle for one attempt: its calls go to the replica calls go to now.
+    pub(super) fn pinned(&self) -> GrpcShard {
+        GrpcShard {
+            at: Some(self.current.load(std::sync::atomic::Ordering::Relaxed)),
+            ..self.clone()
+        }
+    }
+
     /// The replica calls go to now.
     fn client(&self) -> Client {
-        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.replicas.len();
+        let i = self
+            .at
+            .unwrap_or_else(|| self.current.load(std::sync::atomic::Ordering::Relaxed))
+            % self.replicas.len();
         self.replicas[i].paramdb.clone()
     }
 
@@ -196,11 +215,31 @@ impl GrpcShard {
                 tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
             ) =>
             {
+                self.no_answer()
+            }
+            None => {}
+        }
+    }
+
+    /// Moves calls past a replica that gave no answer in time (it may be cut off from its
+    /// group, or from this client).
+    pub(super) fn no_answer(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = self.replicas.len();
+        if n < 2 {
+            return;
+        }
+        match self.at {
+            Some(at) => {
+                let _ = self
+                    .current
+                    .compare_exchange(at, (at + 1) % n, Relaxed, Relaxed);
+            }
+            None => {
                 let _ = self
                     .current
                     .fetch_update(Relaxed, Relaxed, |c| Some((c + 1) % n));
             }
-            None => {}
         }
     }
 
@@ -273,11 +312,38 @@ impl GrpcShard {
         Ok(())
     }
 
-    pub(super) async fn pull(&self, table: &str, keys: Vec<u64>) -> Result<Vec<f32>, ClientError> {
+    /// With a `max_lag`, the pull goes to the next replica in turn; one that is too far behind
+    /// (or fails) hands it to the leader.
+    pub(super) async fn pull(
+        &self,
+        table: &str,
+        keys: Vec<u64>,
+        max_lag: Option<crate::MaxLag>,
+    ) -> Result<Vec<f32>, ClientError> {
+        let (max_lag_entries, max_lag_ms) = match max_lag {
+            None => (None, None),
+            Some(crate::MaxLag::Entries(n)) => (Some(n), None),
+            Some(crate::MaxLag::Millis(ms)) => (None, Some(ms)),
+        };
         let req = v1::PullRequest {
             table: table.into(),
             keys,
+            max_lag_entries,
+            max_lag_ms,
         };
+        let n = self.replicas.len();
+        if max_lag.is_some() && n > 1 {
+            let i = self
+                .reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                % n;
+            let mut spread = self.replicas[i].paramdb.clone();
+            if let Ok(r) = spread.pull(req.clone()).await {
+                let r = r.into_inner();
+                return packed::bytes_to_f32s(&r.values)
+                    .ok_or_else(|| self.bad_answer("pull response values are not whole f32s"));
+            }
+        }
         let r = self
             .client()
             .pull(req)

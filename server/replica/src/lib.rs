@@ -32,7 +32,7 @@ mod state_machine;
 
 pub use command::{Deletion, Keys, Op, Origin, Outcome, Policies, Refusal, Spec};
 pub use network::{Connector, Rpc};
-pub use replica::{Replica, ReplicaError, ReplicaOptions, Status, WriteError};
+pub use replica::{MaxLag, Replica, ReplicaError, ReplicaOptions, Status, WriteError};
 pub use state_machine::OpenStoreError;
 
 /// A replica's id within its group.

@@ -179,10 +179,13 @@ impl<C: Connector> RaftNetwork<TypeConfig> for Peer<C> {
 }
 
 /// Decodes a message for `raft`, hands it over, and encodes the answer.
+/// Answers one raft message. `heard` is told the leader's commit index each time an append
+/// from the leader is accepted (heartbeats included).
 pub(crate) async fn serve(
     raft: &openraft::Raft<TypeConfig>,
     rpc: Rpc,
     body: &[u8],
+    heard: impl FnOnce(Option<u64>),
 ) -> Result<Vec<u8>, String> {
     fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
         bincode::serialize(v).map_err(|e| e.to_string())
@@ -191,7 +194,12 @@ pub(crate) async fn serve(
     match rpc {
         Rpc::Append => {
             let req: AppendEntriesRequest<TypeConfig> = bincode::deserialize(body).map_err(bad)?;
-            enc(&raft.append_entries(req).await)
+            let commit = req.leader_commit.map(|l| l.index);
+            let r = raft.append_entries(req).await;
+            if matches!(r, Ok(AppendEntriesResponse::Success)) {
+                heard(commit);
+            }
+            enc(&r)
         }
         Rpc::Vote => {
             let req: VoteRequest<NodeId> = bincode::deserialize(body).map_err(bad)?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use paramdb_engine::{Store, StoreOptions, SyncPolicy};
 
@@ -93,6 +93,22 @@ pub enum WriteError {
     /// replica is stopping): retry with the same sequence number.
     #[error("replica {id}: the write's outcome is unknown: {reason}")]
     Unknown { id: NodeId, reason: String },
+    /// This replica leads, but no majority of the group has answered it for `silent_ms` (it
+    /// is cut off, and the others may have elected a leader): retry elsewhere, with the same
+    /// sequence number, since a write it took may yet be committed.
+    #[error(
+        "replica {id} leads, but no majority of its group has answered it for {silent_ms} ms; \
+         another replica may lead now"
+    )]
+    NoQuorum { id: NodeId, silent_ms: u64 },
+    /// This follower is further behind the leader than a bounded-staleness read allows.
+    #[error("replica {id} is too far behind for this read ({behind}){}", leader_hint(.leader, .addr))]
+    TooStale {
+        id: NodeId,
+        behind: String,
+        leader: Option<NodeId>,
+        addr: Option<String>,
+    },
 }
 
 fn leader_hint(leader: &Option<NodeId>, addr: &Option<String>) -> String {
@@ -132,6 +148,38 @@ pub struct Replica {
     raft: Raft<TypeConfig>,
     sm: StateMachine,
     log: LogStore,
+    /// How long after a majority last answered the leader no other replica can have been
+    /// elected (openraft's leader lease: a follower votes for no one that long after it last
+    /// heard from the leader).
+    lease: Duration,
+    /// How long a write or a read barrier waits on a leader no majority answers.
+    patience: Duration,
+    /// How stale the metrics a read looks at can be (openraft reports them at least once a
+    /// tick, 1.5 heartbeats).
+    tick: Duration,
+    /// On a follower: the leader's commit index with each of its last few accepted appends,
+    /// newest last (what a bounded-staleness read is measured against).
+    heard: Arc<std::sync::Mutex<std::collections::VecDeque<Heard>>>,
+}
+
+/// The leader's commit index as an accepted append carried it, and when it came.
+#[derive(Clone, Copy, Debug)]
+struct Heard {
+    commit: Option<u64>,
+    at: std::time::Instant,
+}
+
+/// How many of the leader's last appends a follower remembers.
+const HEARD: usize = 8;
+
+/// How far behind the leader a read may be, for reads that any replica close enough serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaxLag {
+    /// At most this many entries behind the leader's commit index, as of the leader's last
+    /// message (which must itself be less than the leader lease old).
+    Entries(u64),
+    /// Everything acknowledged more than this long ago is seen.
+    Millis(u64),
 }
 
 impl std::fmt::Debug for Replica {
@@ -193,12 +241,17 @@ impl Replica {
             id,
             reason: e.to_string(),
         })?;
+        let lease = opts.election_timeout.1;
         Ok(Replica {
             id,
             group: opts.group,
             raft,
             sm,
             log,
+            lease,
+            patience: (lease * 4).max(Duration::from_secs(1)),
+            tick: opts.heartbeat * 3 / 2,
+            heard: Default::default(),
         })
     }
 
@@ -228,12 +281,18 @@ impl Replica {
     }
 
     /// Proposes `op`; returns once it is committed (durable on a majority under the sync
-    /// policy) and applied here.
+    /// policy) and applied here. A leader that no majority answers gives up after its patience
+    /// (the outcome is unknown then, not lost: retry with the same sequence number).
     pub async fn write(&self, op: Op) -> Result<Outcome, WriteError> {
+        if let Some(silent) = self.silence().filter(|s| *s > self.patience) {
+            return Err(self.no_quorum(silent));
+        }
         let time = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs().min(u32::MAX as u64) as u32);
-        match self.raft.client_write(Command { time, op }).await {
+        let write = self.raft.client_write(Command { time, op });
+        let r = self.while_answered(write).await?;
+        match r {
             Ok(r) => match r.data.refused {
                 Some(refusal) => Err(WriteError::Refused(refusal)),
                 None => Ok(r.data),
@@ -245,16 +304,197 @@ impl Replica {
         }
     }
 
+    /// Runs `f` while this replica is answered by a majority, or does not lead: once it has
+    /// waited its patience on a leader no majority answers, gives up.
+    async fn while_answered<T>(
+        &self,
+        f: impl std::future::Future<Output = T>,
+    ) -> Result<T, WriteError> {
+        let started = tokio::time::Instant::now();
+        let mut check = tokio::time::interval(self.tick);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(f);
+        loop {
+            tokio::select! {
+                r = &mut f => return Ok(r),
+                _ = check.tick() => {
+                    if started.elapsed() > self.patience {
+                        let m = self.raft.metrics().borrow().clone();
+                        if m.state == ServerState::Leader {
+                            let silent = m.millis_since_quorum_ack.map(Duration::from_millis);
+                            if silent.is_none_or(|s| s > self.patience) {
+                                return Err(self.no_quorum(silent.unwrap_or(started.elapsed())));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// On the leader: how long since a majority last answered it (`None` elsewhere, or before
+    /// any answer).
+    fn silence(&self) -> Option<Duration> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.state == ServerState::Leader)
+            .then_some(m.millis_since_quorum_ack)
+            .flatten()
+            .map(Duration::from_millis)
+    }
+
+    fn no_quorum(&self, silent: Duration) -> WriteError {
+        WriteError::NoQuorum {
+            id: self.id,
+            silent_ms: silent.as_millis() as u64,
+        }
+    }
+
     /// Returns once this replica is known to lead and has applied every entry committed when
     /// it was called: reads after it see every write acknowledged before.
     pub async fn read_barrier(&self) -> Result<(), WriteError> {
-        match self.raft.ensure_linearizable().await {
+        match self.while_answered(self.raft.ensure_linearizable()).await? {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(self.not_leader(f))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(self.no_quorum(self.silence().unwrap_or_default()))
             }
             Err(e) => Err(self.unknown(e)),
         }
+    }
+
+    /// Returns once a read here may be served: with no `max_lag`, as [`Replica::read_check`];
+    /// with one, a follower close enough to the leader serves it at once (and one that is not
+    /// names the leader), while the leader checks as for any read.
+    pub async fn read_check_within(&self, max_lag: Option<MaxLag>) -> Result<(), WriteError> {
+        let Some(max) = max_lag else {
+            return self.read_check().await;
+        };
+        let (state, applied, leader, addr) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let leader = m.current_leader;
+            let addr = leader.and_then(|l| {
+                m.membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.addr.clone())
+            });
+            (m.state, m.last_applied.map(|l| l.index), leader, addr)
+        };
+        if state == ServerState::Leader {
+            return self.read_check().await;
+        }
+        let behind = self.behind(applied, max);
+        match behind {
+            None => Ok(()),
+            Some(behind) => Err(WriteError::TooStale {
+                id: self.id,
+                behind,
+                leader,
+                addr,
+            }),
+        }
+    }
+
+    /// Whether this replica is caught up: it leads, or it follows a leader it heard from less
+    /// than a lease ago and is at most `entries` behind that leader's commit index. (What a
+    /// readiness probe reports.)
+    pub fn caught_up(&self, entries: u64) -> bool {
+        let (state, applied) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state, m.last_applied.map(|l| l.index))
+        };
+        match state {
+            ServerState::Leader => true,
+            ServerState::Follower | ServerState::Learner => {
+                self.behind(applied, MaxLag::Entries(entries)).is_none()
+            }
+            ServerState::Candidate | ServerState::Shutdown => false,
+        }
+    }
+
+    /// On a follower: why a read bounded by `max` cannot be served here (`None`: it can).
+    fn behind(&self, applied: Option<u64>, max: MaxLag) -> Option<String> {
+        let heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(newest) = heard.back().copied() else {
+            return Some("it has heard from no leader since it started".into());
+        };
+        // Entries at or below `applied` are applied here.
+        let covers = |h: &Heard| h.commit.is_none_or(|c| applied.is_some_and(|a| a >= c));
+        match max {
+            MaxLag::Entries(n) => {
+                let age = newest.at.elapsed();
+                if age >= self.lease {
+                    return Some(format!(
+                        "it last heard from the leader {} ms ago",
+                        age.as_millis()
+                    ));
+                }
+                let lag = match (newest.commit, applied) {
+                    (None, _) => 0,
+                    (Some(c), Some(a)) => c.saturating_sub(a),
+                    (Some(c), None) => c + 1,
+                };
+                (lag > n).then(|| format!("{lag} entries behind, more than {n}"))
+            }
+            MaxLag::Millis(ms) => {
+                // Everything acknowledged before the leader sent the newest append this
+                // replica has applied the commit index of is applied here.
+                let age = heard
+                    .iter()
+                    .rev()
+                    .find(|h| covers(h))
+                    .map(|h| h.at.elapsed());
+                match age {
+                    Some(age) if age.as_millis() <= ms as u128 => None,
+                    Some(age) => Some(format!("{} ms behind, more than {ms}", age.as_millis())),
+                    None => Some(format!(
+                        "more than {} ms behind, more than {ms}",
+                        heard.front().map_or(0, |h| h.at.elapsed().as_millis())
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Returns once a read here sees every write acknowledged before it was called. The leader
+    /// answers at once while its lease holds (a majority answered it less than the lease ago,
+    /// so no other replica can lead yet) and it has applied an entry of its own term (so every
+    /// entry committed before it); otherwise it confirms its leadership with a round of
+    /// heartbeats ([`Replica::read_barrier`]). A replica that does not lead names the leader.
+    pub async fn read_check(&self) -> Result<(), WriteError> {
+        let leased = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            if m.state != ServerState::Leader {
+                let addr = m.current_leader.and_then(|l| {
+                    m.membership_config
+                        .membership()
+                        .get_node(&l)
+                        .map(|n| n.addr.clone())
+                });
+                return Err(WriteError::NotLeader {
+                    id: self.id,
+                    leader: m.current_leader,
+                    addr,
+                });
+            }
+            let fresh = m
+                .millis_since_quorum_ack
+                .is_some_and(|ms| Duration::from_millis(ms) + self.tick < self.lease);
+            let own_term = m
+                .last_applied
+                .is_some_and(|l| l.leader_id.term == m.current_term);
+            fresh && own_term
+        };
+        if leased {
+            return Ok(());
+        }
+        self.read_barrier().await
     }
 
     fn not_leader(&self, f: openraft::error::ForwardToLeader<NodeId, BasicNode>) -> WriteError {
@@ -279,7 +519,17 @@ impl Replica {
 
     /// Handles a raft message from another replica of the group.
     pub async fn handle(&self, rpc: Rpc, body: &[u8]) -> Result<Vec<u8>, String> {
-        crate::network::serve(&self.raft, rpc, body).await
+        crate::network::serve(&self.raft, rpc, body, |commit| {
+            let mut h = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+            if h.len() == HEARD {
+                h.pop_front();
+            }
+            h.push_back(Heard {
+                commit,
+                at: std::time::Instant::now(),
+            });
+        })
+        .await
     }
 
     /// Adds replica `id` at `addr` to the group: first as a learner that catches up (from a

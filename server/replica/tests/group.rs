@@ -1,5 +1,6 @@
 //! Replica groups in one process, over an in-process transport that can cut replicas off:
-//! leader loss, restarts with the store's own log, rebuilds from snapshots, partitions.
+//! leader loss, restarts with the store's own log, rebuilds from snapshots, partitions,
+//! bounded-staleness reads on followers.
 //! (The suite's `it::replication` tests do the same across processes with SIGKILL.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use paramdb_engine::TableSpec;
 use paramdb_replica::{
-    Connector, Keys, NodeId, Op, Origin, Replica, ReplicaOptions, Rpc, Spec, WriteError,
+    Connector, Keys, MaxLag, NodeId, Op, Origin, Replica, ReplicaOptions, Rpc, Spec, WriteError,
 };
 
 #[derive(Default)]
@@ -323,9 +324,10 @@ async fn a_cut_off_leader_acknowledges_nothing_and_the_majority_goes_on() {
     }
     let old = g.leader().await;
     g.net.cut.lock().unwrap().insert(old.id());
-    // The old leader cannot commit: its write never succeeds.
+    // The old leader cannot commit: its write never succeeds, and once it has waited its
+    // patience (1 s) with no majority answering, it says so rather than hang.
     let stranded = tokio::time::timeout(
-        Duration::from_secs(2),
+        Duration::from_secs(10),
         old.write(Op::Push {
             table: "t".into(),
             origin: Origin {
@@ -339,8 +341,14 @@ async fn a_cut_off_leader_acknowledges_nothing_and_the_majority_goes_on() {
     )
     .await;
     assert!(
-        !matches!(stranded, Ok(Ok(_))),
-        "a cut-off leader acknowledged a write: {stranded:?}"
+        matches!(stranded, Ok(Err(WriteError::NoQuorum { .. }))),
+        "a cut-off leader should refuse a write as unanswered: {stranded:?}"
+    );
+    // Its lease is long over: it serves no reads either (another replica may lead by now).
+    let read = tokio::time::timeout(Duration::from_secs(10), old.read_check()).await;
+    assert!(
+        matches!(read, Ok(Err(WriteError::NoQuorum { .. }))),
+        "a cut-off leader should refuse reads: {read:?}"
     );
     for seq in 21..=40 {
         let key = seq % KEYS;
@@ -352,4 +360,58 @@ async fn a_cut_off_leader_acknowledges_nothing_and_the_majority_goes_on() {
     // The stranded write was never acknowledged; whether it landed depends on whether the
     // new leader kept it (it cannot have: the old leader could not reach anyone).
     converged(&g, &[1, 2, 3], &expected(&counts), KEYS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_serves_bounded_staleness_reads_only_while_it_is_close_enough() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = new_group(dir.path(), 1_000_000).await;
+    const KEYS: u64 = 4;
+    let mut counts = vec![0u32; KEYS as usize];
+    for seq in 1..=20 {
+        let key = seq % KEYS;
+        g.push(seq, key).await;
+        counts[key as usize] += 1;
+    }
+    let leader = g.leader().await;
+    let f = g.replica(if leader.id() == 1 { 2 } else { 1 });
+    converged(&g, &[f.id()], &expected(&counts), KEYS).await;
+    // Caught up and hearing heartbeats: close enough in entries and in time.
+    let near = |f: Replica, lag| async move {
+        for _ in 0..200 {
+            if f.read_check_within(Some(lag)).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    };
+    assert!(near(f.clone(), MaxLag::Entries(0)).await);
+    assert!(near(f.clone(), MaxLag::Millis(300)).await);
+    // Without a bound, a follower serves no read: it names the leader.
+    assert!(matches!(
+        f.read_check_within(None).await,
+        Err(WriteError::NotLeader { .. })
+    ));
+    // Cut off, it hears nothing: after 600 ms it is more than 300 ms behind, and it no longer
+    // knows how many entries behind it is (its last word from the leader is over a lease old).
+    g.net.cut.lock().unwrap().insert(f.id());
+    for seq in 21..=30 {
+        let key = seq % KEYS;
+        g.push(seq, key).await;
+        counts[key as usize] += 1;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for lag in [MaxLag::Millis(300), MaxLag::Entries(1_000_000)] {
+        let r = f.read_check_within(Some(lag)).await;
+        assert!(
+            matches!(r, Err(WriteError::TooStale { .. })),
+            "a cut-off follower served a read within {lag:?}: {r:?}"
+        );
+    }
+    // Healed, it catches up and serves them again, with what was acknowledged meanwhile.
+    g.net.cut.lock().unwrap().clear();
+    converged(&g, &[f.id()], &expected(&counts), KEYS).await;
+    assert!(near(f.clone(), MaxLag::Millis(300)).await);
+    assert!(near(f, MaxLag::Entries(0)).await);
 }

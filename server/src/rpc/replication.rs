@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use paramdb_engine::SyncPolicy;
 use paramdb_proto::v1::{self, replication_client::ReplicationClient, replication_server};
-use paramdb_replica::{Connector, NodeId, Op, Outcome, Replica, Rpc, WriteError};
+use paramdb_replica::{Connector, MaxLag, NodeId, Op, Outcome, Replica, Rpc, WriteError};
 use tonic::metadata::{AsciiMetadataValue, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
@@ -239,7 +239,13 @@ pub(super) fn write_status(e: WriteError) -> Status {
         }
         WriteError::Refused(r) => Status::new(code_to_tonic(r.code()), r.message),
         // The client retries with the same sequence number: applied once either way.
-        WriteError::Unknown { .. } => Status::unavailable(e.to_string()),
+        WriteError::Unknown { .. } | WriteError::NoQuorum { .. } => {
+            Status::unavailable(e.to_string())
+        }
+        WriteError::TooStale { ref addr, .. } => {
+            let addr = addr.clone();
+            not_leader(e.to_string(), addr)
+        }
     }
 }
 
@@ -256,23 +262,9 @@ pub(super) async fn write(r: &Replica, op: Op) -> Result<Outcome, Status> {
     r.write(op).await.map_err(write_status)
 }
 
-/// Reads are served by the leader: a replica that does not lead sends the client there.
-pub(super) fn check_leader(r: &Replica) -> Result<(), Status> {
-    let s = r.status();
-    if s.role == "leader" {
-        return Ok(());
-    }
-    let addr = s.leader.and_then(|l| s.members.get(&l).cloned());
-    Err(not_leader(
-        format!(
-            "replica {} of {} does not lead{}; reads go to the leader",
-            s.id,
-            s.group,
-            match &addr {
-                Some(a) => format!(" ({a} does)"),
-                None => " (no leader is known yet)".into(),
-            }
-        ),
-        addr,
-    ))
+/// Reads are served by the leader while it knows it leads (see [`Replica::read_check`]): a
+/// replica that does not lead sends the client there, and a leader cut off from its group
+/// refuses them. A read with a `max_lag` is served by any replica close enough.
+pub(super) async fn check_leader(r: &Replica, max_lag: Option<MaxLag>) -> Result<(), Status> {
+    r.read_check_within(max_lag).await.map_err(write_status)
 }

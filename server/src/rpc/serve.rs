@@ -205,8 +205,8 @@ pub async fn serve_with_metrics(
         let opened = open_replica(&config, rc).await;
         let open_result = match opened {
             Ok(r) => {
-                let _ = replica_cell.set(r);
-                serving(&health_reporter).await;
+                let _ = replica_cell.set(r.clone());
+                tokio::spawn(report_caught_up(r, health_reporter.clone()));
                 Ok(())
             }
             Err(source) => Err(ServeError::Replica { shard, source }),
@@ -314,6 +314,37 @@ pub async fn serve_with_metrics(
 }
 
 /// Health turns SERVING, for the Paramdb service and the server as a whole.
+/// A replica is healthy (ready) while it is caught up: it leads, or it is at most this many
+/// entries behind a leader it hears from.
+const CAUGHT_UP_ENTRIES: u64 = 1000;
+
+/// Keeps a replica's health status on whether it is caught up, checked twice a second.
+async fn report_caught_up(
+    r: paramdb_replica::Replica,
+    health: tonic_health::server::HealthReporter,
+) {
+    let mut was = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let now = r.caught_up(CAUGHT_UP_ENTRIES);
+        if was != Some(now) {
+            if now {
+                serving(&health).await;
+            } else {
+                health
+                    .set_not_serving::<ParamdbServer<ShardService>>()
+                    .await;
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+            tracing::info!(caught_up = now, "replica readiness");
+            was = Some(now);
+        }
+    }
+}
+
 async fn serving(health: &tonic_health::server::HealthReporter) {
     health.set_serving::<ParamdbServer<ShardService>>().await;
     health

@@ -105,10 +105,14 @@ impl ShardService {
         self.replica.get()
     }
 
-    /// Reads on a replicated shard are the leader's: a follower sends the client there.
-    pub(super) fn check_reader(&self) -> Result<(), Status> {
+    /// Reads on a replicated shard are the leader's (a follower sends the client there), or,
+    /// with a `max_lag`, any replica's that is close enough.
+    pub(super) async fn check_reader(
+        &self,
+        max_lag: Option<paramdb_replica::MaxLag>,
+    ) -> Result<(), Status> {
         match self.replica() {
-            Some(r) => super::replication::check_leader(r),
+            Some(r) => super::replication::check_leader(r, max_lag).await,
             None => Ok(()),
         }
     }
@@ -270,7 +274,7 @@ impl Paramdb for ShardService {
         &self,
         req: Request<v1::PullRangeRequest>,
     ) -> Result<Response<Self::PullRangeStream>, Status> {
-        handlers::range::pull_range(self, req)
+        handlers::range::pull_range(self, req).await
     }
 
     async fn push_range(

@@ -297,6 +297,29 @@ fn grpc_bad_input_gets_its_status_and_the_server_keeps_serving() {
                 err.message().len()
             );
         }
+        // A pull's staleness bound is in entries or in milliseconds, not both.
+        let err = raw
+            .pull(v1::PullRequest {
+                table: "t".into(),
+                keys: vec![5],
+                max_lag_entries: Some(10),
+                max_lag_ms: Some(10),
+            })
+            .await
+            .expect_err("two staleness bounds");
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+        // On an unreplicated shard a bound is met by the one server.
+        let ok = raw
+            .pull(v1::PullRequest {
+                table: "t".into(),
+                keys: vec![5],
+                max_lag_ms: Some(0),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ok.dim, 3);
         // Malformed message bytes: a Pull whose body is not protobuf.
         let err = raw_call(
             &addr,
@@ -417,6 +440,7 @@ fn grpc_concurrency_limit_refuses_with_resource_exhausted() {
         let pull = v1::PullRequest {
             table: "wide".into(),
             keys: vec![7],
+            ..Default::default()
         };
         let err = other.pull(pull.clone()).await.unwrap_err();
         assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
@@ -493,6 +517,7 @@ fn grpc_health_is_not_serving_while_the_log_replays() {
         let pull = v1::PullRequest {
             table: "t".into(),
             keys: vec![7],
+            ..Default::default()
         };
         let err = raw.pull(pull.clone()).await.unwrap_err();
         assert_eq!(err.code(), Code::Unavailable, "{}", err.message());

@@ -21,12 +21,44 @@ pub(crate) fn ip(args: &[&str]) {
     );
 }
 
+/// While held, this host forwards between its links (`ip_forward` = 1), so that a process on
+/// one netns host reaches a server on another. Tests in one process share it: the first
+/// turns forwarding on, the last to drop its guard restores what was there.
+pub(crate) struct Forwarding(());
+
+/// How many guards are held, and `ip_forward` as it was before the first.
+static FORWARDING: std::sync::Mutex<(usize, String)> = std::sync::Mutex::new((0, String::new()));
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+impl Forwarding {
+    pub(crate) fn on() -> Forwarding {
+        let mut f = FORWARDING.lock().unwrap_or_else(|e| e.into_inner());
+        if f.0 == 0 {
+            f.1 = std::fs::read_to_string(IP_FORWARD).unwrap();
+            std::fs::write(IP_FORWARD, "1").unwrap();
+        }
+        f.0 += 1;
+        Forwarding(())
+    }
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        let mut f = FORWARDING.lock().unwrap_or_else(|e| e.into_inner());
+        f.0 -= 1;
+        if f.0 == 0 {
+            let _ = std::fs::write(IP_FORWARD, f.1.trim());
+        }
+    }
+}
+
 /// Network namespaces (and the servers in them), removed on drop.
 struct Hosts {
     names: Vec<String>,
     servers: Vec<Child>,
-    /// `ip_forward` as it was, while this host routes between the hosts.
-    forwarding: Option<String>,
+    /// Held while this host routes between the hosts.
+    forwarding: Option<Forwarding>,
 }
 
 impl Drop for Hosts {
@@ -35,9 +67,7 @@ impl Drop for Hosts {
             let _ = s.kill();
             let _ = s.wait();
         }
-        if let Some(was) = &self.forwarding {
-            let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", was.trim());
-        }
+        self.forwarding = None;
         for n in &self.names {
             // Deleting a namespace also deletes the veth pair that reaches into it.
             let _ = Command::new("ip").args(["netns", "del", n]).status();
@@ -131,10 +161,7 @@ impl Hosts {
     /// Lets this host forward between the hosts' links (restored on drop), so that a process
     /// on one host reaches the server on another.
     fn route_between(&mut self) {
-        let path = "/proc/sys/net/ipv4/ip_forward";
-        let was = std::fs::read_to_string(path).unwrap();
-        std::fs::write(path, "1").unwrap();
-        self.forwarding = Some(was);
+        self.forwarding = Some(Forwarding::on());
     }
 
     /// SIGTERMs the servers: they must exit 0.

@@ -333,16 +333,14 @@ fn metrics_endpoint_counts_traffic_and_logs_are_json() {
     );
 }
 
-/// deploy/kubernetes validated against the Kubernetes schemas (kubernetes-validate, PyPI),
-/// and its ConfigMap read by paramdb's own parsers: the cluster file has one shard per replica
-/// at the StatefulSet's stable names, and the server configuration has no unknown keys.
-#[test]
-fn kubernetes_manifests_validate_and_their_configuration_parses() {
+/// `tests/python/validate_k8s.py` on a manifest directory: the files its ConfigMap holds
+/// (in a temporary directory), what it printed, and the pods of each StatefulSet.
+fn validate_manifests(dir: &str) -> (tempfile::TempDir, String, Vec<usize>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out_dir = tempfile::tempdir().unwrap();
     let out = Command::new(crate::python::python())
         .arg(root.join("tests/python/validate_k8s.py"))
-        .arg(root.join("deploy/kubernetes"))
+        .arg(root.join(dir))
         .arg(out_dir.path())
         .output()
         .unwrap();
@@ -352,10 +350,23 @@ fn kubernetes_manifests_validate_and_their_configuration_parses() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let replicas: usize = std::fs::read_to_string(out_dir.path().join("replicas"))
+    let replicas = std::fs::read_to_string(out_dir.path().join("replicas"))
         .unwrap()
-        .parse()
-        .unwrap();
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out_dir, printed, replicas)
+}
+
+/// deploy/kubernetes validated against the Kubernetes schemas (kubernetes-validate, PyPI),
+/// and its ConfigMap read by paramdb's own parsers: the cluster file has one shard per replica
+/// at the StatefulSet's stable names, and the server configuration has no unknown keys.
+#[test]
+fn kubernetes_manifests_validate_and_their_configuration_parses() {
+    let (out_dir, printed_by_validator, replicas) = validate_manifests("deploy/kubernetes");
+    assert_eq!(replicas.len(), 1, "one StatefulSet");
+    let replicas = replicas[0];
     let map = ClusterMap::load(&out_dir.path().join("cluster.toml")).unwrap();
     let even = ClusterMap::even(&vec![String::new(); replicas]);
     assert_eq!(map.shards.len(), replicas);
@@ -374,5 +385,37 @@ fn kubernetes_manifests_validate_and_their_configuration_parses() {
     ] {
         assert!(printed.contains(want), "{want:?} not in:\n{printed}");
     }
-    println!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    println!("{printed_by_validator}");
+}
+
+/// deploy/kubernetes/replicated: a replica group (StatefulSet) per range, validated as
+/// above, with the group checks (anti-affinity, a majority-keeping PodDisruptionBudget,
+/// readiness from gRPC health, the replica from the pod index); its cluster file lists each
+/// range's replicas at the pods' stable names, and a pod's configuration names its shard and
+/// replica.
+#[test]
+fn replicated_kubernetes_manifests_validate_and_name_each_group_s_replicas() {
+    let (out_dir, printed_by_validator, replicas) =
+        validate_manifests("deploy/kubernetes/replicated");
+    let map = ClusterMap::load(&out_dir.path().join("cluster.toml")).unwrap();
+    assert_eq!(map.shards.len(), replicas.len(), "a group per range");
+    let even = ClusterMap::even(&vec![String::new(); replicas.len()]);
+    for (i, (s, e)) in map.shards.iter().zip(&even.shards).enumerate() {
+        assert_eq!(s.range, e.range, "shard {i}");
+        assert!(s.is_replicated(), "shard {i}");
+        let want: Vec<String> = (0..replicas[i])
+            .map(|r| format!("paramdb-s{i}-{r}.paramdb:7070"))
+            .collect();
+        assert_eq!(s.replicas, want, "shard {i}");
+    }
+    let config = out_dir.path().join("server.toml");
+    let printed = print_config(
+        serve(&["--config", config.to_str().unwrap()])
+            .env("PARAMDB_SHARD", "2")
+            .env("PARAMDB_REPLICA_INDEX", "1"),
+    );
+    for want in ["shard = 2", "replica = 2", "listen = \"0.0.0.0:7070\""] {
+        assert!(printed.contains(want), "{want:?} not in:\n{printed}");
+    }
+    println!("{printed_by_validator}");
 }

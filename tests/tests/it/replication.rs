@@ -1,8 +1,9 @@
 //! Replicated shards across real processes: every shard a group of `paramdb serve --replica`
 //! servers on 127.0.0.1 (or on netns hosts, for the partition). The leader SIGKILLed again and
 //! again while clients push (and its control with new sequence numbers), a follower's disk
-//! lost, a leader cut off from its followers, word2vec through leader kills, status and
-//! gauges, and bad configuration.
+//! lost, a leader cut off from its followers, a leader frozen with SIGSTOP, bounded-staleness
+//! pulls spread over the replicas, word2vec through leader kills, status and gauges, and bad
+//! configuration.
 //!
 //! `PARAMDB_LEADER_KILLS=N` sets the number of leader kills (default 100).
 
@@ -13,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use paramdb_client::{BlockingClient, ClientOptions, ClusterMap, TableSpec, UpdateRule};
+use paramdb_client::{BlockingClient, ClientOptions, ClusterMap, MaxLag, TableSpec, UpdateRule};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -126,6 +127,18 @@ impl Groups {
             c.kill().expect("kill");
             c.wait().expect("wait");
         }
+    }
+
+    /// Sends replica `r` of shard `s` a signal (`STOP` freezes it: it keeps its sockets but
+    /// answers nothing; `CONT` thaws it).
+    pub fn signal(&self, s: usize, r: usize, signal: &str) {
+        let pid = self.procs[s][r].as_ref().expect("running replica").id();
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{signal} {pid} failed");
     }
 
     pub fn client(&self, opts: ClientOptions) -> BlockingClient {
@@ -470,6 +483,52 @@ fn a_follower_that_lost_its_disk_is_rebuilt_and_then_the_leader_can_die() {
     );
 }
 
+#[test]
+fn a_frozen_leader_holds_pushes_up_only_until_the_client_s_timeout() {
+    // A SIGSTOPped leader keeps its connections open and answers nothing. The client's call
+    // times out; its retry must go to another replica (which leads once the others have
+    // elected one), not to the frozen one again.
+    let g = Groups::start(1, 3, &[]);
+    let admin = g.client(ClientOptions::default());
+    let l = g.leader(&admin, 0, Duration::from_secs(30));
+    admin
+        .create_table(TableSpec::new("t", DIM as u32).with_rule(UpdateRule::Add))
+        .unwrap();
+    let client = g.client(ClientOptions {
+        client_id: Some(78),
+        timeout: Duration::from_secs(2),
+        ..ClientOptions::default()
+    });
+    let mut counts = vec![0f32; KEYS as usize];
+    push_some(&client, 20, &mut counts);
+    g.signal(0, l, "STOP");
+    let frozen = Instant::now();
+    // With 30 retries of 2 s each, a client that kept asking the frozen leader would give up
+    // within push_some's minute.
+    push_some(&client, 20, &mut counts);
+    let took = frozen.elapsed();
+    g.signal(0, l, "CONT");
+    // Thawed, the old leader hears of the new term and follows: every replica converges.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let applied = applied(&admin);
+        if applied.iter().all(|a| a.is_some() && *a == applied[0]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not converge: {applied:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check_rows(&client, &counts);
+    println!(
+        "frozen leader: replica {} SIGSTOPped; the next 20 pushes took {took:?} in all \
+         (client timeout 2 s); thawed, all 3 converged and the rows are exact",
+        l + 1
+    );
+}
+
 /// The entry each replica of shard 0 has applied (`None`: unreachable, or nothing yet).
 fn applied(admin: &BlockingClient) -> Vec<Option<u64>> {
     admin.replica_status()[0]
@@ -723,13 +782,62 @@ fn cluster_status_and_the_gauges_name_the_leader_and_each_replica_s_progress() {
     assert!(lag >= 10.0, "replica {}'s lag is {lag}: {body}", f + 1);
 }
 
+#[test]
+fn bounded_staleness_pulls_spread_over_every_replica_and_see_what_is_old_enough() {
+    let g = Groups::start(1, 3, &["--metrics-listen", "127.0.0.1:0"]);
+    let admin = g.client(ClientOptions::default());
+    g.leader(&admin, 0, Duration::from_secs(30));
+    admin
+        .create_table(TableSpec::new("t", DIM as u32).with_rule(UpdateRule::Add))
+        .unwrap();
+    let writer = g.client(ClientOptions {
+        client_id: Some(79),
+        ..ClientOptions::default()
+    });
+    let reader = g.client(ClientOptions {
+        read_lag: Some(MaxLag::Millis(1000)),
+        ..ClientOptions::default()
+    });
+    let mut counts = vec![0f32; KEYS as usize];
+    for _ in 0..3 {
+        push_some(&writer, 30, &mut counts);
+        // Whichever replica serves a pull bounded by 1 s, it sees every push acknowledged more
+        // than 1 s ago.
+        std::thread::sleep(Duration::from_millis(1100));
+        for _ in 0..30 {
+            check_rows(&reader, &counts);
+        }
+    }
+    // Each replica served some of them (pulls it took, less those it refused).
+    let served: Vec<f64> = (0..3)
+        .map(|r| {
+            let body = crate::ops::scrape(&g.metrics[&(0, r)]);
+            let sum = |prefix: &str| -> f64 {
+                body.lines()
+                    .filter(|l| l.starts_with(prefix))
+                    .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
+                    .sum()
+            };
+            sum(r#"paramdb_requests_total{method="Pull"}"#)
+                - sum(r#"paramdb_rejected_requests_total{method="Pull""#)
+        })
+        .collect();
+    assert!(
+        served.iter().all(|&n| n > 0.0),
+        "pulls within 1 s should spread over all 3 replicas: {served:?}"
+    );
+    println!(
+        "bounded staleness: 90 pulls within 1 s, each exact; served by replicas 1-3: {served:?}"
+    );
+}
+
 /// Three hosts, each a network namespace holding one replica of a one-shard group, joined to
 /// this host by veth pairs (this host routes between them). Removed on drop.
 struct NetGroup {
     names: Vec<String>,
     servers: Vec<Option<Child>>,
     ips: Vec<String>,
-    forwarding: Option<String>,
+    forwarding: Option<crate::multihost::Forwarding>,
     file: PathBuf,
     map: ClusterMap,
     _dir: tempfile::TempDir,
@@ -741,9 +849,7 @@ impl Drop for NetGroup {
             let _ = s.kill();
             let _ = s.wait();
         }
-        if let Some(was) = &self.forwarding {
-            let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", was.trim());
-        }
+        self.forwarding = None;
         for n in &self.names {
             let _ = Command::new("ip").args(["netns", "del", n]).status();
         }
@@ -791,9 +897,7 @@ impl NetGroup {
             g.inside(i, &["route", "add", "default", "via", &gateway]);
             g.ips.push(host);
         }
-        let path = "/proc/sys/net/ipv4/ip_forward";
-        g.forwarding = Some(std::fs::read_to_string(path).unwrap());
-        std::fs::write(path, "1").unwrap();
+        g.forwarding = Some(crate::multihost::Forwarding::on());
         // Each host is its own: the port is free there.
         let mut map = ClusterMap::even(&[String::new()]);
         map.shards[0].address.clear();
@@ -847,14 +951,53 @@ impl NetGroup {
         self.servers[i] = Some(child);
     }
 
-    /// Cuts host `i` off from the other hosts (its packets to them are dropped; this host, the
-    /// clients', still reaches it), or heals it.
+    /// Cuts replica `i` off from the others both ways (a blackhole route to each of them in
+    /// its namespace, and to it in theirs), or heals the cut. The test's client, on this
+    /// host, still reaches every replica.
     fn cut(&self, i: usize, cut: bool) {
+        let verb = if cut { "add" } else { "del" };
         for (j, other) in self.ips.iter().enumerate() {
             if j != i {
-                let verb = if cut { "add" } else { "del" };
                 self.inside(i, &["route", verb, "blackhole", &format!("{other}/32")]);
+                let me = format!("{}/32", self.ips[i]);
+                self.inside(j, &["route", verb, "blackhole", &me]);
             }
+        }
+    }
+
+    /// The last lines of each replica's log, for failures.
+    fn logs(&self) -> String {
+        (0..self.servers.len())
+            .map(|i| {
+                let text = std::fs::read_to_string(self._dir.path().join(format!("r{i}.log")))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                format!(
+                    "replica {}:\n{}",
+                    i + 1,
+                    lines[lines.len().saturating_sub(15)..].join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The replica that leads, once all three name it.
+    fn settled_leader(&self, probe: &BlockingClient) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = probe.replica_status();
+            let named: Vec<Option<u64>> = st[0]
+                .iter()
+                .map(|(_, r)| r.as_ref().ok().and_then(|i| i.leader))
+                .collect();
+            if let Some(Some(l)) = named.first() {
+                if named.iter().all(|n| *n == Some(*l)) {
+                    return *l as usize - 1;
+                }
+            }
+            assert!(Instant::now() < deadline, "no settled leader: {named:?}");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -868,7 +1011,11 @@ impl NetGroup {
             {
                 return i;
             }
-            assert!(Instant::now() < deadline, "no leader");
+            assert!(
+                Instant::now() < deadline,
+                "no leader: {st:?}\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -878,7 +1025,7 @@ impl NetGroup {
 fn a_cut_off_leader_acknowledges_nothing_and_the_majority_elects_another() {
     let g = NetGroup::start();
     let admin = g.client_opts(ClientOptions::default());
-    let old = g.leader(&admin);
+    g.leader(&admin);
     admin.create_table(TableSpec::new("t", DIM as u32)).unwrap();
     let client = g.client_opts(ClientOptions {
         client_id: Some(5),
@@ -886,6 +1033,9 @@ fn a_cut_off_leader_acknowledges_nothing_and_the_majority_elects_another() {
     });
     let mut counts = vec![0f32; KEYS as usize];
     push_some(&client, 50, &mut counts);
+    // The leader now (leadership may have moved once while the group formed), as every
+    // replica sees it.
+    let old = g.settled_leader(&admin);
 
     // A client that can reach only the old leader.
     let mut alone = g.map.clone();
@@ -904,17 +1054,38 @@ fn a_cut_off_leader_acknowledges_nothing_and_the_majority_elects_another() {
     let cut_at = Instant::now();
     // For 3 s the old leader is asked to take pushes: it must acknowledge none (it cannot
     // reach a majority), while the majority elects a leader and takes the other client's.
+    // It is asked for reads too: once its lease is over (225 ms after a majority last
+    // answered it, which was before the cut) it must serve none, since another replica may
+    // lead and take writes by then.
     let mut stranded_seqs = Vec::new();
     let mut acked_by_old = 0;
-    let mut answers = std::collections::BTreeMap::<String, usize>::new();
+    let (mut read_early, mut read_late) = (0, 0);
+    let mut answers = std::collections::BTreeMap::<&str, usize>::new();
     while cut_at.elapsed() < Duration::from_secs(3) {
         let seq = stranded.next_seq();
         stranded_seqs.push(seq);
         match stranded.push_with_seq("t", seq, &[key(KEYS - 1)], &[1.0; DIM]) {
             Ok(_) => acked_by_old += 1,
             Err(e) => {
-                let kind = format!("{:?}", e.code());
+                // The cut-off replica still believes it leads: it times out (the client waits
+                // 500 ms), then, after its patience, says no majority answers it.
+                let text = e.to_string();
+                let kind = if text.contains("no majority") {
+                    "no majority"
+                } else if e.code() == Some(paramdb_client::Code::DeadlineExceeded) {
+                    "no answer in 500 ms"
+                } else {
+                    panic!("the cut-off leader answered a push with {text}")
+                };
                 *answers.entry(kind).or_default() += 1;
+            }
+        }
+        let asked = cut_at.elapsed();
+        if stranded.pull("t", &[key(0)]).is_ok() {
+            if asked < Duration::from_millis(500) {
+                read_early += 1;
+            } else {
+                read_late += 1;
             }
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -922,6 +1093,10 @@ fn a_cut_off_leader_acknowledges_nothing_and_the_majority_elects_another() {
     assert_eq!(
         acked_by_old, 0,
         "the cut-off leader acknowledged {acked_by_old} pushes"
+    );
+    assert_eq!(
+        read_late, 0,
+        "the cut-off leader served {read_late} reads after its lease ({read_early} before)"
     );
     push_some(&client, 50, &mut counts);
     let st = admin.replica_status();
@@ -968,8 +1143,8 @@ fn a_cut_off_leader_acknowledges_nothing_and_the_majority_elects_another() {
     check_rows(&client, &counts);
     println!(
         "partition: leader {} cut off for 3 s: {} pushes to it, 0 acknowledged ({answers:?}); \
-         replica {} elected on the majority side; after healing, all 3 converged and the rows \
-         are exact",
+         {read_early} reads served in its first 500 ms, none after; replica {} elected on the \
+         majority side; after healing, all 3 converged and the rows are exact",
         old + 1,
         stranded_seqs.len(),
         new + 1

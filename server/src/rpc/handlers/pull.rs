@@ -11,7 +11,17 @@ pub(crate) async fn pull(
     req: Request<v1::PullRequest>,
 ) -> Result<Response<v1::PullResponse>, Status> {
     let (store, _permit) = s.enter(req.metadata(), Access::Read)?;
-    s.check_reader()?;
+    let max_lag = match (req.get_ref().max_lag_entries, req.get_ref().max_lag_ms) {
+        (None, None) => None,
+        (Some(n), None) => Some(paramdb_replica::MaxLag::Entries(n)),
+        (None, Some(ms)) => Some(paramdb_replica::MaxLag::Millis(ms)),
+        (Some(_), Some(_)) => {
+            return Err(Status::invalid_argument(
+                "a pull's max lag is in entries or in milliseconds, not both",
+            ))
+        }
+    };
+    s.check_reader(max_lag).await?;
     let r = req.into_inner();
     s.check_size(&r)?;
     check_table_name(&r.table)?;

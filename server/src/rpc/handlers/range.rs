@@ -67,12 +67,12 @@ fn inside_shard(s: &ShardService, start: u64, end: u64) -> Result<KeyRange, Stat
     Ok(range)
 }
 
-pub(crate) fn pull_range(
+pub(crate) async fn pull_range(
     s: &ShardService,
     req: Request<v1::PullRangeRequest>,
 ) -> Result<Response<RowBlocks>, Status> {
     let (store, permit) = s.enter(req.metadata(), Access::Read)?;
-    s.check_reader()?;
+    s.check_reader(None).await?;
     let r = req.into_inner();
     check_table_name(&r.table)?;
     let range = inside_shard(s, r.start, r.end)?;
@@ -112,7 +112,7 @@ pub(crate) async fn gone_since(
     req: Request<v1::GoneSinceRequest>,
 ) -> Result<Response<ReceiverStream<Result<v1::GoneBlock, Status>>>, Status> {
     let (store, permit) = s.enter(req.metadata(), Access::Read)?;
-    s.check_reader()?;
+    s.check_reader(None).await?;
     let r = req.into_inner();
     check_table_name(&r.table)?;
     let range = inside_shard(s, r.start, r.end)?;
