@@ -254,6 +254,15 @@ impl BlockingClient {
     }
 
     /// For each shard, each of its replicas' standing (see `Client::replica_status`).
+    /// [`Client::set_members`].
+    pub fn set_members(
+        &self,
+        shard: usize,
+        members: Vec<(u64, String)>,
+    ) -> Result<crate::transport::ReplicaInfo, ClientError> {
+        self.rt.block_on(self.client.set_members(shard, members))
+    }
+
     pub fn replica_status(
         &self,
     ) -> Vec<Vec<(String, Result<crate::transport::ReplicaInfo, ClientError>)>> {

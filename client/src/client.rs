@@ -922,6 +922,27 @@ impl Client {
             .collect()
     }
 
+    /// Makes shard `shard`'s replica group exactly `members` (id, address), through its
+    /// leader: replicas new to it join as learners and catch up first, then the voters change
+    /// in one step; replicas left out leave. Answers the leader's standing after the change.
+    pub async fn set_members(
+        &self,
+        shard: usize,
+        members: Vec<(u64, String)>,
+    ) -> Result<crate::transport::ReplicaInfo, ClientError> {
+        if shard >= self.inner.shards.len() {
+            return Err(ClientError::Invalid(format!(
+                "there is no shard {shard} ({} shards)",
+                self.inner.shards.len()
+            )));
+        }
+        self.retry(shard, |s| {
+            let members = members.clone();
+            async move { s.set_members(&members).await }
+        })
+        .await
+    }
+
     /// For each shard, each of its replicas' standing (address, then what it reports).
     pub async fn replica_status(
         &self,

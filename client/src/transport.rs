@@ -301,6 +301,17 @@ impl Shard {
         each!(self, s => s.stats().await)
     }
 
+    /// Makes a replicated shard's group exactly `members` (id, address).
+    pub async fn set_members(&self, members: &[(u64, String)]) -> Result<ReplicaInfo, ClientError> {
+        match self {
+            Shard::Grpc(s) => s.set_members(members).await,
+            #[cfg(feature = "embedded")]
+            Shard::Embedded(_) => Err(ClientError::Invalid(
+                "an embedded shard has no replica group".into(),
+            )),
+        }
+    }
+
     /// Each replica of the shard with its standing (gRPC shards; an embedded shard has none).
     pub async fn replica_status(&self) -> Vec<(String, Result<ReplicaInfo, ClientError>)> {
         match self {

@@ -23,7 +23,15 @@
 //! ```
 //!
 //! A group has an odd number of replicas (an even one tolerates no more failures than one
-//! fewer), and no address serves two replicas.
+//! fewer), and no address serves two replicas. Replica `i` of the list has id `i` (from 1)
+//! unless `replica_ids` says otherwise: a replica that replaces a lost one takes a new id,
+//!
+//! ```toml
+//! replicas = ["10.0.0.1:7070", "10.0.0.9:7070", "10.0.0.3:7070"]
+//! replica_ids = [1, 4, 3]          # 10.0.0.9 replaced replica 2
+//! ```
+//!
+//! and `paramdb cluster set-members` makes the group's membership what the file lists.
 //!
 //! Servers that require TLS or bearer tokens are reached with, before the shards:
 //!
@@ -55,6 +63,9 @@ pub struct ShardEntry {
     /// The addresses of the shard's replica group, replica 1 first (a replicated shard).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<String>,
+    /// The replicas' ids, in the order of `replicas` (empty: 1, 2, 3, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replica_ids: Vec<u64>,
 }
 
 impl ShardEntry {
@@ -64,7 +75,25 @@ impl ShardEntry {
             range,
             address: address.into(),
             replicas: Vec::new(),
+            replica_ids: Vec::new(),
         }
+    }
+
+    /// The replicas' ids, in the order of `replicas`.
+    pub fn replica_ids(&self) -> Vec<u64> {
+        if self.replica_ids.is_empty() {
+            (1..=self.replicas.len() as u64).collect()
+        } else {
+            self.replica_ids.clone()
+        }
+    }
+
+    /// Each replica's id and address.
+    pub fn members(&self) -> Vec<(u64, &str)> {
+        self.replica_ids()
+            .into_iter()
+            .zip(self.replicas.iter().map(String::as_str))
+            .collect()
     }
 
     /// Where the shard is served: its replicas, or its one address.
@@ -215,6 +244,23 @@ impl ClusterMap {
                     s.replicas.len(),
                     s.replicas.len() - 1
                 )));
+            }
+            if !s.replica_ids.is_empty() {
+                if s.replica_ids.len() != s.replicas.len() {
+                    return Err(ClusterError::Invalid(format!(
+                        "shard {i} lists {} replica_ids for {} replicas",
+                        s.replica_ids.len(),
+                        s.replicas.len()
+                    )));
+                }
+                let mut ids = std::collections::BTreeSet::new();
+                for &id in &s.replica_ids {
+                    if id == 0 || !ids.insert(id) {
+                        return Err(ClusterError::Invalid(format!(
+                            "shard {i}'s replica_ids must be distinct and from 1 ({id} is not)"
+                        )));
+                    }
+                }
             }
             for a in &s.replicas {
                 if a.is_empty() {

@@ -124,39 +124,22 @@ fn wait_writable(client: &BlockingClient) {
     }
 }
 
-/// Rows pushed per second over `secs`, and the servers' CPU seconds per million rows.
-fn push_rate(map: &ClusterMap, procs: &Procs, secs: f64) -> (f64, f64) {
+/// Rows per second over `secs` of `THREADS` threads each running `work(thread, stop, rows)`
+/// until `stop`, adding what they moved to `rows`; and the servers' CPU seconds per million
+/// rows.
+fn rate(
+    procs: &Procs,
+    secs: f64,
+    work: impl Fn(usize, &AtomicBool, &AtomicU64) + Sync,
+) -> (f64, f64) {
     let stop = AtomicBool::new(false);
     let rows = AtomicU64::new(0);
     let cpu0: f64 = procs.0.iter().map(|c| cpu_secs(c.id())).sum();
     let t0 = Instant::now();
     std::thread::scope(|s| {
         for t in 0..THREADS {
-            let (stop, rows) = (&stop, &rows);
-            s.spawn(move || {
-                let client = BlockingClient::connect(
-                    map.clone(),
-                    ClientOptions {
-                        client_id: Some(100 + t as u64),
-                        ..ClientOptions::default()
-                    },
-                )
-                .expect("client");
-                let mut rng = StdRng::seed_from_u64(t as u64);
-                let grads: Vec<f32> = (0..BATCH * DIM)
-                    .map(|_| rng.random_range(-0.1f32..0.1))
-                    .collect();
-                while !stop.load(Ordering::Relaxed) {
-                    let mut keys: Vec<u64> =
-                        (0..BATCH).map(|_| rng.random_range(0..KEYS)).collect();
-                    keys.sort_unstable();
-                    keys.dedup();
-                    client
-                        .push("t", &keys, &grads[..keys.len() * DIM])
-                        .expect("push");
-                    rows.fetch_add(keys.len() as u64, Ordering::Relaxed);
-                }
-            });
+            let (stop, rows, work) = (&stop, &rows, &work);
+            s.spawn(move || work(t, stop, rows));
         }
         std::thread::sleep(Duration::from_secs_f64(secs));
         stop.store(true, Ordering::Relaxed);
@@ -167,8 +150,35 @@ fn push_rate(map: &ClusterMap, procs: &Procs, secs: f64) -> (f64, f64) {
     (n / elapsed, cpu / (n / 1e6))
 }
 
-/// Rows pulled per second over `secs` (4 threads, random 1,000-key batches of the first
-/// `loaded` keys), and the servers' CPU seconds per million rows.
+/// Rows pushed per second over `secs`, and the servers' CPU seconds per million rows.
+fn push_rate(map: &ClusterMap, procs: &Procs, secs: f64) -> (f64, f64) {
+    rate(procs, secs, |t, stop, rows| {
+        let client = BlockingClient::connect(
+            map.clone(),
+            ClientOptions {
+                client_id: Some(100 + t as u64),
+                ..ClientOptions::default()
+            },
+        )
+        .expect("client");
+        let mut rng = StdRng::seed_from_u64(t as u64);
+        let grads: Vec<f32> = (0..BATCH * DIM)
+            .map(|_| rng.random_range(-0.1f32..0.1))
+            .collect();
+        while !stop.load(Ordering::Relaxed) {
+            let mut keys: Vec<u64> = (0..BATCH).map(|_| rng.random_range(0..KEYS)).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            client
+                .push("t", &keys, &grads[..keys.len() * DIM])
+                .expect("push");
+            rows.fetch_add(keys.len() as u64, Ordering::Relaxed);
+        }
+    })
+}
+
+/// Rows pulled per second over `secs` (random 1,000-key batches of the first `loaded` keys),
+/// and the servers' CPU seconds per million rows.
 fn pull_rate(
     map: &ClusterMap,
     procs: &Procs,
@@ -176,38 +186,23 @@ fn pull_rate(
     loaded: u64,
     read_lag: Option<MaxLag>,
 ) -> (f64, f64) {
-    let stop = AtomicBool::new(false);
-    let rows = AtomicU64::new(0);
-    let cpu0: f64 = procs.0.iter().map(|c| cpu_secs(c.id())).sum();
-    let t0 = Instant::now();
-    std::thread::scope(|s| {
-        for t in 0..THREADS {
-            let (stop, rows) = (&stop, &rows);
-            s.spawn(move || {
-                let client = BlockingClient::connect(
-                    map.clone(),
-                    ClientOptions {
-                        read_lag,
-                        ..ClientOptions::default()
-                    },
-                )
-                .expect("client");
-                let mut rng = StdRng::seed_from_u64(50 + t as u64);
-                while !stop.load(Ordering::Relaxed) {
-                    let keys: Vec<u64> = (0..BATCH).map(|_| rng.random_range(0..loaded)).collect();
-                    let v = client.pull("t", &keys).expect("pull");
-                    assert_eq!(v.len(), keys.len() * DIM);
-                    rows.fetch_add(keys.len() as u64, Ordering::Relaxed);
-                }
-            });
+    rate(procs, secs, |t, stop, rows| {
+        let client = BlockingClient::connect(
+            map.clone(),
+            ClientOptions {
+                read_lag,
+                ..ClientOptions::default()
+            },
+        )
+        .expect("client");
+        let mut rng = StdRng::seed_from_u64(50 + t as u64);
+        while !stop.load(Ordering::Relaxed) {
+            let keys: Vec<u64> = (0..BATCH).map(|_| rng.random_range(0..loaded)).collect();
+            let v = client.pull("t", &keys).expect("pull");
+            assert_eq!(v.len(), keys.len() * DIM);
+            rows.fetch_add(keys.len() as u64, Ordering::Relaxed);
         }
-        std::thread::sleep(Duration::from_secs_f64(secs));
-        stop.store(true, Ordering::Relaxed);
-    });
-    let elapsed = t0.elapsed().as_secs_f64();
-    let cpu: f64 = procs.0.iter().map(|c| cpu_secs(c.id())).sum::<f64>() - cpu0;
-    let n = rows.load(Ordering::Relaxed) as f64;
-    (n / elapsed, cpu / (n / 1e6))
+    })
 }
 
 /// Writes rows `0..n` (so pulls read stored rows, not defaults).

@@ -1,5 +1,6 @@
 //! `paramdb cluster status`: each shard's replicas, who leads, the term, and each replica's
-//! applied entry and lag behind the leader's last entry.
+//! applied entry and lag behind the leader's last entry. `paramdb cluster set-members`: a
+//! shard's group made what the cluster file lists.
 
 use std::path::PathBuf;
 
@@ -79,5 +80,67 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SetMembersArgs {
+    /// The cluster file, listing the shard's replicas as they are to be (`replicas`, and
+    /// `replica_ids` when ids are not 1, 2, 3, …). The group's leader must be among them.
+    #[arg(long, env = "PARAMDB_CLUSTER")]
+    cluster: PathBuf,
+    /// The shard whose group changes.
+    #[arg(long)]
+    shard: usize,
+    /// How long a new replica may take to catch up (it may be rebuilt from a snapshot).
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+}
+
+pub fn set_members(args: SetMembersArgs) -> anyhow::Result<()> {
+    let map = ClusterMap::load(&args.cluster)?;
+    let Some(entry) = map.shards.get(args.shard) else {
+        anyhow::bail!(
+            "{} has no shard {} ({} shards)",
+            args.cluster.display(),
+            args.shard,
+            map.shards.len()
+        );
+    };
+    if !entry.is_replicated() {
+        anyhow::bail!(
+            "shard {} of {} is not replicated (it has an `address`, not `replicas`)",
+            args.shard,
+            args.cluster.display()
+        );
+    }
+    let members: Vec<(u64, String)> = entry
+        .members()
+        .into_iter()
+        .map(|(id, a)| (id, a.to_string()))
+        .collect();
+    let client = BlockingClient::connect(
+        map.clone(),
+        ClientOptions {
+            timeout: std::time::Duration::from_secs(args.timeout_secs),
+            ..ClientOptions::default()
+        },
+    )
+    .with_context(|| format!("connecting to {}", args.cluster.display()))?;
+    let st = client
+        .set_members(args.shard, members)
+        .with_context(|| format!("changing shard {}'s replica group", args.shard))?;
+    let now: Vec<String> = st
+        .members
+        .iter()
+        .map(|(id, address, _)| format!("{id} at {address}"))
+        .collect();
+    println!(
+        "shard {}: replicas {} (replica {} leads, term {})",
+        args.shard,
+        now.join(", "),
+        st.id,
+        st.term
+    );
     Ok(())
 }

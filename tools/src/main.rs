@@ -113,6 +113,9 @@ enum Command {
 enum ClusterCommand {
     /// Each shard's replicas: role, term, leader, applied entry and lag.
     Status(cluster_status::StatusArgs),
+    /// Makes a shard's replica group the replicas the cluster file lists (add, remove or
+    /// replace replicas while pushes go on).
+    SetMembers(cluster_status::SetMembersArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -189,6 +192,7 @@ fn main() -> std::process::ExitCode {
         Command::Compact(args) => inspect::compact(args),
         Command::CrashDemo(args) => crash_demo::run(args),
         Command::Cluster(ClusterCommand::Status(args)) => cluster_status::status(args),
+        Command::Cluster(ClusterCommand::SetMembers(args)) => cluster_status::set_members(args),
         Command::Serve(args) => serve::resolve(*args, cli.log_format).and_then(|r| {
             init_logging(r.log_format());
             serve::run(r)

@@ -36,7 +36,8 @@ pub struct ServeArgs {
     /// This server's shard number (its position in the cluster file).
     #[arg(long, env = "PARAMDB_SHARD")]
     shard: Option<u32>,
-    /// For a replicated shard: which of its `replicas` this server is (from 1).
+    /// For a replicated shard: which of its `replicas` this server is, by id (its place in the
+    /// list, from 1, unless the cluster file gives `replica_ids`).
     #[arg(long, env = "PARAMDB_REPLICA")]
     replica: Option<u64>,
     /// The same, counted from 0 (replica N+1): a StatefulSet pod's index.
@@ -525,10 +526,15 @@ fn replication_config(
         if entry.is_replicated() {
             bail!(
                 "shard {shard} is replicated ({} replicas in {}): say which one this server is \
-                 with --replica (1 to {})",
+                 with --replica (ids {})",
                 entry.replicas.len(),
                 cluster.display(),
-                entry.replicas.len()
+                entry
+                    .replica_ids()
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         if data_dir.join("raft").exists() {
@@ -548,12 +554,17 @@ fn replication_config(
             cluster.display()
         );
     }
-    if id == 0 || id as usize > entry.replicas.len() {
+    let ids = entry.replica_ids();
+    if !ids.contains(&id) {
+        let listed = ids
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         bail!(
-            "--replica {id} is not a replica of shard {shard}: {} lists {} (1 to {})",
+            "--replica {id} is not a replica of shard {shard}: {} lists {} (ids {listed})",
             cluster.display(),
             entry.replicas.len(),
-            entry.replicas.len()
         );
     }
     if data_dir.join("wal").exists() {
@@ -588,10 +599,9 @@ fn replication_config(
         group: format!("shard-{shard}"),
         id,
         peers: entry
-            .replicas
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (i as u64 + 1, a.clone()))
+            .members()
+            .into_iter()
+            .map(|(i, a)| (i, a.to_string()))
             .collect(),
         sync,
         heartbeat: Duration::from_millis(heartbeat),

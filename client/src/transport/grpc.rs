@@ -57,7 +57,7 @@ struct Server {
 #[derive(Clone, Debug)]
 pub struct GrpcShard {
     pub(super) index: usize,
-    replicas: Arc<Vec<Server>>,
+    replicas: Arc<Replicas>,
     current: Arc<std::sync::atomic::AtomicUsize>,
     /// The replica this handle's calls go to, when it was pinned for one attempt: a failure
     /// moves the shard on from that replica only if no other call has moved it already (so
@@ -66,6 +66,58 @@ pub struct GrpcShard {
     /// The replica the next bounded-staleness pull goes to.
     reads: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// A shard's replicas: those the cluster file lists, then any leader a hint named that it does
+/// not (a replica added to the group since), so the client follows membership changes. Indexes
+/// never change: replicas are only added.
+#[derive(Debug)]
+struct Replicas {
+    servers: std::sync::RwLock<Vec<Server>>,
+    connect_timeout: Duration,
+    security: Security,
+}
+
+impl Replicas {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Server>> {
+        self.servers.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    fn get(&self, i: usize) -> Server {
+        let s = self.read();
+        s[i % s.len()].clone()
+    }
+
+    fn all(&self) -> Vec<Server> {
+        self.read().clone()
+    }
+
+    /// The index of the replica at `address`, added if it is new (`None`: not a valid
+    /// address, or the list is at its bound).
+    fn find_or_add(&self, index: usize, address: &str) -> Option<usize> {
+        if let Some(i) = self.read().iter().position(|r| r.address == address) {
+            return Some(i);
+        }
+        let mut s = self.servers.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = s.iter().position(|r| r.address == address) {
+            return Some(i);
+        }
+        if s.len() >= MAX_REPLICAS {
+            return None;
+        }
+        let server =
+            GrpcShard::server(index, address, self.connect_timeout, &self.security).ok()?;
+        tracing::info!(shard = index, %address, "following a leader the cluster file does not list");
+        s.push(server);
+        Some(s.len() - 1)
+    }
+}
+
+/// The most replicas a shard's client keeps (listed and learned from hints).
+const MAX_REPLICAS: usize = 64;
 
 /// The metadata key a replica that does not lead names the leader's address in.
 pub const LEADER_METADATA: &str = "paramdb-leader";
@@ -108,7 +160,11 @@ impl GrpcShard {
             .collect::<Result<Vec<_>, ClientError>>()?;
         Ok(GrpcShard {
             index,
-            replicas: Arc::new(replicas),
+            replicas: Arc::new(Replicas {
+                servers: std::sync::RwLock::new(replicas),
+                connect_timeout,
+                security: security.clone(),
+            }),
             current: Default::default(),
             at: None,
             reads: Default::default(),
@@ -170,15 +226,46 @@ impl GrpcShard {
     fn client(&self) -> Client {
         let i = self
             .at
-            .unwrap_or_else(|| self.current.load(std::sync::atomic::Ordering::Relaxed))
-            % self.replicas.len();
-        self.replicas[i].paramdb.clone()
+            .unwrap_or_else(|| self.current.load(std::sync::atomic::Ordering::Relaxed));
+        self.replicas.get(i).paramdb
+    }
+
+    /// Asks the replica calls go to (the leader, once found) to make the group's voters
+    /// exactly `members` (id, address).
+    pub(super) async fn set_members(
+        &self,
+        members: &[(u64, String)],
+    ) -> Result<ReplicaInfo, ClientError> {
+        let i = self
+            .at
+            .unwrap_or_else(|| self.current.load(std::sync::atomic::Ordering::Relaxed));
+        let req = v1::SetMembersRequest {
+            group: format!("shard-{}", self.index),
+            members: members
+                .iter()
+                .map(|(id, address)| v1::ReplicaMember {
+                    id: *id,
+                    address: address.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let r = self
+            .replicas
+            .get(i)
+            .replication
+            .clone()
+            .set_members(req)
+            .await
+            .map_err(|s| self.status(s))?;
+        Ok(replica_info(r.into_inner()))
     }
 
     /// Each replica's standing, asked of every replica at once (an unreplicated shard's one
     /// server answers `FAILED_PRECONDITION`).
     pub(super) async fn replica_status(&self) -> Vec<(String, Result<ReplicaInfo, ClientError>)> {
-        let calls = self.replicas.iter().map(|r| async move {
+        let replicas = self.replicas.all();
+        let calls = replicas.into_iter().map(|r| async move {
             let answer = r
                 .replication
                 .clone()
@@ -207,7 +294,7 @@ impl GrpcShard {
             .metadata()
             .get(LEADER_METADATA)
             .and_then(|v| v.to_str().ok())
-            .and_then(|a| self.replicas.iter().position(|r| r.address == a));
+            .and_then(|a| self.replicas.find_or_add(self.index, a));
         match hint {
             Some(i) => self.current.store(i, Relaxed),
             None if matches!(
@@ -337,7 +424,7 @@ impl GrpcShard {
                 .reads
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 % n;
-            let mut spread = self.replicas[i].paramdb.clone();
+            let mut spread = self.replicas.get(i).paramdb;
             if let Ok(r) = spread.pull(req.clone()).await {
                 let r = r.into_inner();
                 return packed::bytes_to_f32s(&r.values)

@@ -101,6 +101,9 @@ pub enum WriteError {
          another replica may lead now"
     )]
     NoQuorum { id: NodeId, silent_ms: u64 },
+    /// A membership the group cannot take.
+    #[error("replica {id}: {reason}")]
+    BadMembership { id: NodeId, reason: String },
     /// This follower is further behind the leader than a bounded-staleness read allows.
     #[error("replica {id} is too far behind for this read ({behind}){}", leader_hint(.leader, .addr))]
     TooStale {
@@ -550,6 +553,75 @@ impl Replica {
             .await
             .map_err(|e| self.unknown(e))?;
         Ok(())
+    }
+
+    /// Makes the group's voters exactly `members` (id → address), while writes go on. Call on
+    /// the leader. A replica new to the group joins first as a learner and is caught up (from
+    /// a snapshot and the log after it) before the voters change, in one joint-consensus step;
+    /// replicas left out are removed. A replica keeps its address: one that replaces a lost
+    /// replica takes a new id (giving a voter's id to an empty replica could lose committed
+    /// entries). Returns the status after the change.
+    pub async fn set_members(
+        &self,
+        members: BTreeMap<NodeId, String>,
+    ) -> Result<Status, WriteError> {
+        let bad = |reason: String| WriteError::BadMembership {
+            id: self.id,
+            reason,
+        };
+        if members.is_empty() || members.len().is_multiple_of(2) {
+            return Err(bad(format!(
+                "a group needs an odd number of replicas, not {}",
+                members.len()
+            )));
+        }
+        if members.contains_key(&0) {
+            return Err(bad("replica ids start at 1".into()));
+        }
+        let status = self.status();
+        if status.role != "leader" {
+            return Err(WriteError::NotLeader {
+                id: self.id,
+                leader: status.leader,
+                addr: status.leader.and_then(|l| status.members.get(&l).cloned()),
+            });
+        }
+        let nodes: BTreeMap<NodeId, String> = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect()
+        };
+        for (id, addr) in &members {
+            match nodes.get(id) {
+                Some(old) if old != addr => {
+                    return Err(bad(format!(
+                        "replica {id} is at {old}, not {addr}: a replica that replaces another \
+                         takes a new id"
+                    )))
+                }
+                Some(_) => {}
+                None => {
+                    tracing::info!(replica = id, %addr, "adding a learner; it catches up first");
+                    self.raft
+                        .add_learner(*id, BasicNode { addr: addr.clone() }, true)
+                        .await
+                        .map_err(|e| self.unknown(e))?;
+                }
+            }
+        }
+        let voters: BTreeSet<NodeId> = members.keys().copied().collect();
+        if voters != self.voters() {
+            tracing::info!(?voters, "changing the voters");
+            self.raft
+                .change_membership(voters, false)
+                .await
+                .map_err(|e| self.unknown(e))?;
+        }
+        Ok(self.status())
     }
 
     /// Removes replica `id` from the group. Call on the leader.

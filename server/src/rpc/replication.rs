@@ -200,33 +200,64 @@ impl replication_server::Replication for ReplicationService {
     ) -> Result<Response<v1::ReplicaStatus>, Status> {
         self.authorize(req.metadata(), Access::Read)?;
         let s = self.replica()?.status();
-        Ok(Response::new(v1::ReplicaStatus {
-            group: s.group,
-            shard: self.shard,
-            id: s.id,
-            role: s.role.into(),
-            term: s.term,
-            leader: s.leader.unwrap_or(0),
-            has_applied: s.applied.is_some(),
-            applied: s.applied.unwrap_or(0),
-            has_last_log: s.last_log.is_some(),
-            last_log: s.last_log.unwrap_or(0),
-            has_first_log: s.first_log.is_some(),
-            first_log: s.first_log.unwrap_or(0),
-            members: s
-                .members
-                .iter()
-                .map(|(id, addr)| {
-                    let m = s.matched.get(id).copied().flatten();
-                    v1::ReplicaMember {
-                        id: *id,
-                        address: addr.clone(),
-                        has_matched: m.is_some(),
-                        matched: m.unwrap_or(0),
-                    }
-                })
-                .collect(),
-        }))
+        Ok(Response::new(status_to_wire(s, self.shard)))
+    }
+
+    async fn set_members(
+        &self,
+        req: Request<v1::SetMembersRequest>,
+    ) -> Result<Response<v1::ReplicaStatus>, Status> {
+        self.authorize(req.metadata(), Access::Write)?;
+        let r = self.replica()?;
+        let m = req.into_inner();
+        if m.group != r.group() {
+            return Err(Status::failed_precondition(format!(
+                "a membership change for group {} reached a replica of group {}",
+                paramdb_types::quote(&m.group),
+                r.group()
+            )));
+        }
+        let mut members = BTreeMap::new();
+        for member in m.members {
+            if members.insert(member.id, member.address).is_some() {
+                return Err(Status::invalid_argument(format!(
+                    "replica {} is listed twice",
+                    member.id
+                )));
+            }
+        }
+        let s = r.set_members(members).await.map_err(write_status)?;
+        Ok(Response::new(status_to_wire(s, self.shard)))
+    }
+}
+
+fn status_to_wire(s: paramdb_replica::Status, shard: u32) -> v1::ReplicaStatus {
+    v1::ReplicaStatus {
+        group: s.group,
+        shard,
+        id: s.id,
+        role: s.role.into(),
+        term: s.term,
+        leader: s.leader.unwrap_or(0),
+        has_applied: s.applied.is_some(),
+        applied: s.applied.unwrap_or(0),
+        has_last_log: s.last_log.is_some(),
+        last_log: s.last_log.unwrap_or(0),
+        has_first_log: s.first_log.is_some(),
+        first_log: s.first_log.unwrap_or(0),
+        members: s
+            .members
+            .iter()
+            .map(|(id, addr)| {
+                let m = s.matched.get(id).copied().flatten();
+                v1::ReplicaMember {
+                    id: *id,
+                    address: addr.clone(),
+                    has_matched: m.is_some(),
+                    matched: m.unwrap_or(0),
+                }
+            })
+            .collect(),
     }
 }
 
@@ -242,6 +273,7 @@ pub(super) fn write_status(e: WriteError) -> Status {
         WriteError::Unknown { .. } | WriteError::NoQuorum { .. } => {
             Status::unavailable(e.to_string())
         }
+        WriteError::BadMembership { .. } => Status::failed_precondition(e.to_string()),
         WriteError::TooStale { ref addr, .. } => {
             let addr = addr.clone();
             not_leader(e.to_string(), addr)

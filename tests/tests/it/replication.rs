@@ -2,7 +2,7 @@
 //! servers on 127.0.0.1 (or on netns hosts, for the partition). The leader SIGKILLed again and
 //! again while clients push (and its control with new sequence numbers), a follower's disk
 //! lost, a leader cut off from its followers, a leader frozen with SIGSTOP, bounded-staleness
-//! pulls spread over the replicas, word2vec through leader kills, status and gauges, and bad
+//! pulls spread over the replicas, replicas replaced and added while pushes go on, word2vec through leader kills, status and gauges, and bad
 //! configuration.
 //!
 //! `PARAMDB_LEADER_KILLS=N` sets the number of leader kills (default 100).
@@ -74,29 +74,38 @@ impl Groups {
         g
     }
 
+    /// The data directory of the replica at place `replica` (0-based) of shard `shard`'s list
+    /// (named by its id).
     pub fn data_dir(&self, shard: usize, replica: usize) -> PathBuf {
-        self.dir
-            .path()
-            .join(format!("shard-{shard}-replica-{}", replica + 1))
+        let id = self.map.shards[shard].replica_ids()[replica];
+        self.dir.path().join(format!("shard-{shard}-replica-{id}"))
+    }
+
+    /// Rewrites the cluster file with shard `s`'s replicas as `members` (id, address), in
+    /// that order; servers started later read it.
+    pub fn set_replicas(&mut self, s: usize, members: &[(u64, String)]) {
+        let entry = &mut self.map.shards[s];
+        entry.replicas = members.iter().map(|(_, a)| a.clone()).collect();
+        entry.replica_ids = members.iter().map(|(id, _)| *id).collect();
+        std::fs::write(&self.file, self.map.to_toml()).expect("cluster file");
+        self.procs[s].resize_with(members.len(), || None);
     }
 
     /// Starts replica `r` of shard `s` on its address and data directory.
     pub fn spawn(&mut self, s: usize, r: usize) {
         let addr = self.map.shards[s].replicas[r].clone();
+        let id = self.map.shards[s].replica_ids()[r];
         let mut child = Command::new(paramdb_bin())
             .arg("serve")
             .arg("--data-dir")
             .arg(self.data_dir(s, r))
             .args(["--listen", &addr, "--shard", &s.to_string()])
-            .args(["--replica", &(r + 1).to_string(), "--cluster"])
+            .args(["--replica", &id.to_string(), "--cluster"])
             .arg(&self.file)
             .args(&self.extra)
             .stdout(Stdio::piped())
             .stderr(log_file(
-                &self
-                    .dir
-                    .path()
-                    .join(format!("shard-{s}-replica-{}.log", r + 1)),
+                &self.dir.path().join(format!("shard-{s}-replica-{id}.log")),
             ))
             .spawn()
             .expect("spawn paramdb serve");
@@ -509,24 +518,185 @@ fn a_frozen_leader_holds_pushes_up_only_until_the_client_s_timeout() {
     let took = frozen.elapsed();
     g.signal(0, l, "CONT");
     // Thawed, the old leader hears of the new term and follows: every replica converges.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let applied = applied(&admin);
-        if applied.iter().all(|a| a.is_some() && *a == applied[0]) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replicas did not converge: {applied:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    converged(&admin, &[0, 1, 2]);
     check_rows(&client, &counts);
     println!(
         "frozen leader: replica {} SIGSTOPped; the next 20 pushes took {took:?} in all \
          (client timeout 2 s); thawed, all 3 converged and the rows are exact",
         l + 1
     );
+}
+
+/// `paramdb cluster set-members` on the test's cluster file: its one line of output.
+fn set_members(g: &Groups) -> String {
+    let out = Command::new(paramdb_bin())
+        .args(["cluster", "set-members", "--shard", "0", "--cluster"])
+        .arg(&g.file)
+        .output()
+        .expect("paramdb cluster set-members");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "set-members failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn replicas_are_replaced_and_added_while_pushes_go_on() {
+    let mut g = Groups::start(1, 3, &[]);
+    let admin = g.client(ClientOptions::default());
+    let l = g.leader(&admin, 0, Duration::from_secs(30));
+    admin
+        .create_table(TableSpec::new("t", DIM as u32).with_rule(UpdateRule::Add))
+        .unwrap();
+    // One client pushes all along, each push retried with its sequence number until it is
+    // acknowledged; it was made with the first cluster file, and finds replicas added since
+    // through the leader hints.
+    let stop = Arc::new(AtomicBool::new(false));
+    let pusher = {
+        let (map, stop) = (g.map.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let client = BlockingClient::connect(
+                map,
+                ClientOptions {
+                    client_id: Some(81),
+                    timeout: Duration::from_secs(5),
+                    ..ClientOptions::default()
+                },
+            )
+            .unwrap();
+            let mut counts = vec![0f32; KEYS as usize];
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                push_some(&client, 10, &mut counts);
+                n += 10;
+            }
+            (counts, n)
+        })
+    };
+    let members = |g: &Groups| -> Vec<(u64, String)> {
+        g.map.shards[0]
+            .members()
+            .into_iter()
+            .map(|(i, a)| (i, a.to_string()))
+            .collect()
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // A follower's machine is lost: a replica at a new address, with a new id, replaces it.
+    let f = (l + 1) % 3;
+    g.kill(0, f);
+    std::fs::remove_dir_all(g.data_dir(0, f)).unwrap();
+    let mut m = members(&g);
+    let new_addr = free_addresses(3);
+    m[f] = (4, new_addr[0].clone());
+    g.set_replicas(0, &m);
+    g.spawn(0, f);
+    let replaced = set_members(&g);
+    assert!(replaced.contains("4 at"), "{replaced}");
+    // The group grows to 5.
+    m.push((5, new_addr[1].clone()));
+    m.push((6, new_addr[2].clone()));
+    g.set_replicas(0, &m);
+    g.spawn(0, 3);
+    g.spawn(0, 4);
+    let grown = set_members(&g);
+    std::thread::sleep(Duration::from_millis(500));
+    // The leader dies, then a replica added since: 3 of 5 remain, a majority, and one of
+    // the first file's replicas (the pusher knows no other address but those it learned).
+    let l = g.leader(&admin, 0, Duration::from_secs(30));
+    g.kill(0, l);
+    let l2 = g.leader(
+        &g.client(ClientOptions::default()),
+        0,
+        Duration::from_secs(30),
+    );
+    let other = [f, 3, 4].into_iter().find(|&r| r != l && r != l2).unwrap();
+    g.kill(0, other);
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    let (counts, pushes) = pusher.join().unwrap();
+    let reader = g.client(ClientOptions::default());
+    check_rows(&reader, &counts);
+    // Every replica still running, the replacement and the added ones among them, holds it.
+    let live: Vec<usize> = (0..5).filter(|&r| r != l && r != other).collect();
+    converged(&reader, &live);
+    let st = reader.replica_status();
+    let voters = st[0]
+        .iter()
+        .find_map(|(_, r)| r.as_ref().ok().filter(|i| i.role == "leader"))
+        .map(|i| i.members.iter().map(|m| m.0).collect::<Vec<_>>())
+        .expect("a leader");
+    assert_eq!(
+        voters,
+        vec![1, 2, 3, 4, 5, 6]
+            .into_iter()
+            .filter(|&i| i != (f as u64 + 1))
+            .collect::<Vec<_>>()
+    );
+    // Bad changes are refused in one line, and change nothing: an even group, and a replica
+    // given another's id at a new address (an empty replica must not take a voter's place).
+    let refused = |g: &Groups, want: &str| {
+        let out = Command::new(paramdb_bin())
+            .args(["cluster", "set-members", "--shard", "0", "--cluster"])
+            .arg(&g.file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want) && err.trim().lines().count() == 1,
+            "{want:?}: {err}"
+        );
+    };
+    let good = members(&g);
+    let mut even = good.clone();
+    even.pop();
+    g.set_replicas(0, &even);
+    refused(&g, "a group needs an odd number");
+    let mut moved = good.clone();
+    let spare = free_addresses(1).remove(0);
+    moved[live[0]].1 = spare;
+    g.set_replicas(0, &moved);
+    refused(&g, "takes a new id");
+    g.set_replicas(0, &good);
+    let after = reader.replica_status();
+    let same = after[0]
+        .iter()
+        .find_map(|(_, r)| r.as_ref().ok().filter(|i| i.role == "leader"))
+        .map(|i| i.members.iter().map(|m| m.0).collect::<Vec<_>>());
+    assert_eq!(same.as_ref(), Some(&voters));
+    let ids = g.map.shards[0].replica_ids();
+    println!(
+        "membership: replica {} replaced by 4 ({replaced}); grown to 5 ({grown}); then leader \
+         {} and replica {} killed, replica {} led after ({}); {pushes} pushes all along, the \
+         rows exact, the 3 left converged",
+        f + 1,
+        ids[l],
+        ids[other],
+        ids[l2],
+        if ids[l2] > 3 {
+            "not in the pusher's cluster file: it followed the hints"
+        } else {
+            "one the pusher's cluster file lists"
+        }
+    );
+}
+
+/// Waits until replicas `which` (places in shard 0's list) have applied the same entry.
+fn converged(admin: &BlockingClient, which: &[usize]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = applied(admin);
+        if which.iter().all(|&r| a[r].is_some() && a[r] == a[which[0]]) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas {which:?} did not converge: {a:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The entry each replica of shard 0 has applied (`None`: unreachable, or nothing yet).
@@ -1128,18 +1298,7 @@ fn a_cut_off_leader_acknowledges_nothing_and_the_majority_elects_another() {
     }
     counts[(KEYS - 1) as usize] += stranded_seqs.len() as f32;
     // Every replica converges on the same rows.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let applied = applied(&admin);
-        if applied.iter().all(|a| a.is_some() && *a == applied[0]) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replicas did not converge: {applied:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    converged(&admin, &[0, 1, 2]);
     check_rows(&client, &counts);
     println!(
         "partition: leader {} cut off for 3 s: {} pushes to it, 0 acknowledged ({answers:?}); \
