@@ -12,7 +12,11 @@
 //! Needs the `paramdb` binary (`cargo build --release --workspace --bins`) and a Python with
 //! gensim (`PARAMDB_PYTHON`, else `.venv`; `make bench` sets both up).
 //!
-//! `cargo bench -p paramdb-tests --bench word2vec [-- --epochs N] [--quick] [--only sg|cbow]`
+//! With skip-gram it also trains against 2 key ranges each served by a group of 3 replicas
+//! (`--no-replicas` leaves that out).
+//!
+//! `cargo bench -p paramdb-tests --bench word2vec [-- --epochs N] [--quick] [--only sg|cbow]
+//! [--no-replicas]`
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -181,6 +185,9 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .cloned();
     let wants = |m: &str| only.as_deref().is_none_or(|o| o == m);
+    // 2 ranges × 3 replica groups (6 server processes on these cores) too, unless
+    // `--no-replicas`.
+    let wants_replicated = !args.iter().any(|a| a == "--no-replicas");
     let epochs: u32 = args
         .iter()
         .position(|a| a == "--epochs")
@@ -234,19 +241,37 @@ fn main() {
                 &[],
             )
         };
+        let replicated = wants_replicated.then(|| {
+            let dir = tmp.path().join("groups");
+            std::fs::create_dir_all(&dir).expect("groups dir");
+            let (_servers, file) = paramdb_tests::servers::start_groups(
+                &paramdb(),
+                &dir,
+                2,
+                3,
+                &["--sync", "interval=50"],
+            );
+            paramdb_run(
+                &corpus,
+                &data,
+                epochs,
+                &["--cluster".into(), file.display().to_string()],
+                &[],
+            )
+        });
         let gensim_vectors = tmp.path().join("gensim.bin");
         let (gensim, gensim_covered) =
             gensim_run(&corpus, &data, epochs, &[], Some(&gensim_vectors));
         println!("## word2vec: paramdb vs gensim, skip-gram\n");
-        table(
-            words,
-            gensim.secs,
-            &[
-                ("paramdb, embedded shard", &embedded),
-                ("paramdb, 2 shard servers over gRPC", &grpc),
-                ("gensim 4 (PyPI)", &gensim),
-            ],
-        );
+        let mut rows = vec![
+            ("paramdb, embedded shard", &embedded),
+            ("paramdb, 2 shard servers over gRPC", &grpc),
+        ];
+        if let Some(r) = &replicated {
+            rows.push(("paramdb, 2 ranges × 3 replicas over gRPC", r));
+        }
+        rows.push(("gensim 4 (PyPI)", &gensim));
+        table(words, gensim.secs, &rows);
         // The export's order decides which words gensim's restrict_vocab keeps.
         let ours = tmp.path().join("paramdb.bin");
         run(Command::new(paramdb())

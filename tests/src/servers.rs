@@ -1,4 +1,5 @@
-//! Shard server processes for benchmarks: `paramdb serve` on 127.0.0.1 with OS-chosen ports.
+//! Shard server processes for benchmarks: `paramdb serve` on 127.0.0.1 with OS-chosen ports,
+//! unreplicated or in replica groups.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -87,6 +88,49 @@ pub fn start(paramdb: &Path, dir: &Path, n: usize, extra: &[&str]) -> (Servers, 
     let client_file = dir.join("cluster.toml");
     std::fs::write(&client_file, map.to_toml()).expect("cluster file");
     (procs, client_file)
+}
+
+/// `shards` key ranges, each a replica group of `replicas` `paramdb serve --replica`
+/// processes (data in `dir/shard-<s>-replica-<r>`); returns them and the cluster file. The
+/// groups elect their leaders on their own: the first calls retry until they have.
+pub fn start_groups(
+    paramdb: &Path,
+    dir: &Path,
+    shards: usize,
+    replicas: usize,
+    extra: &[&str],
+) -> (Servers, PathBuf) {
+    let mut map = ClusterMap::even(&vec![String::new(); shards]);
+    let addrs = free_addresses(shards * replicas);
+    for (i, s) in map.shards.iter_mut().enumerate() {
+        s.address.clear();
+        s.replicas = addrs[i * replicas..(i + 1) * replicas].to_vec();
+    }
+    let file = dir.join("cluster.toml");
+    std::fs::write(&file, map.to_toml()).expect("cluster file");
+    let mut procs = Servers(Vec::new());
+    for (s, entry) in map.shards.iter().enumerate() {
+        for (r, addr) in entry.replicas.iter().enumerate() {
+            let mut child = Command::new(paramdb)
+                .arg("serve")
+                .arg("--data-dir")
+                .arg(dir.join(format!("shard-{s}-replica-{}", r + 1)))
+                .args(["--listen", addr, "--shard", &s.to_string()])
+                .args(["--replica", &(r + 1).to_string(), "--cluster"])
+                .arg(&file)
+                .args(extra)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn paramdb serve");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("read listening line");
+            procs.0.push(child);
+        }
+    }
+    (procs, file)
 }
 
 /// `n` addresses on 127.0.0.1 with ports the OS picks, released for servers to bind: a
