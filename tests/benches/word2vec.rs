@@ -226,13 +226,7 @@ fn main() {
             &["--data-dir".into(), emb.display().to_string()],
             &[],
         );
-        let grpc = {
-            let (_servers, file) = paramdb_tests::servers::start(
-                &paramdb(),
-                tmp.path(),
-                2,
-                &["--sync", "interval=50"],
-            );
+        let over = |file: &Path| {
             paramdb_run(
                 &corpus,
                 &data,
@@ -241,23 +235,18 @@ fn main() {
                 &[],
             )
         };
+        let servers = ["--sync", "interval=50"];
+        let grpc = {
+            let (_servers, file) =
+                paramdb_tests::servers::start(&paramdb(), tmp.path(), 2, &servers);
+            over(&file)
+        };
         let replicated = wants_replicated.then(|| {
             let dir = tmp.path().join("groups");
             std::fs::create_dir_all(&dir).expect("groups dir");
-            let (_servers, file) = paramdb_tests::servers::start_groups(
-                &paramdb(),
-                &dir,
-                2,
-                3,
-                &["--sync", "interval=50"],
-            );
-            paramdb_run(
-                &corpus,
-                &data,
-                epochs,
-                &["--cluster".into(), file.display().to_string()],
-                &[],
-            )
+            let (_servers, file) =
+                paramdb_tests::servers::start_groups(&paramdb(), &dir, 2, 3, &servers);
+            over(&file)
         });
         let gensim_vectors = tmp.path().join("gensim.bin");
         let (gensim, gensim_covered) =

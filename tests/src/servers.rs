@@ -35,14 +35,37 @@ pub fn spawn_shard(
     listen: &str,
     extra: &[&str],
 ) -> (Child, String) {
+    spawn_serve(
+        paramdb,
+        &dir.join(format!("shard-{i}")),
+        cluster_file,
+        i,
+        listen,
+        extra,
+        Stdio::inherit(),
+    )
+}
+
+/// Starts `paramdb serve` for shard `i` with its data in `data_dir`, once it listens; returns
+/// it and the address it bound.
+fn spawn_serve(
+    paramdb: &Path,
+    data_dir: &Path,
+    cluster_file: &Path,
+    i: usize,
+    listen: &str,
+    extra: &[&str],
+    stderr: Stdio,
+) -> (Child, String) {
     let mut child = Command::new(paramdb)
         .arg("serve")
         .arg("--data-dir")
-        .arg(dir.join(format!("shard-{i}")))
+        .arg(data_dir)
         .args(["--listen", listen, "--shard", &i.to_string(), "--cluster"])
         .arg(cluster_file)
         .args(extra)
         .stdout(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .expect("spawn paramdb serve");
     let mut line = String::new();
@@ -111,22 +134,13 @@ pub fn start_groups(
     let mut procs = Servers(Vec::new());
     for (s, entry) in map.shards.iter().enumerate() {
         for (r, addr) in entry.replicas.iter().enumerate() {
-            let mut child = Command::new(paramdb)
-                .arg("serve")
-                .arg("--data-dir")
-                .arg(dir.join(format!("shard-{s}-replica-{}", r + 1)))
-                .args(["--listen", addr, "--shard", &s.to_string()])
-                .args(["--replica", &(r + 1).to_string(), "--cluster"])
-                .arg(&file)
-                .args(extra)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn paramdb serve");
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().expect("stdout"))
-                .read_line(&mut line)
-                .expect("read listening line");
+            let id = (r + 1).to_string();
+            let args: Vec<&str> = ["--replica", id.as_str()]
+                .into_iter()
+                .chain(extra.iter().copied())
+                .collect();
+            let data_dir = dir.join(format!("shard-{s}-replica-{id}"));
+            let (child, _) = spawn_serve(paramdb, &data_dir, &file, s, addr, &args, Stdio::null());
             procs.0.push(child);
         }
     }

@@ -142,6 +142,15 @@ impl Group {
     }
 }
 
+/// Pushes `seqs` through whoever leads, sequence `seq` adding to key `seq % keys`.
+async fn push_many(g: &Group, seqs: std::ops::RangeInclusive<u64>, keys: u64, counts: &mut [u32]) {
+    for seq in seqs {
+        let key = seq % keys;
+        g.push(seq, key).await;
+        counts[key as usize] += 1;
+    }
+}
+
 fn members(ids: &[NodeId]) -> BTreeMap<NodeId, String> {
     ids.iter().map(|&i| (i, format!("r{i}"))).collect()
 }
@@ -317,11 +326,7 @@ async fn a_cut_off_leader_acknowledges_nothing_and_the_majority_goes_on() {
     let g = new_group(dir.path(), 1_000_000).await;
     const KEYS: u64 = 4;
     let mut counts = vec![0u32; KEYS as usize];
-    for seq in 1..=20 {
-        let key = seq % KEYS;
-        g.push(seq, key).await;
-        counts[key as usize] += 1;
-    }
+    push_many(&g, 1..=20, KEYS, &mut counts).await;
     let old = g.leader().await;
     g.net.cut.lock().unwrap().insert(old.id());
     // The old leader cannot commit: its write never succeeds, and once it has waited its
@@ -368,11 +373,7 @@ async fn a_follower_serves_bounded_staleness_reads_only_while_it_is_close_enough
     let g = new_group(dir.path(), 1_000_000).await;
     const KEYS: u64 = 4;
     let mut counts = vec![0u32; KEYS as usize];
-    for seq in 1..=20 {
-        let key = seq % KEYS;
-        g.push(seq, key).await;
-        counts[key as usize] += 1;
-    }
+    push_many(&g, 1..=20, KEYS, &mut counts).await;
     let leader = g.leader().await;
     let f = g.replica(if leader.id() == 1 { 2 } else { 1 });
     converged(&g, &[f.id()], &expected(&counts), KEYS).await;
@@ -396,11 +397,7 @@ async fn a_follower_serves_bounded_staleness_reads_only_while_it_is_close_enough
     // Cut off, it hears nothing: after 600 ms it is more than 300 ms behind, and it no longer
     // knows how many entries behind it is (its last word from the leader is over a lease old).
     g.net.cut.lock().unwrap().insert(f.id());
-    for seq in 21..=30 {
-        let key = seq % KEYS;
-        g.push(seq, key).await;
-        counts[key as usize] += 1;
-    }
+    push_many(&g, 21..=30, KEYS, &mut counts).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     for lag in [MaxLag::Millis(300), MaxLag::Entries(1_000_000)] {
         let r = f.read_check_within(Some(lag)).await;

@@ -150,6 +150,17 @@ impl Groups {
         assert!(ok, "kill -{signal} {pid} failed");
     }
 
+    /// Once shard 0 has a leader, creates table `t` (dim `DIM`, rule add) on it; returns an
+    /// admin client and the leader.
+    pub fn with_table(&self) -> (BlockingClient, usize) {
+        let admin = self.client(ClientOptions::default());
+        let l = self.leader(&admin, 0, Duration::from_secs(30));
+        admin
+            .create_table(TableSpec::new("t", DIM as u32).with_rule(UpdateRule::Add))
+            .unwrap();
+        (admin, l)
+    }
+
     pub fn client(&self, opts: ClientOptions) -> BlockingClient {
         BlockingClient::connect(self.map.clone(), opts).expect("client")
     }
@@ -428,11 +439,7 @@ fn a_follower_that_lost_its_disk_is_rebuilt_and_then_the_leader_can_die() {
     // Snapshots every 50 entries, so the leader's log no longer reaches back to the start and
     // the emptied follower must be rebuilt from a snapshot.
     let mut g = Groups::start(1, 3, &["--raft-snapshot-every", "50"]);
-    let admin = g.client(ClientOptions::default());
-    let l = g.leader(&admin, 0, Duration::from_secs(30));
-    admin
-        .create_table(TableSpec::new("t", DIM as u32).with_rule(UpdateRule::Add))
-        .unwrap();
+    let (admin, l) = g.with_table();
     let client = g.client(ClientOptions {
         client_id: Some(77),
         ..ClientOptions::default()
@@ -498,11 +505,7 @@ fn a_frozen_leader_holds_pushes_up_only_until_the_client_s_timeout() {
     // times out; its retry must go to another replica (which leads once the others have
     // elected one), not to the frozen one again.
     let g = Groups::start(1, 3, &[]);
-    let admin = g.client(ClientOptions::default());
-    let l = g.leader(&admin, 0, Duration::from_secs(30));
-    admin
-        .create_table(TableSpec::new("t", DIM as u32).with_rule(UpdateRule::Add))
-        .unwrap();
+    let (admin, l) = g.with_table();
     let client = g.client(ClientOptions {
         client_id: Some(78),
         timeout: Duration::from_secs(2),
@@ -546,11 +549,7 @@ fn set_members(g: &Groups) -> String {
 #[test]
 fn replicas_are_replaced_and_added_while_pushes_go_on() {
     let mut g = Groups::start(1, 3, &[]);
-    let admin = g.client(ClientOptions::default());
-    let l = g.leader(&admin, 0, Duration::from_secs(30));
-    admin
-        .create_table(TableSpec::new("t", DIM as u32).with_rule(UpdateRule::Add))
-        .unwrap();
+    let (admin, l) = g.with_table();
     // One client pushes all along, each push retried with its sequence number until it is
     // acknowledged; it was made with the first cluster file, and finds replicas added since
     // through the leader hints.
@@ -955,11 +954,7 @@ fn cluster_status_and_the_gauges_name_the_leader_and_each_replica_s_progress() {
 #[test]
 fn bounded_staleness_pulls_spread_over_every_replica_and_see_what_is_old_enough() {
     let g = Groups::start(1, 3, &["--metrics-listen", "127.0.0.1:0"]);
-    let admin = g.client(ClientOptions::default());
-    g.leader(&admin, 0, Duration::from_secs(30));
-    admin
-        .create_table(TableSpec::new("t", DIM as u32).with_rule(UpdateRule::Add))
-        .unwrap();
+    g.with_table();
     let writer = g.client(ClientOptions {
         client_id: Some(79),
         ..ClientOptions::default()
